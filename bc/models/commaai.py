@@ -1,0 +1,34 @@
+"""comma.ai's steering model (research repo, 2016): three convs, one wide FC layer."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from bc.models.base import SteeringModel
+from bc.preprocess import PreprocessSpec
+
+
+class CommaAI(SteeringModel):
+    """Conv 16 8x8/4, 32 5x5/2, 64 5x5/2, dropout, FC 512, dropout, FC 1 (ELU throughout)."""
+
+    def __init__(self, preprocess: PreprocessSpec | Mapping[str, Any], dropout: float = 0.2,
+                 hidden_dropout: float = 0.5) -> None:
+        super().__init__(preprocess)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 8, stride=4, padding=2), nn.ELU(),
+            nn.Conv2d(16, 32, 5, stride=2, padding=2), nn.ELU(),
+            nn.Conv2d(32, 64, 5, stride=2, padding=2),
+            nn.Flatten(),
+        )
+        self.head = nn.Sequential(
+            nn.Dropout(dropout), nn.ELU(),
+            nn.Linear(self.flat_features(self.features), 512),
+            nn.Dropout(hidden_dropout), nn.ELU(),
+            nn.Linear(512, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(self.normalize(x)))

@@ -1,0 +1,231 @@
+"""MLflow tracking: where runs live, how a trained model is saved, found and loaded back.
+
+A model is saved in its run as artifacts under ``model/``:
+
+- ``weights.pt``: the ``state_dict`` (loaded with ``weights_only=True``: no code unpickled),
+- ``model.yaml``: the model's Hydra config, including its preprocessing spec,
+- ``model.ts``: a TorchScript export with the preprocessing spec embedded, for use
+  outside this package (``load_exported``).
+
+Rebuilding from config + weights is portable and safe; ``_target_`` must name a class
+in ``bc.models``. The drive server calls ``load_model`` (by run id) or ``load_exported``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import yaml
+
+from bc.preprocess import PreprocessSpec
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+MODEL_ARTIFACT_DIR = "model"
+WEIGHTS_FILE = "weights.pt"
+CONFIG_FILE = "model.yaml"
+TORCHSCRIPT_FILE = "model.ts"
+SPEC_EXTRA_FILE = "preprocess.json"
+ALLOWED_MODEL_PREFIX = "bc.models."
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+class TrackingError(RuntimeError):
+    """A run, model or tracking server could not be found or used; the message says which."""
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for inference together with the preprocessing it was trained with."""
+
+    net: torch.nn.Module
+    spec: PreprocessSpec
+    source: str
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.net(batch)
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The tracking URI to use: the argument, else ``MLFLOW_TRACKING_URI``, else the embedded
+    sqlite store. A relative sqlite path is made absolute against the current directory."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        db = Path(uri[len(prefix):]).resolve()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        uri = prefix + str(db)
+    return uri
+
+
+def default_artifact_location(uri: str) -> str | None:
+    """For the embedded sqlite store, artifacts live in the folder beside the database."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix):
+        return Path(uri[len(prefix):]).parent.resolve().as_uri()
+    return None  # a tracking server decides for itself
+
+
+def check_reachable(uri: str, timeout: float = 3.0) -> None:
+    """Fail fast with a clear message when an HTTP tracking server does not answer
+    (MLflow itself retries for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except (urllib.error.URLError, OSError) as error:
+        raise TrackingError(f"MLflow tracking server {uri} is unreachable: {error}") from error
+
+
+def client(uri: str | None = None) -> "mlflow.MlflowClient":  # noqa: F821
+    """An MlflowClient for the resolved URI, after checking that a server answers."""
+    from mlflow import MlflowClient
+
+    uri = resolve_tracking_uri(uri)
+    check_reachable(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def get_or_create_experiment(name: str, uri: str | None = None) -> str:
+    """Experiment id for ``name``, creating it (artifacts beside the sqlite db) if needed."""
+    uri = resolve_tracking_uri(uri)
+    mlflow_client = client(uri)
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = default_artifact_location(uri)
+    if location is not None:
+        location = f"{location}/{name}"
+    return mlflow_client.create_experiment(name, artifact_location=location)
+
+
+def _config_dict(model_config: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(model_config, DictConfig):
+            return OmegaConf.to_container(model_config, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover - omegaconf is a hard dependency
+        pass
+    return json.loads(json.dumps(dict(model_config)))
+
+
+def save_model(model: torch.nn.Module, model_config: Mapping[str, Any], folder: Path) -> Path:
+    """Write weights, config and a TorchScript export of ``model`` into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = _config_dict(model_config)
+    spec: PreprocessSpec = model.preprocess_spec
+    (folder / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    torch.save(state, folder / WEIGHTS_FILE)
+    was_training = model.training
+    model.eval()
+    example = torch.zeros(1, *spec.input_shape)
+    traced = torch.jit.trace(model.cpu(), example)
+    torch.jit.save(traced, str(folder / TORCHSCRIPT_FILE),
+                   _extra_files={SPEC_EXTRA_FILE: json.dumps(spec.to_dict())})
+    model.train(was_training)
+    return folder
+
+
+def log_model(run_id: str, model: torch.nn.Module, model_config: Mapping[str, Any],
+              uri: str | None = None) -> None:
+    """Save ``model`` (see module doc) as the ``model/`` artifacts of an MLflow run."""
+    mlflow_client = client(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_model(model, model_config, Path(tmp) / MODEL_ARTIFACT_DIR)
+        mlflow_client.log_artifacts(run_id, str(folder), artifact_path=MODEL_ARTIFACT_DIR)
+
+
+def build_model(config: Mapping[str, Any]) -> torch.nn.Module:
+    """Instantiate a ``bc.models`` network from its config (refusing any other target)."""
+    from hydra.utils import instantiate
+
+    target = str(config.get("_target_", ""))
+    if not target.startswith(ALLOWED_MODEL_PREFIX):
+        raise TrackingError(f"model config _target_ {target!r} is not a class in bc.models")
+    return instantiate(dict(config))
+
+
+def load_model_folder(folder: Path, source: str | None = None) -> LoadedModel:
+    """Load a model saved by ``save_model`` (weights + config; no code is unpickled)."""
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise TrackingError(f"model folder {folder} has no {path.name}")
+    config = yaml.safe_load(config_path.read_text())
+    net = build_model(config)
+    net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    net.eval()
+    return LoadedModel(net=net, spec=net.preprocess_spec, source=source or str(folder))
+
+
+def load_model(run_id: str, tracking_uri: str | None = None) -> LoadedModel:
+    """Load the model logged in MLflow run ``run_id`` with its preprocessing spec.
+
+    Raises ``TrackingError`` naming the problem: unreachable server, unknown run id,
+    or a run without a logged model.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = resolve_tracking_uri(tracking_uri)
+    mlflow_client = client(uri)
+    try:
+        mlflow_client.get_run(run_id)
+    except MlflowException as error:
+        raise TrackingError(f"no MLflow run with id {run_id!r} in {uri}") from error
+    names = {item.path for item in mlflow_client.list_artifacts(run_id, MODEL_ARTIFACT_DIR)}
+    if f"{MODEL_ARTIFACT_DIR}/{CONFIG_FILE}" not in names:
+        raise TrackingError(f"MLflow run {run_id} has no logged model (no {MODEL_ARTIFACT_DIR}/ artifacts)")
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=MODEL_ARTIFACT_DIR, tracking_uri=uri,
+        dst_path=tempfile.mkdtemp(prefix="bc-model-"))
+    return load_model_folder(Path(local), source=f"runs:/{run_id}/{MODEL_ARTIFACT_DIR}")
+
+
+def load_exported(path: str | Path) -> LoadedModel:
+    """Load a TorchScript export (``model.ts``) and the preprocessing spec embedded in it."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrackingError(f"model file {path} does not exist")
+    extra = {SPEC_EXTRA_FILE: ""}
+    try:
+        net = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except RuntimeError as error:
+        raise TrackingError(f"{path} is not a TorchScript model exported by bc: {error}") from error
+    if not extra[SPEC_EXTRA_FILE]:
+        raise TrackingError(f"{path} has no embedded {SPEC_EXTRA_FILE}: not exported by bc")
+    spec = PreprocessSpec.from_dict(json.loads(extra[SPEC_EXTRA_FILE]))
+    net.eval()
+    return LoadedModel(net=net, spec=spec, source=str(path))
+
+
+def find_best_run(experiment: str, metric: str = "val/loss", mode: str = "min",
+                  tracking_uri: str | None = None) -> str:
+    """Run id of the finished run in ``experiment`` with the best value of ``metric``."""
+    if mode not in ("min", "max"):
+        raise TrackingError(f"mode: expected 'min' or 'max', got {mode!r}")
+    mlflow_client = client(tracking_uri)
+    found = mlflow_client.get_experiment_by_name(experiment)
+    if found is None:
+        raise TrackingError(f"no MLflow experiment named {experiment!r}")
+    order = "ASC" if mode == "min" else "DESC"
+    runs = mlflow_client.search_runs(
+        [found.experiment_id],
+        filter_string=f"attributes.status = 'FINISHED' and metrics.`{metric}` > -1e300",
+        order_by=[f"metrics.`{metric}` {order}"], max_results=1)
+    if not runs:
+        raise TrackingError(
+            f"experiment {experiment!r} has no finished run with metric {metric!r}")
+    return runs[0].info.run_id
