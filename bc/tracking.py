@@ -18,6 +18,8 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -37,6 +39,15 @@ ALLOWED_MODEL_PREFIX = "bc.models."
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@contextmanager
+def _quiet_torchscript():
+    """TorchScript is deprecated in favour of torch.export, but it is the export that loads at
+    any batch size without our code; silence exactly that warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*is deprecated", category=DeprecationWarning)
+        yield
 
 
 class TrackingError(RuntimeError):
@@ -131,9 +142,10 @@ def save_model(model: torch.nn.Module, model_config: Mapping[str, Any], folder: 
     was_training = model.training
     model.eval()
     example = torch.zeros(1, *spec.input_shape)
-    traced = torch.jit.trace(model.cpu(), example)
-    torch.jit.save(traced, str(folder / TORCHSCRIPT_FILE),
-                   _extra_files={SPEC_EXTRA_FILE: json.dumps(spec.to_dict())})
+    with _quiet_torchscript():
+        traced = torch.jit.trace(model.cpu(), example)
+        torch.jit.save(traced, str(folder / TORCHSCRIPT_FILE),
+                       _extra_files={SPEC_EXTRA_FILE: json.dumps(spec.to_dict())})
     model.train(was_training)
     return folder
 
@@ -201,7 +213,8 @@ def load_exported(path: str | Path) -> LoadedModel:
         raise TrackingError(f"model file {path} does not exist")
     extra = {SPEC_EXTRA_FILE: ""}
     try:
-        net = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        with _quiet_torchscript():
+            net = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except RuntimeError as error:
         raise TrackingError(f"{path} is not a TorchScript model exported by bc: {error}") from error
     if not extra[SPEC_EXTRA_FILE]:

@@ -1,0 +1,278 @@
+"""Lazily read, decode-once frame cache and the torch dataset built on it.
+
+Decoding a 320x160 JPEG and resizing it costs far more than augmenting the small
+model-resolution frame, so each camera image is decoded **once**: RGB decode ->
+`bc.preprocess.crop_resize` (model resolution, still RGB) -> uint8 slot in a cache file.
+Augmentation then runs on the fly on that frame, followed by `bc.preprocess.convert_color`.
+
+The cache is a memory-mapped file per recording in `cache_dir` (default
+`$BC_CACHE_DIR` or `~/.cache/bc/frames`), keyed by the preprocessing spec and the image
+files (names, sizes, modification times). It starts sparse and is filled on first access,
+so nothing is read up front, recordings larger than RAM work (the OS pages the file), a
+later run or sweep job reuses it, and DataLoader workers share it (they map the same
+file). A one-byte flag per slot, written after the frame, says which slots are filled;
+concurrent fills of one slot write identical bytes. `cache="none"` decodes every time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from bc.data.images import ImageReadError, load_rgb
+from bc.preprocess import PreprocessSpec, convert_color, crop_resize
+
+CACHE_MODES = ("disk", "none")
+CACHE_VERSION = 1  # bump when the cached bytes change meaning
+_PAGE = 4096  # frames start page-aligned after the fill flags
+_FILLED = 1
+
+
+def default_cache_dir() -> Path:
+    """`$BC_CACHE_DIR`, else `$XDG_CACHE_HOME/bc/frames` (normally `~/.cache/bc/frames`)."""
+    if os.environ.get("BC_CACHE_DIR"):
+        return Path(os.environ["BC_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "bc" / "frames"
+
+
+def _cache_key(paths: Sequence[str], spec: PreprocessSpec) -> str:
+    """Hash of everything the cached bytes depend on: version, spec, and each file's identity."""
+    digest = hashlib.sha256(json.dumps([CACHE_VERSION, spec.to_dict()]).encode())
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            identity = f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
+        except OSError:
+            identity = f"{path}\0missing\n"
+        digest.update(identity.encode())
+    return digest.hexdigest()[:20]
+
+
+class FrameCache:
+    """Crop-resized RGB uint8 frames of a list of image files, each decoded at most once."""
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        spec: PreprocessSpec,
+        mode: str = "disk",
+        cache_dir: str | os.PathLike | None = None,
+        name: str = "frames",
+    ) -> None:
+        if mode not in CACHE_MODES:
+            raise ValueError(f"data.cache: expected one of {list(CACHE_MODES)}, got {mode!r}")
+        self.paths = list(paths)
+        self.spec = spec
+        self.mode = mode
+        self.shape = (spec.height, spec.width, 3)
+        self.decodes = 0  # JPEGs decoded by this process (tests and benchmarks read it)
+        self.file: Path | None = None
+        if mode == "disk":
+            folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+            self.file = folder / f"{name}-{_cache_key(self.paths, spec)}.u8"
+        self._flags_bytes = -(-len(self.paths) // _PAGE) * _PAGE
+        self._map: np.memmap | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the cache file (sparse on disk until filled)."""
+        return self._flags_bytes + len(self.paths) * int(np.prod(self.shape))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_map"] = None  # each process maps the file itself
+        return state
+
+    def _open(self) -> tuple[np.ndarray, np.ndarray]:
+        """(fill flags, frames) views of the shared cache file, created sparse if new."""
+        if self._map is None:
+            assert self.file is not None
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            size = self.nbytes
+            try:
+                handle = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                if (
+                    self.file.stat().st_size < size
+                ):  # a creator is still sizing it: same size, harmless
+                    os.truncate(self.file, size)
+            else:
+                os.ftruncate(handle, size)
+                os.close(handle)
+            self._map = np.memmap(self.file, dtype=np.uint8, mode="r+", shape=(size,))
+        flags = self._map[: len(self.paths)]
+        frames = self._map[self._flags_bytes :].reshape(len(self.paths), *self.shape)
+        return flags, frames
+
+    def decode(self, index: int) -> np.ndarray:
+        """Read and crop-resize one frame from its JPEG (no cache)."""
+        self.decodes += 1
+        return crop_resize(load_rgb(self.paths[index]), self.spec)
+
+    def get_many(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Frames at `indices` as a new N x H x W x 3 uint8 array, decoding only unfilled slots."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if self.mode == "none":
+            return (
+                np.stack([self.decode(int(i)) for i in indices]) if len(indices) else self._empty()
+            )
+        flags, frames = self._open()
+        batch = frames[indices]  # fancy indexing copies out of the map
+        for position in np.flatnonzero(flags[indices] != _FILLED):
+            index = int(indices[position])
+            frame = self.decode(index)
+            frames[index] = frame
+            flags[index] = _FILLED
+            batch[position] = frame
+        return batch
+
+    def warm(self, indices: Sequence[int] | np.ndarray | None = None) -> int:
+        """Fill the slots at `indices` (default all) now; returns how many were decoded."""
+        if self.mode == "none":
+            return 0
+        indices = (
+            np.arange(len(self.paths)) if indices is None else np.asarray(indices, dtype=np.int64)
+        )
+        flags, _ = self._open()
+        missing = indices[flags[indices] != _FILLED]
+        before = self.decodes
+        for start in range(0, len(missing), 256):
+            self.get_many(missing[start : start + 256])
+        return self.decodes - before
+
+    def _empty(self) -> np.ndarray:
+        return np.empty((0, *self.shape), np.uint8)
+
+
+class FrameStore:
+    """Several recordings' `FrameCache`s addressed by one global frame index."""
+
+    def __init__(self, caches: Sequence[FrameCache]) -> None:
+        self.caches = list(caches)
+        self.offsets = np.cumsum([0] + [len(cache) for cache in self.caches])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def decodes(self) -> int:
+        return sum(cache.decodes for cache in self.caches)
+
+    def path(self, index: int) -> str:
+        which = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return self.caches[which].paths[index - self.offsets[which]]
+
+    def get_many(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        indices = np.asarray(indices, dtype=np.int64)
+        which = np.searchsorted(self.offsets, indices, side="right") - 1
+        first = self.caches[0] if self.caches else None
+        out = np.empty((len(indices), *(first.shape if first else (0, 0, 3))), np.uint8)
+        for cache_index in np.unique(which):
+            positions = np.flatnonzero(which == cache_index)
+            local = indices[positions] - self.offsets[cache_index]
+            out[positions] = self.caches[cache_index].get_many(local)
+        return out
+
+    def warm(self, indices: Sequence[int] | np.ndarray | None = None) -> int:
+        indices = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        which = np.searchsorted(self.offsets, indices, side="right") - 1
+        return sum(
+            cache.warm(indices[which == i] - self.offsets[i]) for i, cache in enumerate(self.caches)
+        )
+
+
+class FrameBatch(NamedTuple):
+    """A ready batch: x float32 N x 3 x H x W in 0..255, y float32 N x 1."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+class DrivingDataset(Dataset):
+    """(frame, steering) samples over a `FrameStore`; augments on the fly, converts colour last.
+
+    Supports batched fetching (`__getitems__`), so a DataLoader reads a whole batch from the
+    cache in one go; use `collate_frames` as its collate_fn.
+    """
+
+    def __init__(
+        self,
+        frames: FrameStore,
+        frame_index: np.ndarray,
+        steering: np.ndarray,
+        spec: PreprocessSpec,
+        augmentation: Any | None = None,
+        sources: Sequence[str] | None = None,
+    ) -> None:
+        if len(frame_index) != len(steering):
+            raise ValueError(
+                f"{len(frame_index)} frame indices but {len(steering)} steering labels"
+            )
+        self.frames = frames
+        self.frame_index = np.asarray(frame_index, dtype=np.int64)
+        self.steering = np.asarray(steering, dtype=np.float32)
+        self.spec = spec
+        self.augmentation = (
+            None
+            if augmentation is None or getattr(augmentation, "is_identity", False)
+            else augmentation
+        )
+        self.sources = sources  # per sample: "<csv> row N", for error messages
+
+    def __len__(self) -> int:
+        return len(self.frame_index)
+
+    def __getitems__(self, indices: Sequence[int]) -> FrameBatch:
+        indices = np.asarray(indices, dtype=np.int64)
+        try:
+            batch = self.frames.get_many(self.frame_index[indices])
+        except ImageReadError as error:
+            where = ""
+            if self.sources is not None:
+                where = (
+                    " (samples from "
+                    + ", ".join(self.sources[int(i)] for i in indices[:3])
+                    + " ...)"
+                )
+            raise ImageReadError(f"{error}{where}") from error
+        labels = self.steering[indices].copy()
+        if self.augmentation is not None:
+            for position in range(len(batch)):
+                batch[position], labels[position] = self.augmentation(
+                    batch[position], float(labels[position])
+                )
+        if self.spec.color_space != "rgb" and len(batch):
+            # One cvtColor call for the whole batch: the frames stacked as one tall image.
+            height = batch.shape[1]
+            tall = batch.reshape(-1, *batch.shape[2:])
+            batch = convert_color(tall, self.spec).reshape(len(batch), height, *batch.shape[2:])
+        # numpy, single-threaded: torch's threaded permute+float is 10x slower on a busy 2-core box.
+        x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)).astype(np.float32))
+        y = torch.from_numpy(labels).reshape(-1, 1)
+        return FrameBatch(x, y)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One sample: x float32 3 x H x W (0..255), y float32 shape (1,)."""
+        x, y = self.__getitems__([index])
+        return x[0], y[0]
+
+
+def collate_frames(
+    data: FrameBatch | list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """collate_fn for `DrivingDataset`: passes batched fetches through, stacks single ones."""
+    if isinstance(data, FrameBatch):
+        return data.x, data.y
+    xs, ys = zip(*data)
+    return torch.stack(xs), torch.stack(ys)
