@@ -1,0 +1,93 @@
+"""Car dynamics: straight with zero steering, bicycle-model radius at full lock (positive =
+right, as in Unity), top speed 30 mph, braking never reverses."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bc.sim.car import (
+    DEFAULT_DT,
+    MAX_STEER_DEG,
+    MPS_PER_MPH,
+    TOP_SPEED_MPH,
+    WHEELBASE_M,
+    Car,
+    CarState,
+)
+
+
+def _drive(car: Car, state: CarState, steering: float, throttle: float, steps: int,
+           dt: float = DEFAULT_DT) -> list[CarState]:
+    states = [state]
+    for _ in range(steps):
+        states.append(car.step(states[-1], steering, throttle, dt))
+    return states
+
+
+def test_zero_steering_drives_straight():
+    car = Car()
+    start = CarState(x=5.0, y=-3.0, yaw=0.7, speed=5.0)
+    states = _drive(car, start, 0.0, 0.5, 150)
+    end = states[-1]
+    assert end.yaw == pytest.approx(start.yaw, abs=1e-12)
+    dx, dy = end.x - start.x, end.y - start.y
+    lateral = -math.sin(start.yaw) * dx + math.cos(start.yaw) * dy
+    assert abs(lateral) < 1e-9 and math.hypot(dx, dy) > 50
+
+
+def _fit_circle(xy: np.ndarray) -> tuple[float, float, float]:
+    a = np.column_stack([2 * xy[:, 0], 2 * xy[:, 1], np.ones(len(xy))])
+    b = (xy ** 2).sum(axis=1)
+    cx, cy, c = np.linalg.lstsq(a, b, rcond=None)[0]
+    return cx, cy, math.sqrt(c + cx * cx + cy * cy)
+
+
+@pytest.mark.parametrize("steering, direction", [(1.0, -1.0), (-1.0, 1.0)])
+def test_full_lock_turns_with_the_bicycle_radius(steering, direction):
+    car = Car(drag=0.0, coast_decel=0.0)  # constant low speed without throttle
+    states = _drive(car, CarState(0.0, 0.0, 0.0, 2.0), steering, 0.0, 400)
+    xy = np.array([[s.x, s.y] for s in states])
+    cx, cy, radius = _fit_circle(xy)
+    rear_axle_radius = WHEELBASE_M / math.tan(math.radians(MAX_STEER_DEG))
+    assert radius == pytest.approx(math.hypot(rear_axle_radius, car.rear_to_centre), rel=0.01)
+    # the state point (car centre) is 1.35 m ahead of the rear axle: a slightly larger circle
+    assert radius == pytest.approx(rear_axle_radius, rel=0.04)
+    assert math.copysign(1.0, cy) == direction  # positive steering turns right (centre below)
+    yaw_change = states[5].yaw - states[0].yaw
+    assert math.copysign(1.0, yaw_change) == direction
+
+
+def test_full_throttle_never_exceeds_top_speed():
+    car = Car()
+    states = _drive(car, CarState(), 0.0, 1.0, 60 * 15)
+    speeds = np.array([s.speed_mph for s in states])
+    assert speeds.max() <= TOP_SPEED_MPH + 1e-9
+    assert speeds[-1] > TOP_SPEED_MPH - 0.5  # and it gets there
+    assert speeds[15 * 2] > 10  # accelerates briskly
+    assert np.all(np.diff(speeds) >= -1e-9)
+
+
+def test_brake_stops_without_reversing_and_coasting_slows():
+    car = Car()
+    moving = CarState(speed=10.0)
+    braked = _drive(car, moving, 0.3, -1.0, 60)
+    assert min(s.speed for s in braked) == 0.0 and braked[-1].speed == 0.0
+    stopped = braked[-1]
+    assert (stopped.x, stopped.y) == (braked[-2].x, braked[-2].y)  # stays put
+    coasting = _drive(car, moving, 0.0, 0.0, 30)
+    assert 0 < coasting[-1].speed < moving.speed
+    braking = car.step(CarState(speed=5.0), 0.0, -0.5)
+    assert braking.speed < car.step(CarState(speed=5.0), 0.0, 0.0).speed
+
+
+def test_speed_units_and_configurable_step():
+    assert CarState(speed=10 * MPS_PER_MPH).speed_mph == pytest.approx(10.0)
+    car = Car()
+    coarse = _drive(car, CarState(speed=8.0), 0.2, 0.1, 15, dt=DEFAULT_DT)[-1]
+    fine = _drive(car, CarState(speed=8.0), 0.2, 0.1, 30, dt=DEFAULT_DT / 2)[-1]
+    assert math.hypot(coarse.x - fine.x, coarse.y - fine.y) < 0.02  # same second of driving
+    with pytest.raises(ValueError, match="wheelbase"):
+        Car(wheelbase=0.0)

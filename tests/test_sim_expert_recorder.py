@@ -1,0 +1,220 @@
+"""Expert driver laps every shipped track without leaving the road; DART noise perturbs the
+executed action only; recordings are exactly the Unity format, append without name clashes
+and survive being killed mid-recording."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from bc.sim.car import TOP_SPEED_MPH, Car, CarState
+from bc.sim.expert import ActionNoise, Expert
+from bc.sim.recorder import LOG_NAME, image_name, parse_stamp, record
+from bc.sim.track import load_track, shipped_tracks
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = re.compile(r"^(center|left|right)_\d{4}_\d{2}_\d{2}_\d{2}_\d{2}_\d{2}_\d{3}\.jpg$")
+
+
+def _lap(track, noise: ActionNoise | None = None, laps: float = 1.0):
+    """Drive the expert (no rendering); returns |cte| per step, speeds (mph) and steps."""
+    car, expert = Car(), Expert(track, speed_mph=20)
+    x, y, h = track.pose_at(0.0)
+    state = CarState(x, y, h, 0.0)
+    travelled, prev_s, ctes, speeds = 0.0, 0.0, [], []
+    while travelled < laps * track.length and len(ctes) < 5000:
+        here = track.locate(state.x, state.y)
+        steering, throttle = expert.act(state)
+        if noise is not None:
+            steering, throttle = noise(steering, throttle, here.cte, track.width / 2,
+                                       expert.feedforward(here.s))
+        state = car.step(state, steering, throttle)
+        now = track.locate(state.x, state.y)
+        travelled += (now.s - prev_s + track.length / 2) % track.length - track.length / 2
+        prev_s = now.s
+        ctes.append(abs(now.cte))
+        speeds.append(state.speed_mph)
+    return np.array(ctes), np.array(speeds), len(ctes)
+
+
+@pytest.mark.parametrize("name", shipped_tracks())
+def test_expert_laps_every_shipped_track_on_the_road(name):
+    track = load_track(name)
+    ctes, speeds, steps = _lap(track)
+    assert steps < 5000, "the lap did not finish"
+    assert ctes.max() < track.width / 2, f"off the road: max |cte| {ctes.max():.2f} m"
+    assert ctes.max() < 1.0  # and it really follows the centreline
+    assert speeds.max() <= TOP_SPEED_MPH and speeds[-100:].mean() > 10
+
+
+def test_expert_steers_back_towards_the_centreline():
+    track = load_track("lake")
+    expert = Expert(track)
+    x, y, h = track.pose_at(20.0)  # a straight
+    left_of_centre = CarState(x - math.sin(h) * 2, y + math.cos(h) * 2, h, 8.0)
+    right_of_centre = CarState(x + math.sin(h) * 2, y - math.cos(h) * 2, h, 8.0)
+    assert expert.act(left_of_centre)[0] > 0.05  # positive = steer right
+    assert expert.act(right_of_centre)[0] < -0.05
+    assert expert.act(CarState(x, y, h, 0.0))[1] > 0.5  # standing: accelerate
+    assert expert.act(CarState(x, y, h, 13.0))[1] < 0  # far above 20 mph: brake
+
+
+def test_action_noise_is_correlated_and_only_perturbs():
+    clean = ActionNoise(False, False, seed=0)
+    assert all(clean(0.1, 0.4) == (0.1, 0.4) for _ in range(50))
+    settings = {"steering_std": 0.1, "throttle_std": 0.0, "correlation_s": 0.5}
+    noise = ActionNoise(settings, False, seed=3)
+    steer = np.array([noise(0.0, 0.3)[0] for _ in range(3000)])
+    assert 0.06 < steer.std() < 0.14
+    assert np.corrcoef(steer[:-1], steer[1:])[0, 1] > 0.8  # temporally correlated, not white
+    again = ActionNoise(settings, False, seed=3)
+    assert np.allclose(steer[:100], [again(0.0, 0.3)[0] for _ in range(100)])
+    with pytest.raises(ValueError, match="unknown keys"):
+        ActionNoise({"steer_std": 0.1})
+
+
+def test_recovery_drifts_off_centre_and_the_expert_recovers():
+    track = load_track("lake")
+    recovery = {"every_s": 4.0, "drift_s": 2.0, "steering": 0.12, "max_offset": 0.7}
+    noise = ActionNoise(False, recovery, seed=1)
+    ctes, _, _ = _lap(track, noise, laps=0.5)
+    assert ctes.max() > 2.0  # it really leaves the centre
+    assert ctes.max() < track.width / 2  # but never the road
+    assert np.median(ctes) < 1.0  # and gets back
+
+
+def _rows(log: Path) -> list[list[str]]:
+    with open(log, newline="") as fh:
+        return list(csv.reader(fh))
+
+
+def _check_unity_rows(rows: list[list[str]], folder: Path) -> None:
+    for row in rows:
+        assert len(row) == 7
+        for cell, camera in zip(row[:3], ("center", "left", "right")):
+            path = Path(cell)
+            assert path.is_absolute() and path.parent == folder.resolve() / "IMG"
+            assert NAME.match(path.name) and path.name.startswith(camera + "_")
+            assert path.is_file()
+        assert Path(row[0]).name[len("center"):] == Path(row[1]).name[len("left"):]
+        steering, throttle, brake, speed = map(float, row[3:])
+        assert -1 <= steering <= 1 and 0 <= throttle <= 1 and 0 <= brake <= 1 and 0 <= speed <= 30
+        assert throttle == 0 or brake == 0
+
+
+def test_recording_is_unity_format_and_appends(tmp_path):
+    track = load_track("lake")
+    folder = tmp_path / "rec"
+    log = record(track, folder, max_rows=30, seed=0, progress=False)
+    assert log == folder.resolve() / LOG_NAME
+    first = _rows(log)
+    assert len(first) == 30
+    assert not first[0][0].lower().startswith("center")  # no header
+    _check_unity_rows(first, folder)
+    frame = cv2.imread(first[-1][0], cv2.IMREAD_COLOR)
+    assert frame.shape == (160, 320, 3)
+    assert float(first[-1][6]) > float(first[0][6])  # it drives off
+    stamps = [parse_stamp(r[0]) for r in first]
+    gaps = np.diff([s.timestamp() for s in stamps])
+    assert np.allclose(gaps, 1 / 15, atol=0.0015)  # the simulated 15 Hz clock
+
+    record(track, folder, max_rows=20, seed=1, progress=False)  # appends
+    rows = _rows(log)
+    assert len(rows) == 50 and rows[:30] == first
+    _check_unity_rows(rows, folder)
+    names = [Path(c).name for r in rows for c in r[:3]]
+    assert len(set(names)) == len(names) == len(list((folder / "IMG").glob("*.jpg")))
+    assert parse_stamp(rows[30][0]) > parse_stamp(rows[29][0])
+
+    from bc.data.log import read_driving_log  # the loader training uses
+
+    frame = read_driving_log(folder)
+    assert len(frame) == 50
+    assert frame["steering"].tolist() == pytest.approx([float(r[3]) for r in rows])
+    assert all(Path(p).is_file() for p in frame["center"])
+
+
+def test_appending_continues_after_a_later_clock(tmp_path):
+    """An existing log stamped in the future (another machine's clock) must not collide."""
+    folder = tmp_path / "rec"
+    (folder / "IMG").mkdir(parents=True)
+    future = datetime.now() + timedelta(hours=1)
+    old = [str(folder / "IMG" / image_name(cam, future)) for cam in ("center", "left", "right")]
+    (folder / LOG_NAME).write_text(",".join(old + ["0", "0", "0", "0"]))  # no final newline either
+    log = record(load_track("lake"), folder, max_rows=5, seed=0, progress=False)
+    rows = _rows(log)
+    assert len(rows) == 6 and rows[0] == old + ["0", "0", "0", "0"]
+    assert all(parse_stamp(r[0]) > future for r in rows[1:])
+
+
+def test_labels_are_the_clean_action_not_the_executed_one(tmp_path):
+    """With noise the car wanders, but the logged steering is what the expert would do."""
+    track = load_track("lake")
+    noisy = record(track, tmp_path / "noisy", max_rows=60, seed=2, progress=False,
+                   noise={"steering_std": 0.3, "throttle_std": 0.0, "correlation_s": 0.1},
+                   recovery=False)
+    steering = np.array([float(r[3]) for r in _rows(noisy)])
+    # executed noise of 0.3 std would make the labels jump; the expert's labels are smooth
+    assert np.abs(np.diff(steering)).max() < 0.1
+    assert steering.std() > 0.005  # yet they react to the wandering
+
+
+def test_killed_recording_leaves_a_valid_log(tmp_path):
+    folder = tmp_path / "killed"
+    code = ("from bc.sim.recorder import record; from bc.sim.track import load_track; "
+            f"record(load_track('lake'), {str(folder)!r}, max_rows=100000, progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path)
+    log = folder / LOG_NAME
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            if log.is_file() and len(log.read_bytes().splitlines()) >= 8:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the recorder wrote no rows within 60 s")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    text = log.read_text()
+    assert text.endswith("\n")  # no half row
+    rows = _rows(log)
+    assert len(rows) >= 8
+    _check_unity_rows(rows, folder)
+    for row in rows:
+        for cell in row[:3]:
+            assert cv2.imread(cell) is not None  # every referenced JPEG is complete
+
+
+def test_simulate_script_records_and_reports_bad_tracks(tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    script = str(REPO / "scripts" / "simulate.py")
+
+    def run(*overrides: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, script, *overrides], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    ok = run("mode=record", "track=mountain", "max_rows=6", f"out={tmp_path / 'mountain'}",
+             "seed=3", "progress=false")
+    assert ok.returncode == 0, ok.stderr
+    assert len(_rows(tmp_path / "mountain" / LOG_NAME)) == 6
+    assert (tmp_path / "outputs" / "simulate" / "record").is_dir()  # hydra's folder, not cwd
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("width: 8\npoints: [[0, 0], [1, 1], [2, 0]]\n")
+    err = run(f"track={bad}", f"out={tmp_path / 'x'}")
+    assert err.returncode == 2
+    assert str(bad) in err.stderr and "at least 4 points" in err.stderr
+    mode = run("mode=fly")
+    assert mode.returncode == 2 and "mode: expected one of" in mode.stderr
