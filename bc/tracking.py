@@ -22,12 +22,14 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
 import yaml
 
 from bc.preprocess import PreprocessSpec
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 MODEL_ARTIFACT_DIR = "model"
@@ -63,6 +65,8 @@ class LoadedModel:
     source: str
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        import torch
+
         with torch.inference_mode():
             return self.net(batch)
 
@@ -70,6 +74,7 @@ class LoadedModel:
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """The tracking URI to use: the argument, else ``MLFLOW_TRACKING_URI``, else the embedded
     sqlite store. A relative sqlite path is made absolute against the current directory."""
+
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
@@ -133,6 +138,8 @@ def _config_dict(model_config: Mapping[str, Any]) -> dict[str, Any]:
 
 def save_model(model: torch.nn.Module, model_config: Mapping[str, Any], folder: Path) -> Path:
     """Write weights, config and a TorchScript export of ``model`` into ``folder``."""
+    import torch
+
     folder.mkdir(parents=True, exist_ok=True)
     config = _config_dict(model_config)
     spec: PreprocessSpec = model.preprocess_spec
@@ -171,6 +178,8 @@ def build_model(config: Mapping[str, Any]) -> torch.nn.Module:
 
 def load_model_folder(folder: Path, source: str | None = None) -> LoadedModel:
     """Load a model saved by ``save_model`` (weights + config; no code is unpickled)."""
+    import torch
+
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     for path in (config_path, weights_path):
         if not path.is_file():
@@ -208,6 +217,8 @@ def load_model(run_id: str, tracking_uri: str | None = None) -> LoadedModel:
 
 def load_exported(path: str | Path) -> LoadedModel:
     """Load a TorchScript export (``model.ts``) and the preprocessing spec embedded in it."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise TrackingError(f"model file {path} does not exist")

@@ -19,7 +19,9 @@ MODES = ("record", "autonomous")
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="simulate")
 def main(cfg: DictConfig) -> None:
+    from bc.sim.autonomous import AutonomousError
     from bc.sim.track import TrackError
+    from bc.tracking import TrackingError
 
     try:
         if cfg.mode == "record":
@@ -45,7 +47,7 @@ def main(cfg: DictConfig) -> None:
             autonomous_main(cfg)
         else:
             raise ValueError(f"mode: expected one of {MODES}, got {cfg.mode!r}")
-    except (TrackError, OSError, ValueError) as error:
+    except (TrackError, OSError, ValueError, AutonomousError, TrackingError) as error:
         print(f"simulate.py: error: {error}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USAGE)
 

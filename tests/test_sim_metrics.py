@@ -1,0 +1,158 @@
+"""Metrics, pictures and MLflow logging of autonomous runs, on hand-built DriveResults."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+
+from bc.sim.autonomous import DriveResult, write_trajectory_csv
+from bc.sim.metrics import autonomy_pct, compute_metrics, format_table, log_to_mlflow, write_json
+from bc.sim.plots import plot_trajectory, write_video
+from bc.sim.track import load_track
+
+DT = 0.1
+
+
+@pytest.fixture(scope="module")
+def track():
+    return load_track("lake")
+
+
+def hand_built(track, cte, steering=None, interventions=(), speed_mph=10.0,
+               frames=None) -> DriveResult:
+    """A straight-ish drive along the centreline with the given cross-track errors."""
+    n = len(cte)
+    s = np.arange(1, n + 1) * 2.0
+    poses = np.array([track.pose_at(v) for v in s])
+    normal = np.column_stack([-np.sin(poses[:, 2]), np.cos(poses[:, 2])])
+    xy = poses[:, :2] + normal * np.asarray(cte)[:, None]
+    steps = np.asarray(interventions, dtype=np.int64)
+    return DriveResult(
+        track=track, dt=DT, laps=1.0, t=np.arange(1, n + 1) * DT, x=xy[:, 0], y=xy[:, 1],
+        yaw=poses[:, 2], speed_mph=np.full(n, speed_mph),
+        steering=np.zeros(n) if steering is None else np.asarray(steering),
+        throttle=np.full(n, 0.3), cte=np.asarray(cte, dtype=float), s=s, odometer=s.copy(),
+        intervention_steps=steps, intervention_xy=xy[steps].reshape(-1, 2), frames=frames or n,
+        round_trip_s=np.full(frames or n, 0.004), wall_s=1.0,
+    )
+
+
+def test_autonomy_formula():
+    assert autonomy_pct(0, 100.0) == 100.0
+    assert autonomy_pct(2, 120.0) == pytest.approx(90.0)  # 1 - 12/120
+    assert autonomy_pct(10, 30.0) == 0.0  # clipped, never negative
+    assert autonomy_pct(0, 0.0) == 100.0
+
+
+def test_metrics_on_hand_built_result(track):
+    cte = np.concatenate([np.linspace(0.0, 1.0, 100), np.full(100, -2.0)])
+    steering = np.tile([0.1, -0.1], 100)
+    result = hand_built(track, cte, steering=steering, interventions=(50, 150))
+    m = compute_metrics(result)
+    assert m["steps"] == 200 and m["interventions"] == 2
+    assert m["sim_time_s"] == pytest.approx(20.0)
+    assert m["autonomy"] == pytest.approx((1 - 2 * 6.0 / 20.0) * 100)
+    abs_cte = np.abs(cte)
+    assert m["mean_abs_cte"] == pytest.approx(abs_cte.mean())
+    assert m["p95_abs_cte"] == pytest.approx(np.percentile(abs_cte, 95))
+    assert m["max_abs_cte"] == pytest.approx(2.0)
+    assert m["mean_abs_steering_change"] == pytest.approx(0.2)
+    assert m["mean_speed_mph"] == pytest.approx(10.0)
+    assert m["distance_m"] == pytest.approx(400.0)
+    assert m["laps_completed"] == 0
+    assert m["progress_laps"] == pytest.approx(400.0 / track.length)
+    assert m["round_trip_ms_p50"] == pytest.approx(4.0)
+    assert m["frames_per_s"] == pytest.approx(200.0)
+
+
+def test_laps_completed_counts_whole_laps(track):
+    result = hand_built(track, np.zeros(10))
+    result.s = np.linspace(0, 2.5 * track.length, 10)
+    assert compute_metrics(result)["laps_completed"] == 2
+    result.s = np.linspace(0, -0.5 * track.length, 10)  # backwards: no laps, negative progress
+    m = compute_metrics(result)
+    assert m["laps_completed"] == 0 and m["progress_laps"] < 0
+
+
+def test_empty_result_is_a_clear_error(track):
+    result = hand_built(track, np.zeros(3))
+    for name in ("t", "x", "y", "cte", "s", "steering", "speed_mph", "odometer"):
+        setattr(result, name, np.zeros(0))
+    with pytest.raises(ValueError, match="no steps"):
+        compute_metrics(result)
+
+
+def test_table_and_json(track, tmp_path):
+    m = compute_metrics(hand_built(track, np.full(30, 0.5), interventions=(10,)))
+    table = format_table(m, title="lake eval")
+    assert table.splitlines()[0] == "lake eval"
+    for label in ("autonomy (%)", "interventions", "mean |cte| (m)", "p95 |cte| (m)",
+                  "laps completed"):
+        assert label in table
+    back = json.loads(write_json(m, tmp_path / "sub" / "metrics.json").read_text())
+    assert back == m
+
+
+def test_trajectory_png_and_csv(track, tmp_path):
+    cte = 3.0 * np.sin(np.linspace(0, 6, 150))
+    result = hand_built(track, cte, interventions=(40, 90))
+    png = plot_trajectory(result, tmp_path / "trajectory.png")
+    image = imageio.imread(png)
+    assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 500
+    # the red intervention markers are drawn
+    red = (image[:, :, 0] > 200) & (image[:, :, 1] < 60) & (image[:, :, 2] < 60)
+    assert red.sum() > 20
+    csv = write_trajectory_csv(result, tmp_path / "trajectory.csv")
+    table = np.genfromtxt(csv, delimiter=",", names=True)
+    assert len(table) == 150 and table["intervention"].sum() == 2
+    assert np.allclose(table["cte"], cte, atol=1e-4)
+
+
+def test_mp4_from_frames_and_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = [np.full((160, 320, 3), 10 * i, np.uint8)
+              + rng.integers(0, 5, (160, 320, 3), dtype=np.uint8) for i in range(12)]
+    assert write_video(frames, tmp_path / "a.mp4", fps=15) == 12
+    reader = imageio.get_reader(tmp_path / "a.mp4")
+    assert reader.count_frames() == 12
+    assert reader.get_meta_data()["size"] == (320, 160)
+    reader.close()
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(frames[:5]):
+        imageio.imwrite(folder / f"2024_01_01_00_00_00_{i:03d}.jpg", frame)
+    assert write_video(folder, tmp_path / "b.mp4") == 5
+    assert imageio.get_reader(tmp_path / "b.mp4").count_frames() == 5
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no .* frames in"):
+        write_video(tmp_path / "empty", tmp_path / "c.mp4")
+
+
+def test_log_to_mlflow(track, tmp_path, monkeypatch):
+    from bc.tracking import TrackingError, client, get_or_create_experiment
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    experiment = get_or_create_experiment("bc-test", uri)
+    mlflow_client = client(uri)
+    run = mlflow_client.create_run(experiment)
+    mlflow_client.set_terminated(run.info.run_id)  # a finished training run
+    m = compute_metrics(hand_built(track, np.full(40, 0.25), interventions=(5,)))
+    png = plot_trajectory(hand_built(track, np.full(40, 0.25)), tmp_path / "trajectory.png")
+    js = write_json(m, tmp_path / "metrics.json")
+    keys = log_to_mlflow(run.info.run_id, "lake", m, [png, js], tracking_uri=uri)
+    assert "eval/lake/autonomy" in keys and "eval/lake/mean_abs_cte" in keys
+    logged = mlflow_client.get_run(run.info.run_id).data.metrics
+    assert logged["eval/lake/autonomy"] == pytest.approx(m["autonomy"])
+    assert logged["eval/lake/interventions"] == 1
+    assert logged["eval/lake/mean_abs_cte"] == pytest.approx(0.25, abs=1e-6)
+    assert "eval/lake/realtime" not in logged and "eval/lake/track" not in logged
+    names = {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "eval/lake")}
+    assert names == {"eval/lake/trajectory.png", "eval/lake/metrics.json"}
+    with pytest.raises(TrackingError, match="not found"):
+        log_to_mlflow("0" * 32, "lake", m, tracking_uri=uri)
+    assert not math.isnan(m["autonomy"])
