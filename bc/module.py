@@ -1,0 +1,88 @@
+"""The LightningModule: steering regression loss, metrics and optimizers around a plain network.
+
+The network (`bc.models`) stays a plain `nn.Module` so the drive server never needs Lightning;
+this module adds what training needs: the loss (MSE, or Huber for robustness to noisy labels),
+`train/loss`, `val/loss` and `val/mae`, and the optimizer / LR scheduler built from config partials.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+import torch
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torchmetrics import MeanAbsoluteError, MeanMetric
+
+from bc.losses import LOSSES, make_loss  # noqa: F401 (re-exported)
+from bc.models.base import SteeringModel
+
+MONITOR = "val/loss"  # what ReduceLROnPlateau, checkpoints and early stopping watch
+
+OptimizerFactory = Callable[..., Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+
+class SteeringModule(pl.LightningModule):
+    """Trains a `SteeringModel` on (frames N x 3 x H x W in 0..255, steering N x 1) batches."""
+
+    def __init__(self, net: SteeringModel, optimizer: OptimizerFactory,
+                 scheduler: SchedulerFactory | None = None, loss: str = "mse",
+                 huber_delta: float = 1.0) -> None:
+        super().__init__()
+        if not callable(optimizer):
+            raise TypeError(f"optimizer: expected a partial that builds a torch optimizer "
+                            f"(`_partial_: true` in conf/optimizer), got {optimizer!r}")
+        if scheduler is not None and not callable(scheduler):
+            raise TypeError(f"scheduler: expected a partial that builds an LR scheduler "
+                            f"(`_partial_: true` in conf/scheduler) or null, got {scheduler!r}")
+        # The full resolved config is logged by bc.train; keep only the scalars in the checkpoint.
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.criterion = make_loss(loss, huber_delta)
+        self.val_loss = MeanMetric()
+        self.val_mae = MeanAbsoluteError()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _predict_batch(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictions and targets of a batch, with targets shaped like the predictions."""
+        x, y = batch
+        prediction = self.net(x)
+        if y.ndim == 1:
+            y = y.unsqueeze(1)
+        if y.shape != prediction.shape:
+            raise ValueError(f"batch targets have shape {tuple(y.shape)} but the model outputs "
+                             f"{tuple(prediction.shape)}; expected N x 1 steering targets")
+        return prediction, y.to(prediction.dtype)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        prediction, target = self._predict_batch(batch)
+        loss = self.criterion(prediction, target)
+        size = target.shape[0]
+        # `train/loss` is the epoch mean (comparable with val/loss); the per-step curve is separate.
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=size,
+                 sync_dist=True)
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=size)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        prediction, target = self._predict_batch(batch)
+        self.val_loss.update(self.criterion(prediction, target), weight=target.shape[0])
+        self.val_mae.update(prediction, target)
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val/mae", self.val_mae, on_step=False, on_epoch=True, prog_bar=True)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        schedule: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch", "frequency": 1}
+        if isinstance(scheduler, ReduceLROnPlateau):
+            schedule["monitor"] = MONITOR
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
