@@ -1,0 +1,415 @@
+"""The real drive server (scripts/drive.py in a subprocess on 127.0.0.1) with real clients:
+a raw-websocket client that behaves like the Unity simulator and a python-socketio client.
+One server (model by run id, frames saved) serves the whole module."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import importlib.metadata
+import json
+import queue
+import re
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from bc import tracking
+from bc.drive.benchmark import DRIVE_SCRIPT, drive_server
+from bc.preprocess import preprocess, to_tensor
+from unity_client import UnityClient, make_jpeg, telemetry
+
+with warnings.catch_warnings():  # socketio 4.6.1 imports eventlet, which announces its deprecation
+    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated", category=Warning)
+    import socketio
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENT = "drive-test"
+MAX_MESSAGE_BYTES = 100_000
+TRANSPORT_LIMIT = 4 * MAX_MESSAGE_BYTES  # bc.drive.server.TRANSPORT_LIMIT_FACTOR
+FRAME_NAME = re.compile(r"^\d{4}_\d{2}_\d{2}_\d{2}_\d{2}_\d{2}_\d{3}(_\d+)?\.jpg$")
+SAFE_STEER = "0.000000"
+BRAKE = "-0.500000"
+COAST = "0.000000"
+
+
+def train_small_net(seed: int, target: float) -> tuple[torch.nn.Module, dict]:
+    """A SmallNet (conf/model/small.yaml) after a few optimizer steps on random frames."""
+    config = yaml.safe_load((REPO / "conf/model/small.yaml").read_text())
+    torch.manual_seed(seed)
+    net = tracking.build_model(config)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    inputs = torch.rand(8, *net.input_shape) * 255
+    targets = target + 0.1 * torch.randn(8, 1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(net(inputs), targets)
+        loss.backward()
+        optimizer.step()
+    return net.eval(), config
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """An MLflow sqlite store with two finished runs with models (B has the better val/loss),
+    a finished run without a model, and an empty experiment."""
+    root = tmp_path_factory.mktemp("drive-store")
+    uri = f"sqlite:///{root}/mlruns/mlflow.db"
+    experiment = tracking.get_or_create_experiment(EXPERIMENT, uri)
+    tracking.get_or_create_experiment("empty", uri)
+    client = tracking.client(uri)
+    runs, nets = {}, {}
+    for name, seed, target, val_loss in (("a", 0, 0.3, 0.5), ("b", 1, -0.2, 0.2)):
+        net, config = train_small_net(seed, target)
+        run_id = client.create_run(experiment).info.run_id
+        client.log_metric(run_id, "val/loss", val_loss)
+        tracking.log_model(run_id, net, config, uri)
+        client.set_terminated(run_id)
+        runs[name], nets[name] = run_id, net
+    runs["no_model"] = client.create_run(experiment).info.run_id
+    client.set_terminated(runs["no_model"])
+    return {"root": root, "uri": uri, "runs": runs, "nets": nets}
+
+
+@pytest.fixture(scope="module")
+def server(store):
+    """scripts/drive.py serving run A by id, saving frames, on a free port."""
+    overrides = [f"run_id={store['runs']['a']}", f"tracking_uri={store['uri']}",
+                 f"image_folder={store['root'] / 'frames'}",
+                 f"max_message_bytes={MAX_MESSAGE_BYTES}"]
+    with drive_server(overrides, store["root"]) as info:
+        yield info
+
+
+def server_log(server) -> str:
+    return server["log"].read_text(errors="replace")
+
+
+def decode_rgb(jpeg: bytes) -> np.ndarray:
+    bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def assert_valid_steer(reply) -> tuple[float, float]:
+    event, data = reply
+    assert event == "steer", reply
+    assert set(data) == {"steering_angle", "throttle"}
+    assert all(isinstance(value, str) for value in data.values()), data  # Unity needs strings
+    steering, throttle = float(data["steering_angle"]), float(data["throttle"])
+    assert -1.0 <= steering <= 1.0 and -1.0 <= throttle <= 1.0
+    return steering, throttle
+
+
+def test_socketio_and_engineio_pins_match_the_simulator():
+    # PROTOCOL.md section 3: engineio 3.14 rejects the sim's EIO=4 URL, socketio 5 drops its events.
+    assert importlib.metadata.version("python-socketio") == "4.6.1"
+    assert importlib.metadata.version("python-engineio") == "3.13.2"
+
+
+def test_unity_client_never_sends_40_and_gets_steer_for_every_telemetry(server, store):
+    with UnityClient(server["port"]) as client:
+        assert client.handshake["upgrades"] == []
+        assert client.connect_reply == ("steer", {"steering_angle": "0", "throttle": "0"})
+        for seed, speed in enumerate((0.0, 4.5, 9.0, 12.0, 30.0)):
+            assert_valid_steer(client.send_telemetry(telemetry(make_jpeg(seed), speed=speed)))
+        assert client.send_telemetry({}) == ("manual", {})
+        assert client.send_telemetry(None) == ("manual", {})
+        assert_valid_steer(client.send_telemetry(telemetry(make_jpeg(9))))
+        client.ping()
+        assert_valid_steer(client.send_telemetry(telemetry(make_jpeg(10))))
+    # Every event reached the default namespace although no "40" was ever sent.
+    assert not any(frame.startswith("40") for frame in client.sent)
+    assert all(frame.startswith(("42[\"telemetry\"", "2")) for frame in client.sent)
+
+
+def test_server_steers_exactly_like_the_trained_module(server, store):
+    net = store["nets"]["a"]
+    spec = net.preprocess_spec
+    with UnityClient(server["port"]) as client:
+        for seed in range(4):
+            jpeg = make_jpeg(100 + seed)
+            steering, _ = assert_valid_steer(client.send_telemetry(telemetry(jpeg)))
+            rgb = decode_rgb(jpeg)
+            with torch.inference_mode():
+                expected = float(net(to_tensor(preprocess(rgb, spec))))
+                swapped = float(net(to_tensor(preprocess(rgb[..., ::-1].copy(), spec))))
+            assert abs(expected) < 1.0  # not hidden by the clamp
+            assert steering == pytest.approx(expected, abs=2e-6)
+            # The comparison would notice a BGR/RGB mix-up.
+            assert abs(swapped - expected) > 1e-4
+
+
+def test_speed_control_accelerates_slow_car_and_brakes_fast_car(server):
+    with UnityClient(server["port"]) as client:
+        _, slow = assert_valid_steer(client.send_telemetry(telemetry(make_jpeg(1), speed=0.0)))
+        _, fast = assert_valid_steer(client.send_telemetry(telemetry(make_jpeg(1), speed=25.0)))
+    assert slow > 0.5 and fast < 0
+
+
+def test_a_second_server_cannot_take_the_port(server):
+    from bc.drive.server import listen
+
+    with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{server['port']}"):
+        listen("127.0.0.1", server["port"])
+
+
+def test_flask_page_names_the_served_model(server, store):
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server['port']}/", timeout=10) as response:
+        assert store["runs"]["a"] in response.read().decode()
+
+
+def test_python_socketio_client_gets_steer_and_manual(server):
+    replies: queue.Queue = queue.Queue()
+    client = socketio.Client(reconnection=False)
+    client.on("steer", lambda data: replies.put(("steer", data)))
+    client.on("manual", lambda data=None: replies.put(("manual", data)))
+    client.connect(f"http://127.0.0.1:{server['port']}", transports=["websocket"])
+    try:
+        assert replies.get(timeout=10) == ("steer", {"steering_angle": "0", "throttle": "0"})
+        for seed in range(3):
+            client.emit("telemetry", telemetry(make_jpeg(seed)))
+            assert_valid_steer(replies.get(timeout=10))
+        client.emit("telemetry", {})
+        assert replies.get(timeout=10) == ("manual", {})
+    finally:
+        client.disconnect()
+
+
+def _with_image(image: object, speed: object = "20.0") -> dict:
+    return {"steering_angle": "0.0000", "throttle": "0.0000", "speed": speed, "image": image}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _png() -> bytes:
+    return cv2.imencode(".png", np.zeros((160, 320, 3), np.uint8))[1].tobytes()
+
+
+GOOD = make_jpeg(7)
+# name -> (raw text frame the client sends, expected throttle of the safe reply, log words)
+BAD_INPUTS = {
+    "bad_base64": (_with_image("not*base64!"), BRAKE, "base64"),
+    "truncated_jpeg": (_with_image(_b64(GOOD[: len(GOOD) // 2])), BRAKE, "truncated"),
+    "not_a_jpeg": (_with_image(_b64(_png())), BRAKE, "not a JPEG"),
+    "corrupt_jpeg": (_with_image(_b64(b"\xff\xd8" + bytes(500) + b"\xff\xd9")), BRAKE, "corrupt"),
+    "wrong_size": (_with_image(_b64(make_jpeg(1, width=64, height=32))), BRAKE, "expected 320x160"),
+    "image_not_string": (_with_image(12345), BRAKE, "image"),
+    "missing_image": ({"speed": "20.0", "throttle": "0.1"}, BRAKE, "image: missing"),
+    "missing_speed": ({"image": _b64(GOOD)}, COAST, "speed: missing"),
+    "non_numeric_speed": (_with_image(_b64(GOOD), "fast"), COAST, "speed: expected a number"),
+    "speed_is_a_list": (_with_image(_b64(GOOD), [1]), COAST, "speed"),
+    "payload_is_string": ("hello", COAST, "expected a JSON object"),
+    "payload_is_list": ([1, 2], COAST, "expected a JSON object"),
+    "payload_is_number": (5, COAST, "expected a JSON object"),
+    "oversized_image": (_with_image("A" * (MAX_MESSAGE_BYTES + 8)), COAST, "max_message_bytes"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_input_is_answered_and_the_next_frame_steers(server, name):
+    payload, throttle, words = BAD_INPUTS[name]
+    with UnityClient(server["port"]) as client:
+        assert client.send_telemetry(payload) == (
+            "steer", {"steering_angle": SAFE_STEER, "throttle": throttle})
+        steering, _ = assert_valid_steer(client.send_telemetry(telemetry(GOOD)))
+        assert steering != 0.0
+    warnings = [line for line in server_log(server).splitlines() if "bad telemetry" in line]
+    assert any(words in line for line in warnings), (words, warnings[-3:])
+
+
+def test_malformed_packet_is_answered_and_the_next_frame_steers(server):
+    with UnityClient(server["port"]) as client:
+        client.send_text('42["telemetry",{"speed": "3"')  # cut-off JSON
+        assert client.wait_reply() == ("steer", {"steering_angle": SAFE_STEER, "throttle": COAST})
+        assert_valid_steer(client.send_telemetry(telemetry(GOOD)))
+    assert "not a valid Socket.IO packet" in server_log(server)
+
+
+def test_frame_over_the_transport_limit_closes_only_that_connection(server):
+    client = UnityClient(server["port"]).connect()
+    try:
+        client.send_text('42["telemetry",{"image":"' + "A" * TRANSPORT_LIMIT + '"}]')
+        with pytest.raises(Exception):
+            client.wait_reply()
+    finally:
+        client.close()
+    with UnityClient(server["port"]) as fresh:
+        assert_valid_steer(fresh.send_telemetry(telemetry(GOOD)))
+
+
+def _csv_rows(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "drive_log.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_received_frames_are_saved_as_sent_with_a_csv(server, store):
+    folder = store["root"] / "frames"
+    before = len(_csv_rows(folder))
+    jpegs = [make_jpeg(200 + index) for index in range(5)]
+    with UnityClient(server["port"]) as client:
+        replies = [client.send_telemetry(telemetry(jpeg, speed=7.5)) for jpeg in jpegs]
+    deadline = time.monotonic() + 10
+    while len(rows := _csv_rows(folder)) < before + len(jpegs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    new = rows[before:]
+    assert len(new) == len(jpegs)
+    for row, jpeg, (_, data) in zip(new, jpegs, replies):
+        assert FRAME_NAME.match(row["image"]), row["image"]
+        assert (folder / row["image"]).read_bytes() == jpeg  # bytes as received, no re-encode
+        assert row["steering"] == data["steering_angle"] and row["throttle"] == data["throttle"]
+        assert float(row["speed"]) == 7.5
+    assert len(list(folder.glob("*.jpg"))) == len(rows)  # bad frames are not saved
+
+
+@pytest.fixture(scope="module")
+def compose_drive():
+    """conf/drive.yaml with overrides, as scripts/drive.py would see it."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        yield lambda *overrides: compose("drive", overrides=list(overrides))
+
+
+def test_run_id_best_picks_the_best_finished_run(store, compose_drive):
+    from bc.drive.predictor import Predictor
+    from bc.drive.server import load_from_config
+
+    cfg = compose_drive("run_id=best", f"experiment_name={EXPERIMENT}", "metric=val/loss",
+                        "mode=min", f"tracking_uri={store['uri']}")
+    loaded = load_from_config(cfg)
+    assert loaded.source == f"runs:/{store['runs']['b']}/model"
+    net = store["nets"]["b"]
+    with torch.inference_mode():
+        expected = float(net(to_tensor(preprocess(decode_rgb(GOOD), net.preprocess_spec))))
+    assert Predictor(loaded).predict_jpeg(GOOD)[0] == pytest.approx(expected, abs=1e-6)
+    worst = load_from_config(compose_drive("run_id=best", f"experiment_name={EXPERIMENT}",
+                                           "mode=max", f"tracking_uri={store['uri']}"))
+    assert worst.source == f"runs:/{store['runs']['a']}/model"
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _uri(store: dict) -> str:
+    return f"tracking_uri={store['uri']}"
+
+
+# name -> (drive.py overrides for the module's store, expected words of the error)
+ERROR_CASES = {
+    "unknown_run_id": (lambda s: [f"run_id={'0' * 31}f", _uri(s)], "no MLflow run"),
+    "run_without_model": (lambda s: [f"run_id={s['runs']['no_model']}", _uri(s)],
+                          "has no logged model"),
+    "empty_experiment": (lambda s: ["run_id=best", "experiment_name=empty", _uri(s)],
+                         "has no finished run"),
+    "missing_experiment": (lambda s: ["run_id=best", "experiment_name=nope", _uri(s)],
+                           "no MLflow experiment named 'nope'"),
+    "unreachable_server": (lambda s: ["run_id=best",
+                                      f"tracking_uri=http://127.0.0.1:{_closed_port()}"],
+                           "unreachable"),
+    "no_model_given": (lambda s: [], "give exactly one of run_id"),
+    "both_given": (lambda s: ["run_id=best", f"model_path={s['root'] / 'x.ts'}"],
+                   "give exactly one"),
+    "missing_model_file": (lambda s: [f"model_path={s['root'] / 'nope.ts'}"], "does not exist"),
+    "not_a_model_file": (lambda s: [f"model_path={s['root'] / 'mlruns' / 'mlflow.db'}"],
+                         "not a TorchScript model exported by bc"),
+    "non_empty_image_folder": (lambda s: [f"model_path={s['root'] / 'nope.ts'}",
+                                          f"image_folder={s['root'] / 'mlruns'}"], "is not empty"),
+    "bad_port": (lambda s: ["port=http", f"model_path={s['root'] / 'nope.ts'}"],
+                 "port: expected an integer, got 'http'"),
+    "bad_set_speed": (lambda s: ["set_speed=50", f"model_path={s['root'] / 'nope.ts'}"],
+                      "set_speed: expected 0..30"),
+}
+
+
+def _with_free_port(overrides: list[str]) -> list[str]:
+    return overrides if any(o.startswith("port=") for o in overrides) else ["port=0", *overrides]
+
+
+@pytest.mark.parametrize("name", sorted(ERROR_CASES))
+def test_bad_model_choice_raises_a_clear_error(store, compose_drive, name):
+    from hydra.errors import InstantiationException
+
+    from bc.drive.recorder import FolderNotEmptyError
+    from bc.drive.server import run_from_config
+
+    overrides, message = ERROR_CASES[name]
+    expected = (tracking.TrackingError, FolderNotEmptyError, ValueError, InstantiationException)
+    with pytest.raises(expected, match=re.escape(message)):
+        run_from_config(compose_drive(*_with_free_port(overrides(store))))
+
+
+CLI_ERROR_CASES = ("unknown_run_id", "unreachable_server", "non_empty_image_folder",
+                   "bad_set_speed")
+
+
+@pytest.fixture(scope="module")
+def cli_errors(store):
+    """Failing scripts/drive.py invocations, started together (each is mostly import time)."""
+    processes = {}
+    for name in CLI_ERROR_CASES:
+        command = [sys.executable, str(DRIVE_SCRIPT),
+                   f"hydra.run.dir={store['root'] / 'hydra' / name}",
+                   *_with_free_port(ERROR_CASES[name][0](store))]
+        processes[name] = subprocess.Popen(command, cwd=store["root"], stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, text=True)
+    return {name: (process, *process.communicate(timeout=120))
+            for name, process in processes.items()}
+
+
+@pytest.mark.parametrize("name", CLI_ERROR_CASES)
+def test_drive_script_errors_are_one_line_and_a_nonzero_exit(cli_errors, name):
+    process, stdout, stderr = cli_errors[name]
+    assert process.returncode == 2, (stdout, stderr)
+    errors = [line for line in stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("drive.py: error:"), stderr
+    assert ERROR_CASES[name][1] in errors[0]
+    assert "Traceback" not in stdout + stderr and "serving" not in stdout
+
+
+def test_drive_imports_neither_lightning_nor_albumentations_nor_mlflow_pytorch(store, tmp_path):
+    exported = tmp_path / "model"
+    config = yaml.safe_load((REPO / "conf/model/small.yaml").read_text())
+    tracking.save_model(store["nets"]["a"], config, exported)
+    code = f"""
+import json, runpy, sys
+runpy.run_path({str(DRIVE_SCRIPT)!r}, run_name="drive")
+import bc.drive.server
+from bc.drive.predictor import load_model
+heavy = ("lightning", "pytorch_lightning", "albumentations", "mlflow.pytorch")
+def loaded(names):
+    return sorted(m for m in sys.modules if any(m == n or m.startswith(n + ".") for n in names))
+load_model(model_path={str(exported / 'model.ts')!r})
+by_path = loaded(heavy + ("mlflow",))
+load_model(run_id={store['runs']['a']!r}, tracking_uri={store['uri']!r})
+print(json.dumps({{"by_path": by_path, "by_run": loaded(heavy)}}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found == {"by_path": [], "by_run": []}
+
+
+@pytest.mark.slow
+def test_benchmark_command_drives_frames_through_the_real_server():
+    from bc.drive.benchmark import format_report, run_benchmark
+
+    result = run_benchmark(frames=100, model="small")
+    assert result["round_trip"]["replies_per_s"] > 0 and result["floor"]["p99_ms"] > 0
+    assert "replies/s" in format_report(result)

@@ -1,0 +1,189 @@
+"""Drive server parts without a socket: speed control, frame decoding, telemetry handling,
+frame saving, websocket unmasking."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from bc import tracking
+from bc.drive.controller import PIController, SpeedController
+from bc.drive.predictor import BadFrame, Predictor, decode_base64, decode_jpeg
+from bc.drive.recorder import CSV_NAME, FolderNotEmptyError, FrameRecorder, frame_stem
+from unity_client import make_jpeg, telemetry
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def simulate(controller: SpeedController, steps: int, steering: float = 0.0, speed: float = 0.0,
+             gain: float = 2.0, drag: float = 0.05) -> tuple[list[float], list[float]]:
+    """A crude car: speed += gain * throttle - drag * speed per step; returns speeds, throttles."""
+    speeds, throttles = [], []
+    for _ in range(steps):
+        throttle = controller.throttle(speed, steering)
+        speed = max(0.0, speed + gain * throttle - drag * speed)
+        speeds.append(speed)
+        throttles.append(throttle)
+    return speeds, throttles
+
+
+def test_pi_controller_reaches_the_set_speed_and_stays_clamped():
+    controller = SpeedController(set_speed=9.0)
+    speeds, throttles = simulate(controller, 3000)
+    assert speeds[-1] == pytest.approx(9.0, abs=0.1)
+    assert all(-1.0 <= t <= 1.0 for t in throttles)
+    assert max(throttles) == 1.0 or throttles[0] > 0.5  # starts by accelerating hard
+
+
+def test_pi_output_is_clamped_and_braking_can_be_disabled():
+    assert PIController(set_point=30).update(0.0) == 1.0
+    assert PIController(set_point=0).update(30.0) == -1.0
+    no_brake = SpeedController(set_speed=9.0, allow_brake=False)
+    assert no_brake.throttle(25.0) == 0.0
+    assert SpeedController(set_speed=9.0).throttle(25.0) < 0.0  # brakes when too fast
+    # A negative throttle at a standstill would reverse the car: never below brake_min_speed.
+    assert SpeedController(set_speed=1.0, brake_min_speed=5.0).throttle(4.0) == 0.0
+
+
+def test_anti_windup_lets_the_controller_recover_at_once():
+    pi = PIController(set_point=9.0)
+    outputs = [pi.update(0.0) for _ in range(10_000)]  # car stuck against a wall
+    assert outputs[-1] == pytest.approx(1.0)
+    # Integration stops where the output saturates: (1 - kp * 9) / ki, not 10_000 * 9.
+    assert pi.integral == pytest.approx((1.0 - pi.kp * 9.0) / pi.ki)
+    outputs = [pi.update(12.0) for _ in range(5)]  # free again and too fast
+    assert outputs[-1] < 0.0
+
+
+def test_slow_in_bends_lowers_the_target_speed():
+    straight = SpeedController(set_speed=20.0, slow_in_bends=True, bend_slowdown=0.5)
+    assert straight.target_speed(0.0) == 20.0
+    assert straight.target_speed(0.5) == pytest.approx(15.0)
+    assert straight.target_speed(-1.0) == pytest.approx(10.0)
+    assert SpeedController(set_speed=20.0).target_speed(1.0) == 20.0  # off by default
+    floor = SpeedController(set_speed=9.0, slow_in_bends=True, min_speed=6.0)
+    assert floor.target_speed(1.0) == 6.0
+    bend = SpeedController(set_speed=20.0, slow_in_bends=True)
+    bend_speeds, _ = simulate(bend, 3000, steering=0.8)
+    assert bend_speeds[-1] == pytest.approx(20.0 * (1 - 0.5 * 0.8), abs=0.2)
+
+
+@pytest.mark.parametrize("bad", [{"set_speed": 31.0}, {"set_speed": -1.0}, {"bend_slowdown": 1.5},
+                                 {"max_throttle": 0.0}, {"kp": "abc"}, {"ki": float("nan")}])
+def test_speed_controller_rejects_bad_settings(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        SpeedController(**bad)
+
+
+def test_jpeg_decoding_is_rgb_and_rejects_bad_frames():
+    rgb = np.zeros((160, 320, 3), np.uint8)
+    rgb[..., 0] = 200  # pure red in RGB
+    jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+    decoded = decode_jpeg(jpeg)
+    assert decoded.shape == (160, 320, 3)
+    assert decoded[..., 0].mean() > 190 and decoded[..., 2].mean() < 40  # still red, not blue
+    with pytest.raises(BadFrame, match="truncated"):
+        decode_jpeg(jpeg[:-100])
+    with pytest.raises(BadFrame, match="not a JPEG"):
+        decode_jpeg(b"GIF89a" + jpeg)
+    with pytest.raises(BadFrame, match="expected 320x160, got 64x32"):
+        decode_jpeg(make_jpeg(0, width=64, height=32))
+    with pytest.raises(BadFrame, match="base64"):
+        decode_base64("abc$")
+    with pytest.raises(BadFrame, match="expected a base64 string"):
+        decode_base64(None)
+    assert decode_base64(base64.b64encode(jpeg).decode()) == jpeg
+
+
+@pytest.fixture(scope="module")
+def drive():
+    """The protocol logic with a real (untrained) SmallNet."""
+    from bc.drive.server import DriveServer
+
+    config = yaml.safe_load((REPO / "conf/model/small.yaml").read_text())
+    net = tracking.build_model(config).eval()
+    model = tracking.LoadedModel(net=net, spec=net.preprocess_spec, source="test")
+    return DriveServer(Predictor(model), SpeedController(), max_message_bytes=100_000)
+
+
+def test_telemetry_replies_are_strings_and_bad_input_gets_the_safe_reply(drive):
+    from bc.drive.server import MANUAL_REPLY
+
+    reply = drive.handle_telemetry(telemetry(make_jpeg(3), speed=8.0))
+    assert reply.event == "steer" and all(isinstance(v, str) for v in reply.data.values())
+    assert re.fullmatch(r"-?\d\.\d{6}", reply.data["steering_angle"])  # no exponent for Unity
+    assert drive.handle_telemetry({}) == MANUAL_REPLY
+    assert drive.handle_telemetry(None) == MANUAL_REPLY
+    moving = drive.handle_telemetry({"speed": "20.0", "image": "%%%"})
+    assert moving.data == {"steering_angle": "0.000000", "throttle": "-0.500000"}  # brake
+    still = drive.handle_telemetry({"speed": "1.0", "image": "%%%"})
+    assert still.data == {"steering_angle": "0.000000", "throttle": "0.000000"}  # no reversing
+    # Unity writes "N4" numbers with the machine's decimal separator.
+    comma = dict(telemetry(make_jpeg(3)), speed="25,0000")
+    assert float(drive.handle_telemetry(comma).data["throttle"]) < 0
+
+
+def test_recorder_saves_bytes_as_received_and_a_csv(tmp_path):
+    recorder = FrameRecorder(tmp_path / "run")
+    jpegs = [make_jpeg(seed) for seed in range(3)]
+    names = [recorder.record(jpeg, 0.1 * i, 0.2, 9.0) for i, jpeg in enumerate(jpegs)]
+    recorder.close()
+    assert len(set(names)) == 3  # unique even within one millisecond
+    for name, jpeg in zip(names, jpegs):
+        assert re.fullmatch(r"\d{4}(_\d{2}){5}_\d{3}(_\d+)?\.jpg", name)
+        assert (tmp_path / "run" / name).read_bytes() == jpeg
+    with open(tmp_path / "run" / CSV_NAME, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["image"] for row in rows] == names
+    assert [float(row["steering"]) for row in rows] == pytest.approx([0.0, 0.1, 0.2])
+    assert sorted(names) == names  # name order is time order
+
+
+def test_frame_names_follow_the_reference_format():
+    when = datetime(2016, 12, 1, 13, 30, 48, 287654, tzinfo=timezone.utc)
+    assert frame_stem(when) == "2016_12_01_13_30_48_287"
+
+
+def test_recorder_refuses_a_non_empty_folder_unless_overwrite(tmp_path, monkeypatch):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("precious")
+    with pytest.raises(FolderNotEmptyError, match="not empty.*overwrite=true"):
+        FrameRecorder(folder)
+    assert (folder / "keep.txt").exists()
+    FrameRecorder(folder, overwrite=True).close()
+    assert sorted(p.name for p in folder.iterdir()) == [CSV_NAME]
+    (tmp_path / "x").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FolderNotEmptyError, match="working directory"):
+        FrameRecorder(Path("."), overwrite=True)
+    assert (tmp_path / "x").exists()
+
+
+def test_fast_websocket_unmasking_matches_the_rfc(tmp_path):
+    from bc.drive.server import xor_unmask
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, 1001, dtype=np.uint8).tobytes()
+    mask = tuple(int(v) for v in rng.integers(0, 256, 4))
+    for offset in (0, 1, 3, 6):
+        expected = bytes(data[i] ^ mask[(offset + i) % 4] for i in range(len(data)))
+        assert xor_unmask(data, mask, len(data), offset) == expected
+    assert xor_unmask(data, mask, 10) == bytes(data[i] ^ mask[i % 4] for i in range(10))
+    assert xor_unmask(b"", mask) == b""
+
+
+def test_default_torch_threads_leave_cores_for_the_simulator():
+    from bc.drive.predictor import default_num_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert default_num_threads() == (1 if cores < 8 else 2)
