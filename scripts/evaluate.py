@@ -15,7 +15,9 @@ from omegaconf import DictConfig, ListConfig
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from bc.evaluate import EvaluationError, evaluate, resolve_run_id
+    from bc.drive.launch import DriveServerError
+    from bc.evaluate import evaluate, resolve_run_id
+    from bc.sim.autonomous import AutonomousError
     from bc.tracking import TrackingError
 
     tracks = list(cfg.track) if isinstance(cfg.track, ListConfig) else [str(cfg.track)]
@@ -28,7 +30,7 @@ def main(cfg: DictConfig) -> None:
                  slow_in_bends=cfg.slow_in_bends, tracking_uri=cfg.tracking_uri, out=out,
                  video=cfg.video, max_steps=cfg.max_steps, realtime=cfg.realtime,
                  progress=cfg.progress)
-    except (EvaluationError, TrackingError) as error:
+    except (DriveServerError, AutonomousError, TrackingError) as error:
         sys.exit(f"evaluate: {error}")
     print(f"metrics logged to MLflow run {run_id} (eval/<track>/...); outputs in {out}")
 

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from bc import tracking
-from bc.drive.benchmark import DRIVE_SCRIPT, drive_server
+from bc.drive.launch import DRIVE_SCRIPT, drive_server
 from bc.preprocess import preprocess, to_tensor
 from unity_client import UnityClient, make_jpeg, telemetry
 

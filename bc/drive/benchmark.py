@@ -17,25 +17,19 @@ import argparse
 import base64
 import json
 import os
-import re
-import subprocess
-import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
 
+from bc.drive.launch import drive_server
 from bc.drive.predictor import Predictor
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DRIVE_SCRIPT = REPO_ROOT / "scripts" / "drive.py"
 MODEL_CONFIGS = REPO_ROOT / "conf" / "model"
-SERVING_PATTERN = re.compile(r"serving (?P<source>.+) on http://(?P<host>[^\s]+):(?P<port>\d+)")
-STARTUP_TIMEOUT_S = 120.0
 REPLY_TIMEOUT_S = 10.0
 DISTINCT_FRAMES = 32
 WARMUP_FRAMES = 50
@@ -108,40 +102,6 @@ def floor_times(predictor: Predictor, jpegs: list[bytes], indices: range) -> lis
         predictor.predict_jpeg(jpeg)
         times.append(time.perf_counter() - start)
     return times
-
-
-@contextmanager
-def drive_server(overrides: list[str], workdir: Path,
-                 log_name: str = "drive_server.log") -> Iterator[dict[str, Any]]:
-    """Run ``scripts/drive.py <overrides> port=0`` (a free loopback port) in ``workdir``;
-    yields its port, source, startup time, log path and process. Stopped (SIGTERM) on exit."""
-    log_path = workdir / log_name
-    run_dir = str(workdir / "hydra" / log_path.stem).replace("\\", "\\\\").replace("'", "\\'")
-    command = [sys.executable, str(DRIVE_SCRIPT), "port=0", f"hydra.run.dir='{run_dir}'",
-               *overrides]
-    started = time.perf_counter()
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        match = None
-        while match is None:
-            if process.poll() is not None:
-                raise RuntimeError(f"drive server exited with {process.returncode}:\n"
-                                   f"{log_path.read_text(errors='replace')}")
-            if time.perf_counter() - started > STARTUP_TIMEOUT_S:
-                raise TimeoutError(f"drive server did not start in {STARTUP_TIMEOUT_S} s")
-            match = SERVING_PATTERN.search(log_path.read_text(errors="replace"))
-            if match is None:
-                time.sleep(0.02)
-        yield {"port": int(match["port"]), "source": match["source"], "log": log_path,
-               "startup_s": time.perf_counter() - started, "process": process}
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            process.kill()
-            process.wait()
 
 
 def _wait_reply(ws: Any) -> str:
