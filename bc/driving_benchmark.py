@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -49,11 +49,11 @@ class BenchmarkSettings:
 
     seeds: Sequence[int] = (0, 1, 2)
     track: str = "lake"
-    record_laps: float = 2
+    record_laps: float = 3
     speed_mph: float = 20.0
     record_overrides: Sequence[str] = ()
-    model: str = "nvidia"
-    epochs: int = 4
+    network: str = "nvidia"  # conf/model/<network>.yaml
+    epochs: int = 5
     train_overrides: Sequence[str] = ("experiment=lake_driver",)
     experiment_name: str = "driving_benchmark"
     tracking_uri: str | None = None
@@ -68,12 +68,11 @@ class BenchmarkSettings:
     out: str = "outputs/benchmark/driving/latest"
     report: str | None = "outputs/benchmark/driving"
     keep_data: bool = False
-    timings: dict[str, list[float]] = field(default_factory=dict)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "BenchmarkSettings":
         """Settings from a (Hydra) mapping; unknown keys are an error naming them."""
-        known = set(cls.__dataclass_fields__) - {"timings"}
+        known = set(cls.__dataclass_fields__)
         unknown = sorted(set(values) - known - {"hydra"})
         if unknown:
             raise ValueError(f"benchmark: unknown settings {unknown}; expected {sorted(known)}")
@@ -140,9 +139,9 @@ def run_seed(seed: int, s: BenchmarkSettings, work: Path, stamp: str,
         *s.record_overrides], seed_dir / "record.log")
     run_name = f"bench-{stamp}-seed{seed}"
     uri = [f"tracking_uri={s.tracking_uri}"] if s.tracking_uri else []
-    say(f"[seed {seed}] train {s.model} for {s.epochs} epochs ({' '.join(s.train_overrides)})")
+    say(f"[seed {seed}] train {s.network} for {s.epochs} epochs ({' '.join(s.train_overrides)})")
     timings["train_s"] = _run_step("train", "train.py", [
-        *s.train_overrides, f"model={s.model}", f"data.paths=[{data}]", f"data.cache_dir={cache}",
+        *s.train_overrides, f"model={s.network}", f"data.paths=[{data}]", f"data.cache_dir={cache}",
         f"trainer.max_epochs={s.epochs}", f"experiment_name={s.experiment_name}",
         f"run_name={run_name}", f"seed={seed}", "callbacks.progress_bar.refresh_rate=0",
         f"hydra.run.dir={seed_dir / 'train'}", *uri], seed_dir / "train.log")
@@ -189,7 +188,8 @@ def expert_reference(track: str, laps: float, speed_mph: float, seed: int = 0) -
     while travelled < laps * geometry.length:
         state = car.step(state, *expert.act(state))
         here = geometry.locate(state.x, state.y)
-        travelled += (here.s - previous + geometry.length / 2) % geometry.length - geometry.length / 2
+        half = geometry.length / 2
+        travelled += (here.s - previous + half) % geometry.length - half
         previous = here.s
         errors.append(abs(here.cte))
     return {"mean_abs_cte": float(np.mean(errors)), "max_abs_cte": float(np.max(errors))}
@@ -251,15 +251,18 @@ def format_markdown(summary: Mapping[str, Any], s: BenchmarkSettings,
     """The benchmark's tables (groups, then every track) and the targets, as markdown."""
     seeds = summary["seeds"]
     head = ("| track | laps driven | set speed (mph) | autonomy (%) | mean abs CTE (m) "
-            "| laps completed | interventions | mean speed (mph) | expert mean abs CTE (m) |")
-    rule = "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "| max abs CTE (m) | laps completed | interventions | mean speed (mph) "
+            "| expert mean abs CTE (m) |")
+    rule = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 
     def line(row: Mapping[str, Any]) -> str:
+        expert = row.get("expert_mean_abs_cte")
         return (f"| {row['group']} | {row['target_laps']:g} | {s.set_speed:g} "
                 f"| {_pm(row['autonomy'], '{:.1f}')} | {_pm(row['mean_abs_cte'], '{:.3f}')} "
+                f"| {_pm(row['max_abs_cte'], '{:.2f}')} "
                 f"| {_pm(row['laps_completed'], '{:.2f}')} | {_pm(row['interventions'], '{:.2f}')} "
                 f"| {_pm(row['mean_speed_mph'], '{:.1f}')} "
-                f"| {'-' if row.get('expert_mean_abs_cte') is None else format(row['expert_mean_abs_cte'], '.3f')} |")
+                f"| {'-' if expert is None else format(expert, '.3f')} |")
 
     groups = [row for row in summary["rows"] if not row["detail"]]
     detail = [row for row in summary["rows"] if row["detail"]]
@@ -267,7 +270,7 @@ def format_markdown(summary: Mapping[str, Any], s: BenchmarkSettings,
     record = " ".join(s.record_overrides) or "(defaults)"
     lines = [
         f"Trained on `{s.track}` only: {s.record_laps:g} laps of noisy-expert driving at "
-        f"{s.speed_mph:g} mph per seed (simulate overrides: {record}), model `{s.model}`, "
+        f"{s.speed_mph:g} mph per seed (simulate overrides: {record}), model `{s.network}`, "
         f"{s.epochs} epochs (train overrides: {overrides}). Closed loop through scripts/drive.py "
         f"at set speed {s.set_speed:g} mph (slow_in_bends={str(bool(s.slow_in_bends)).lower()}), "
         f"eval lighting seed {s.eval_seed}. Mean ± std over {len(seeds)} training seeds "
@@ -333,7 +336,8 @@ def run_benchmark(settings: BenchmarkSettings | Mapping[str, Any] | None = None,
     results = []
     for seed in s.seeds:
         results.append(run_seed(int(seed), s, work, stamp, say))
-        _write(work, s, results, None, time.monotonic() - started, reference)  # partial results survive
+        # after every seed, so an interrupted run still leaves its partial results
+        _write(work, s, results, None, time.monotonic() - started, reference)
     wall = time.monotonic() - started
     report = _write(work, s, results, s.report, wall, reference)
     say("\n" + report["markdown"])
@@ -342,7 +346,7 @@ def run_benchmark(settings: BenchmarkSettings | Mapping[str, Any] | None = None,
 
 def _settings_dict(s: BenchmarkSettings) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, (list, tuple)) else v)
-            for k, v in s.__dict__.items() if k != "timings"}
+            for k, v in s.__dict__.items()}
 
 
 def _write(work: Path, s: BenchmarkSettings, results: list[dict[str, Any]],
@@ -370,7 +374,7 @@ def _json_default(value: Any) -> Any:
 
 
 def main() -> None:
-    """`python -m bc.driving_benchmark [hydra overrides]`: settings in conf/benchmark/driving.yaml."""
+    """`python -m bc.driving_benchmark [overrides]`: settings in conf/benchmark/driving.yaml."""
     import hydra
     from omegaconf import OmegaConf
 
