@@ -99,8 +99,7 @@ class Predictor:
     def predict_rgb(self, rgb: np.ndarray) -> float:
         """Raw (unclamped) steering for one RGB frame; NaN/inf are reported as ``BadFrame``."""
         batch = to_tensor(preprocess(rgb, self.model.spec))
-        with torch.inference_mode():
-            value = float(self.model.net(batch).reshape(-1)[0])
+        value = float(self.model.predict(batch).reshape(-1)[0])
         if not math.isfinite(value):
             raise BadFrame(f"model output is {value} for this frame")
         return value
