@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+from bc.errors import BcError
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -39,7 +40,7 @@ METRIC_KEYS = ("autonomy", "mean_abs_cte", "laps_completed", "progress_laps", "i
                "mean_speed_mph", "sim_time_s", "distance_m", "p95_abs_cte", "max_abs_cte")
 
 
-class BenchmarkError(RuntimeError):
+class BenchmarkError(BcError, RuntimeError):
     """A step of the benchmark failed; the message holds the command and its log's tail."""
 
 

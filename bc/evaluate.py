@@ -35,25 +35,6 @@ class TrackSpec:
         return cls(text, 0, re.sub(r"[^A-Za-z0-9_.-]", "_", label))
 
 
-def resolve_run_id(run_id: str, experiment: str, metric: str, mode: str,
-                   tracking_uri: str | None) -> str:
-    """`best` (by metric), `latest` (newest finished run) or a literal run id."""
-    from bc import tracking
-
-    if run_id == "best":
-        return tracking.find_best_run(experiment, metric, mode, tracking_uri)
-    if run_id == "latest":
-        client = tracking.client(tracking_uri)
-        found = client.get_experiment_by_name(experiment)
-        runs = [] if found is None else client.search_runs(
-            [found.experiment_id], filter_string="attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"], max_results=1)
-        if not runs:
-            raise tracking.TrackingError(f"experiment {experiment!r} has no finished run")
-        return runs[0].info.run_id
-    return run_id
-
-
 def evaluate(run_id: str, tracks: Sequence[str], *, laps: float = 2.0, seed: int = 0,
              set_speed: float = 20.0, slow_in_bends: bool = False, tracking_uri: str | None = None,
              out: Path, video: bool = True, max_steps: int | None = None,

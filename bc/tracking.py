@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import urllib.error
 import urllib.request
@@ -26,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import yaml
 
-from bc.preprocess import PreprocessSpec
+from bc.errors import BcError
+from bc.preprocess import Preprocess
 
 if TYPE_CHECKING:
     import torch
@@ -52,7 +54,7 @@ def _quiet_torchscript():
         yield
 
 
-class TrackingError(RuntimeError):
+class TrackingError(BcError, RuntimeError):
     """A run, model or tracking server could not be found or used; the message says which."""
 
 
@@ -61,7 +63,7 @@ class LoadedModel:
     """A network ready for inference together with the preprocessing it was trained with."""
 
     net: torch.nn.Module
-    spec: PreprocessSpec
+    spec: Preprocess
     source: str
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
@@ -142,7 +144,7 @@ def save_model(model: torch.nn.Module, model_config: Mapping[str, Any], folder: 
 
     folder.mkdir(parents=True, exist_ok=True)
     config = _config_dict(model_config)
-    spec: PreprocessSpec = model.preprocess_spec
+    spec: Preprocess = model.preprocess_spec
     (folder / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     torch.save(state, folder / WEIGHTS_FILE)
@@ -230,26 +232,57 @@ def load_exported(path: str | Path) -> LoadedModel:
         raise TrackingError(f"{path} is not a TorchScript model exported by bc: {error}") from error
     if not extra[SPEC_EXTRA_FILE]:
         raise TrackingError(f"{path} has no embedded {SPEC_EXTRA_FILE}: not exported by bc")
-    spec = PreprocessSpec.from_dict(json.loads(extra[SPEC_EXTRA_FILE]))
+    spec = Preprocess.from_dict(json.loads(extra[SPEC_EXTRA_FILE]))
     net.eval()
     return LoadedModel(net=net, spec=spec, source=str(path))
 
 
-def find_best_run(experiment: str, metric: str = "val/loss", mode: str = "min",
-                  tracking_uri: str | None = None) -> str:
-    """Run id of the finished run in ``experiment`` with the best value of ``metric``."""
+RUN_SELECTORS = ("latest", "best")
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def find_run(run: str, experiment: str = "bc", metric: str = "val/loss", mode: str = "min",
+             tracking_uri: str | None = None) -> str:
+    """The id of the run ``run`` names: a run id, ``latest`` (the newest finished run of
+    ``experiment``), ``best`` (its finished run with the best ``metric``, ``mode`` min|max),
+    or a run name in ``experiment`` (the newest finished run of that name).
+
+    The one way every entry point picks a run (``run_id=`` / ``experiment_name=`` /
+    ``metric=`` / ``mode=`` in their configs); raises ``TrackingError`` naming what is missing.
+    """
+    from mlflow.exceptions import MlflowException
+
+    run = str(run or "").strip()
+    if not run:
+        raise TrackingError("run_id: expected a run id, a run name, 'latest' or 'best', got nothing")
     if mode not in ("min", "max"):
         raise TrackingError(f"mode: expected 'min' or 'max', got {mode!r}")
     mlflow_client = client(tracking_uri)
+    if _RUN_ID.fullmatch(run):
+        try:
+            return mlflow_client.get_run(run).info.run_id
+        except MlflowException:
+            raise TrackingError(f"run_id: no MLflow run with id {run!r} in "
+                                f"{resolve_tracking_uri(tracking_uri)}") from None
     found = mlflow_client.get_experiment_by_name(experiment)
     if found is None:
-        raise TrackingError(f"no MLflow experiment named {experiment!r}")
-    order = "ASC" if mode == "min" else "DESC"
-    runs = mlflow_client.search_runs(
-        [found.experiment_id],
-        filter_string=f"attributes.status = 'FINISHED' and metrics.`{metric}` > -1e300",
-        order_by=[f"metrics.`{metric}` {order}"], max_results=1)
+        raise TrackingError(f"experiment_name: no MLflow experiment named {experiment!r} "
+                            f"(looking for run {run!r})")
+    finished = "attributes.status = 'FINISHED'"
+    if run == "best":
+        order = "ASC" if mode == "min" else "DESC"
+        query = dict(filter_string=f"{finished} and metrics.`{metric}` > -1e300",
+                     order_by=[f"metrics.`{metric}` {order}"])
+        missing = f"no finished run with metric {metric!r}"
+    elif run == "latest":
+        query = dict(filter_string=finished, order_by=["attributes.start_time DESC"])
+        missing = "no finished run"
+    else:
+        name = run.replace("\\", "\\\\").replace("'", "\\'")
+        query = dict(filter_string=f"{finished} and tags.`mlflow.runName` = '{name}'",
+                     order_by=["attributes.start_time DESC"])
+        missing = f"no finished run named {run!r} (nor is it a run id, 'latest' or 'best')"
+    runs = mlflow_client.search_runs([found.experiment_id], max_results=1, **query)
     if not runs:
-        raise TrackingError(
-            f"experiment {experiment!r} has no finished run with metric {metric!r}")
+        raise TrackingError(f"run_id={run}: experiment {experiment!r} has {missing}")
     return runs[0].info.run_id

@@ -25,6 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bc import tracking
+from bc.errors import ConfigError
 from bc.losses import LOSSES
 
 if TYPE_CHECKING:  # Lightning takes seconds to import: only after the config is checked
@@ -49,10 +50,6 @@ DATA_STATS_PREFIX = "data_stats."  # row / sample counts the datamodule reports 
 NET_PREFIX = "net."  # SteeringModule keeps the network as `self.net`
 FALLBACK_PARAM_LENGTH = 6000  # MLflow 3's limit, if its constant moves
 PARAMS_PER_BATCH = 100  # MLflow accepts at most 100 params per log_batch call
-
-
-class ConfigError(ValueError):
-    """A config value is missing or out of range; the message names the field (e.g. `optimizer.lr`)."""
 
 
 # --------------------------------------------------------------------------------------------

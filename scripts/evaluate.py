@@ -16,13 +16,14 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from bc.drive.launch import DriveServerError
-    from bc.evaluate import evaluate, resolve_run_id
+    from bc.evaluate import evaluate
+    from bc.tracking import find_run
     from bc.sim.autonomous import AutonomousError
     from bc.tracking import TrackingError
 
     tracks = list(cfg.track) if isinstance(cfg.track, ListConfig) else [str(cfg.track)]
     try:
-        run_id = resolve_run_id(str(cfg.run_id), cfg.experiment_name, cfg.metric, cfg.mode, cfg.tracking_uri)
+        run_id = find_run(str(cfg.run_id), cfg.experiment_name, cfg.metric, cfg.mode, cfg.tracking_uri)
         out = Path(cfg.out) if cfg.out else Path(HydraConfig.get().runtime.output_dir)
         print(f"evaluating MLflow run {run_id} on {', '.join(tracks)} ({cfg.laps} laps at "
               f"{cfg.set_speed} mph); outputs in {out}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bc.data.images import ImageReadError, load_rgb
+from bc.images import ImageError, read_rgb
 from bc.data.log import COLUMNS, DrivingLogError, image_name, read_driving_log, read_driving_logs
 from bc.data.synthetic import SKY_RGB, write_recording
 
@@ -170,17 +170,17 @@ def test_missing_folder_csv_or_images_folder(tmp_path):
 def test_images_decode_as_rgb_and_fail_loudly(tmp_path):
     folder = write_recording(tmp_path / "rgb", rows=2)
     table = read_driving_log(folder)
-    frame = load_rgb(table["center"][0])
+    frame = read_rgb(table["center"][0])
     assert frame.shape == (160, 320, 3) and frame.dtype == np.uint8
     sky = frame[:40].reshape(-1, 3).mean(axis=0)
     assert (
         np.allclose(sky, SKY_RGB, atol=25) and sky[2] > sky[0]
     )  # blue sky stays blue: RGB, not BGR
-    with pytest.raises(ImageReadError, match="not found: .*nothing.jpg"):
-        load_rgb(tmp_path / "nothing.jpg")
+    with pytest.raises(ImageError, match="not found: .*nothing.jpg"):
+        read_rgb(tmp_path / "nothing.jpg")
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(
         b"\xff\xd8\xff" + b"\x00" * 500 + b"\xff\xd9"
     )  # passes the cheap marker check
-    with pytest.raises(ImageReadError, match="cannot decode .*broken.jpg"):
-        load_rgb(broken)
+    with pytest.raises(ImageError, match="broken.jpg: (truncated|corrupt)"):
+        read_rgb(broken)

@@ -14,13 +14,13 @@ from hydra.utils import instantiate
 from bc.data.augment import SteeringAugment, shift_horizontal
 from bc.data.balance import balance_from_config, balance_indices
 from bc.data.datamodule import DrivingDataModule
-from bc.data.images import ImageReadError, load_rgb
+from bc.images import ImageError, read_rgb
 from bc.data.split import block_ids, split_rows
 from bc.data.synthetic import HOOD_Y, HORIZON_Y, ROAD_RGB, render_frame, write_recording
-from bc.preprocess import PreprocessSpec, crop_resize
+from bc.preprocess import Preprocess
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-NVIDIA = PreprocessSpec()  # 66x200 YUV, the PilotNet default
+NVIDIA = Preprocess()  # 66x200 YUV, the PilotNet default
 PLAIN = {"enabled": False}
 
 
@@ -106,14 +106,14 @@ def test_side_cameras_get_corrections_with_the_right_sign(recordings, tmp_path):
     near = HOOD_Y - 5
     for index in range(0, len(table), 7):
         c, l, r = (
-            road_centre_column(load_rgb(table[camera][index]), near)
+            road_centre_column(read_rgb(table[camera][index]), near)
             for camera in ("center", "left", "right")
         )
         assert l > c + 5 and r < c - 5
 
 
 def test_flip_negates_steering_and_mirrors_the_picture():
-    frame = crop_resize(render_frame(0.4), NVIDIA)
+    frame = NVIDIA.geometry(render_frame(0.4))
     image, steering = SteeringAugment(flip_prob=1.0)(frame, 0.4)
     assert steering == pytest.approx(-0.4)
     assert np.array_equal(image, frame[:, ::-1])
@@ -132,7 +132,7 @@ def test_shift_right_means_steer_right():
     assert road_centre_column(render_frame(0.3), row) > road_centre_column(rgb, row)
     assert np.array_equal(shifted[:, :12], np.repeat(rgb[:, :1], 12, axis=1))  # border replicated
 
-    frame = crop_resize(rgb, NVIDIA)
+    frame = NVIDIA.geometry(rgb)
     augment = SteeringAugment(flip_prob=0.0, shift_px=15, steering_per_px=0.01, seed=1)
     seen = set()
     for _ in range(40):
@@ -147,7 +147,7 @@ def test_photometric_pipeline_runs_and_keeps_labels(recordings):
     cfg = compose_cfg(["+augmentation=strong"])
     augment = instantiate(cfg.augmentation)
     augment.flip_prob, augment.shift_px = 0.0, 0
-    frame = crop_resize(render_frame(0.2), NVIDIA)
+    frame = NVIDIA.geometry(render_frame(0.2))
     outputs = [augment(frame, 0.2) for _ in range(10)]
     assert all(
         steering == 0.2 and image.shape == frame.shape and image.dtype == np.uint8
@@ -260,7 +260,7 @@ def test_a_frame_that_cannot_be_decoded_names_file_and_row(tmp_path):
     victim.write_bytes(b"\xff\xd8\xff" + b"\x00" * 400 + b"\xff\xd9")
     dm = datamodule([folder], tmp_path, cameras=["center"])
     dm.setup()
-    with pytest.raises(ImageReadError, match=rf"{victim.name}.*driving_log.csv row 3"):
+    with pytest.raises(ImageError, match=rf"{victim.name}.*driving_log.csv row 3"):
         dm.train_set.__getitems__([2])
 
 

@@ -25,7 +25,7 @@ import yaml
 
 from bc import tracking
 from bc.drive.launch import DRIVE_SCRIPT, drive_server
-from bc.preprocess import preprocess, to_tensor
+from bc.preprocess import to_tensor
 from unity_client import UnityClient, make_jpeg, telemetry
 
 with warnings.catch_warnings():  # socketio 4.6.1 imports eventlet, which announces its deprecation
@@ -140,8 +140,8 @@ def test_server_steers_exactly_like_the_trained_module(server, store):
             steering, _ = assert_valid_steer(client.send_telemetry(telemetry(jpeg)))
             rgb = decode_rgb(jpeg)
             with torch.inference_mode():
-                expected = float(net(to_tensor(preprocess(rgb, spec))))
-                swapped = float(net(to_tensor(preprocess(rgb[..., ::-1].copy(), spec))))
+                expected = float(net(to_tensor(spec(rgb))))
+                swapped = float(net(to_tensor(spec(rgb[..., ::-1].copy()))))
             assert abs(expected) < 1.0  # not hidden by the clamp
             assert steering == pytest.approx(expected, abs=2e-6)
             # The comparison would notice a BGR/RGB mix-up.
@@ -293,7 +293,7 @@ def test_run_id_best_picks_the_best_finished_run(store, compose_drive):
     assert loaded.source == f"runs:/{store['runs']['b']}/model"
     net = store["nets"]["b"]
     with torch.inference_mode():
-        expected = float(net(to_tensor(preprocess(decode_rgb(GOOD), net.preprocess_spec))))
+        expected = float(net(to_tensor(net.preprocess_spec(decode_rgb(GOOD)))))
     assert Predictor(loaded).predict_jpeg(GOOD)[0] == pytest.approx(expected, abs=1e-6)
     worst = load_from_config(compose_drive("run_id=best", f"experiment_name={EXPERIMENT}",
                                            "mode=max", f"tracking_uri={store['uri']}"))

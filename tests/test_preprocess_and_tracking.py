@@ -6,17 +6,17 @@ import torch
 from omegaconf import OmegaConf
 
 from bc import tracking
-from bc.preprocess import PreprocessSpec, preprocess, to_tensor
+from bc.preprocess import Preprocess, to_tensor
 
 
 def test_preprocess_crops_resizes_and_converts():
     frame = np.zeros((160, 320, 3), np.uint8)
     frame[:60] = (255, 0, 0)  # sky rows are cropped away
-    spec = PreprocessSpec(crop_top=60, crop_bottom=20, height=66, width=200, color_space="rgb")
-    out = preprocess(frame, spec)
+    spec = Preprocess(crop_top=60, crop_bottom=20, height=66, width=200, color_space="rgb")
+    out = spec(frame)
     assert out.shape == (66, 200, 3) and out.dtype == np.uint8
     assert out.max() == 0
-    yuv = preprocess(np.full((160, 320, 3), 128, np.uint8), PreprocessSpec())
+    yuv = Preprocess()(np.full((160, 320, 3), 128, np.uint8))
     assert abs(int(yuv[0, 0, 0]) - 128) <= 1  # grey keeps its luma in YUV
     assert to_tensor(out).shape == (1, 3, 66, 200)
 
@@ -24,7 +24,7 @@ def test_preprocess_crops_resizes_and_converts():
 @pytest.mark.parametrize("bad", [{"color_space": "bgr"}, {"height": 0}, {"crop_top": -1}, {"size": 3}])
 def test_bad_preprocess_spec_names_the_field(bad):
     with pytest.raises(ValueError, match=next(iter(bad)) if "size" not in bad else "unknown"):
-        PreprocessSpec.from_dict(bad)
+        Preprocess.from_dict(bad)
 
 
 def test_model_round_trip_by_run_id_and_export(tmp_path, monkeypatch):
@@ -45,7 +45,7 @@ def test_model_round_trip_by_run_id_and_export(tmp_path, monkeypatch):
     torch.testing.assert_close(loaded.predict(x), net(x))
     exported = tracking.load_exported(next((tmp_path / "mlruns").rglob(tracking.TORCHSCRIPT_FILE)))
     torch.testing.assert_close(exported.predict(x), net(x))
-    assert tracking.find_best_run("roundtrip") == run.info.run_id
+    assert tracking.find_run("best", "roundtrip") == run.info.run_id
 
     with pytest.raises(tracking.TrackingError, match="no MLflow run"):
         tracking.load_model("0" * 32)
@@ -53,7 +53,7 @@ def test_model_round_trip_by_run_id_and_export(tmp_path, monkeypatch):
     with pytest.raises(tracking.TrackingError, match="no logged model"):
         tracking.load_model(empty)
     with pytest.raises(tracking.TrackingError, match="no MLflow experiment"):
-        tracking.find_best_run("missing")
+        tracking.find_run("best", "missing")
     with pytest.raises(tracking.TrackingError, match="unreachable"):
         tracking.load_model(run.info.run_id, "http://127.0.0.1:9")
     with pytest.raises(tracking.TrackingError, match="not a class in bc.models"):

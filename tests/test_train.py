@@ -119,7 +119,7 @@ def test_train_script_records_run_and_model(tmp_path: Path, recording: Path) -> 
     loaded = tracking.load_model(run_id, uri)
     best = checkpoint_net(client, uri, run_id, tmp_path / "ckpt")
     assert loaded.spec.to_dict() == {"crop_top": 60, "crop_bottom": 20, "height": 66, "width": 200,
-                                     "color_space": "yuv"}
+                                     "color_space": "yuv", "frame_width": 320, "frame_height": 160}
     batch = torch.rand(4, *loaded.spec.input_shape, generator=torch.Generator().manual_seed(0)) * 255
     with torch.no_grad():
         expected = best(batch)

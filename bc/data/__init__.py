@@ -4,14 +4,14 @@ Import the heavy parts from their modules (`bc.data.datamodule` pulls Lightning,
 `bc.data.augment` albumentations); this package itself only loads logs and images.
 """
 
-from bc.data.images import ImageReadError, load_rgb
+from bc.images import ImageError, read_rgb
 from bc.data.log import COLUMNS, DrivingLogError, read_driving_log, read_driving_logs
 
 __all__ = [
     "COLUMNS",
     "DrivingLogError",
-    "ImageReadError",
-    "load_rgb",
+    "ImageError",
+    "read_rgb",
     "read_driving_log",
     "read_driving_logs",
 ]

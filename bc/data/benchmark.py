@@ -55,10 +55,10 @@ def loader_throughput(
     """Samples/s of the default training loader: first (cold-cache) and second (warm) epoch."""
     from hydra.utils import instantiate
 
-    from bc.preprocess import PreprocessSpec
+    from bc.preprocess import Preprocess
 
     data_cfg, augmentation_cfg, model_cfg = _configs(batch_size)
-    spec = PreprocessSpec.from_dict(dict(model_cfg.preprocess))
+    spec = Preprocess.from_dict(dict(model_cfg.preprocess))
     dm = instantiate(
         data_cfg,
         paths=[str(folder)],

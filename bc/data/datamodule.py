@@ -25,7 +25,7 @@ from bc.data.balance import BALANCE_KEYS, balance_from_config
 from bc.data.dataset import CACHE_MODES, DrivingDataset, FrameCache, FrameStore, collate_frames
 from bc.data.log import CAMERAS, ON_BAD_ROW, read_driving_logs
 from bc.data.split import SPLITS, block_rows_for, split_rows
-from bc.preprocess import PreprocessSpec
+from bc.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +52,17 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
-def as_spec(preprocess: PreprocessSpec | Mapping[str, Any]) -> PreprocessSpec:
-    """A PreprocessSpec from the model's spec object or its config section."""
-    if isinstance(preprocess, PreprocessSpec):
+def as_spec(preprocess: Preprocess | Mapping[str, Any]) -> Preprocess:
+    """A Preprocess from the model's spec object or its config section."""
+    if isinstance(preprocess, Preprocess):
         return preprocess
     preprocess = _plain(preprocess)
     if not isinstance(preprocess, Mapping):
         raise TypeError(
-            "data.preprocess: expected a PreprocessSpec or a mapping, got"
+            "data.preprocess: expected a Preprocess or a mapping, got"
             f" {type(preprocess).__name__}"
         )
-    return PreprocessSpec.from_dict(preprocess)
+    return Preprocess.from_dict(preprocess)
 
 
 class DrivingDataModule(pl.LightningDataModule):
@@ -71,7 +71,7 @@ class DrivingDataModule(pl.LightningDataModule):
     def __init__(
         self,
         paths: Sequence[str],
-        preprocess: PreprocessSpec | Mapping[str, Any],
+        preprocess: Preprocess | Mapping[str, Any],
         augmentation: SteeringAugment | None = None,
         batch_size: int = 32,
         num_workers: int = 0,

@@ -2,8 +2,8 @@
 
 Decoding a 320x160 JPEG and resizing it costs far more than augmenting the small
 model-resolution frame, so each camera image is decoded **once**: RGB decode ->
-`bc.preprocess.crop_resize` (model resolution, still RGB) -> uint8 slot in a cache file.
-Augmentation then runs on the fly on that frame, followed by `bc.preprocess.convert_color`.
+`Preprocess.geometry` (model resolution, still RGB) -> uint8 slot in a cache file.
+Augmentation then runs on the fly on that frame, followed by `Preprocess.color`.
 
 The cache is a memory-mapped file per recording in `cache_dir` (default
 `$BC_CACHE_DIR` or `~/.cache/bc/frames`), keyed by the preprocessing spec and the image
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bc.data.images import ImageReadError, load_rgb
-from bc.preprocess import PreprocessSpec, convert_color, crop_resize
+from bc.images import ImageError, read_rgb
+from bc.preprocess import Preprocess
 
 CACHE_MODES = ("disk", "none")
 CACHE_VERSION = 1  # bump when the cached bytes change meaning
@@ -43,7 +43,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "bc" / "frames"
 
 
-def _cache_key(paths: Sequence[str], spec: PreprocessSpec) -> str:
+def _cache_key(paths: Sequence[str], spec: Preprocess) -> str:
     """Hash of everything the cached bytes depend on: version, spec, and each file's identity."""
     digest = hashlib.sha256(json.dumps([CACHE_VERSION, spec.to_dict()]).encode())
     for path in paths:
@@ -62,7 +62,7 @@ class FrameCache:
     def __init__(
         self,
         paths: Sequence[str],
-        spec: PreprocessSpec,
+        spec: Preprocess,
         mode: str = "disk",
         cache_dir: str | os.PathLike | None = None,
         name: str = "frames",
@@ -118,7 +118,7 @@ class FrameCache:
     def decode(self, index: int) -> np.ndarray:
         """Read and crop-resize one frame from its JPEG (no cache)."""
         self.decodes += 1
-        return crop_resize(load_rgb(self.paths[index]), self.spec)
+        return self.spec.geometry(read_rgb(self.paths[index]))
 
     def get_many(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Frames at `indices` as a new N x H x W x 3 uint8 array, decoding only unfilled slots."""
@@ -211,7 +211,7 @@ class DrivingDataset(Dataset):
         frames: FrameStore,
         frame_index: np.ndarray,
         steering: np.ndarray,
-        spec: PreprocessSpec,
+        spec: Preprocess,
         augmentation: Any | None = None,
         sources: Sequence[str] | None = None,
     ) -> None:
@@ -237,7 +237,7 @@ class DrivingDataset(Dataset):
         indices = np.asarray(indices, dtype=np.int64)
         try:
             batch = self.frames.get_many(self.frame_index[indices])
-        except ImageReadError as error:
+        except ImageError as error:
             where = ""
             if self.sources is not None:
                 where = (
@@ -245,7 +245,7 @@ class DrivingDataset(Dataset):
                     + ", ".join(self.sources[int(i)] for i in indices[:3])
                     + " ...)"
                 )
-            raise ImageReadError(f"{error}{where}") from error
+            raise ImageError(f"{error}{where}") from error
         labels = self.steering[indices].copy()
         if self.augmentation is not None:
             for position in range(len(batch)):
@@ -256,7 +256,7 @@ class DrivingDataset(Dataset):
             # One cvtColor call for the whole batch: the frames stacked as one tall image.
             height = batch.shape[1]
             tall = batch.reshape(-1, *batch.shape[2:])
-            batch = convert_color(tall, self.spec).reshape(len(batch), height, *batch.shape[2:])
+            batch = self.spec.color(tall).reshape(len(batch), height, *batch.shape[2:])
         # numpy, single-threaded: torch's threaded permute+float is 10x slower on a busy 2-core box.
         x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)).astype(np.float32))
         y = torch.from_numpy(labels).reshape(-1, 1)

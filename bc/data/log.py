@@ -11,7 +11,7 @@ a steering/throttle/brake/speed value that is not a finite number, or a camera i
 is missing or not a complete JPEG. JPEGs are checked cheaply here (SOI marker at the start,
 EOI marker near the end, which catches empty and truncated files); a JPEG whose body is
 corrupt in a way those markers do not show fails later, when it is decoded, with an error
-naming the file (`bc.data.images.load_rgb`). By default bad rows raise `DrivingLogError`
+naming the file (`bc.data.images.read_rgb`). By default bad rows raise `DrivingLogError`
 naming the csv, the first row numbers and the total count; `on_bad_row="skip"` drops them
 and logs a warning with the count. A comma-decimal locale (`0,25`) always raises: it cannot
 be parsed unambiguously.
@@ -28,6 +28,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+from bc.errors import BcError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ _JPEG_TAIL_BYTES = 64
 _INTEGER = re.compile(r"^-?\d+([eE][-+]?\d+)?$")
 
 
-class DrivingLogError(ValueError):
+class DrivingLogError(BcError, ValueError):
     """A recording cannot be used as it is; the message names the file, rows and fix."""
 
 

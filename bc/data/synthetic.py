@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bc.data.images import save_rgb
+from bc.images import write_rgb
 from bc.data.log import COLUMNS, IMAGE_DIR, LOG_NAME
 
 WIDTH, HEIGHT = 320, 160
@@ -143,7 +143,7 @@ def write_recording(
         paths = []
         for camera in ("center", "left", "right"):
             name = f"{camera}_{stamp}.jpg"
-            save_rgb(image_dir / name, render_frame(value + CAMERA_OFFSET[camera], rng))
+            write_rgb(image_dir / name, render_frame(value + CAMERA_OFFSET[camera], rng))
             if variant == "sample":
                 paths.append(f"{IMAGE_DIR}/{name}")
             elif variant == "windows":

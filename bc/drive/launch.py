@@ -10,13 +10,14 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+from bc.errors import BcError
 
 DRIVE_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "drive.py"
 SERVING_PATTERN = re.compile(r"serving (?P<source>.+) on http://(?P<host>[^\s]+):(?P<port>\d+)")
 STARTUP_TIMEOUT_S = 120.0
 
 
-class DriveServerError(RuntimeError):
+class DriveServerError(BcError, RuntimeError):
     """scripts/drive.py exited or did not start listening; the message holds its log."""
 
 

@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 import torch
 
-from bc.preprocess import preprocess, to_tensor
+from bc.errors import BcError
+from bc.preprocess import to_tensor
 
 if TYPE_CHECKING:  # pragma: no cover
     from bc.tracking import LoadedModel
@@ -39,7 +40,7 @@ WARMUP_CALLS = 3
 MAX_DEFAULT_THREADS = 2
 
 
-class BadFrame(ValueError):
+class BadFrame(BcError, ValueError):
     """A telemetry image that cannot be used: the message says why."""
 
 
@@ -98,7 +99,7 @@ class Predictor:
 
     def predict_rgb(self, rgb: np.ndarray) -> float:
         """Raw (unclamped) steering for one RGB frame; NaN/inf are reported as ``BadFrame``."""
-        batch = to_tensor(preprocess(rgb, self.model.spec))
+        batch = to_tensor(self.model.spec(rgb))
         value = float(self.model.predict(batch).reshape(-1)[0])
         if not math.isfinite(value):
             raise BadFrame(f"model output is {value} for this frame")
@@ -141,7 +142,5 @@ def load_model(run_id: str | None = None, model_path: str | None = None, experim
             f" (got run_id={run_id!r}, model_path={model_path!r})")
     if model_path:
         return tracking.load_exported(model_path)
-    run_id = str(run_id)
-    if run_id == "best":
-        run_id = tracking.find_best_run(experiment, metric, mode, tracking_uri)
-    return tracking.load_model(run_id, tracking_uri)
+    return tracking.load_model(tracking.find_run(str(run_id), experiment, metric, mode, tracking_uri),
+                               tracking_uri)

@@ -14,6 +14,7 @@ import shutil
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
+from bc.errors import BcError
 
 LOG = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ TIME_FORMAT = "%Y_%m_%d_%H_%M_%S_%f"
 _STOP = None
 
 
-class FolderNotEmptyError(RuntimeError):
+class FolderNotEmptyError(BcError, RuntimeError):
     """The image folder already holds files and ``overwrite`` was not given."""
 
 

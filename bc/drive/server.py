@@ -42,6 +42,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from bc.errors import BcError
 from bc.drive.controller import DEFAULT_BRAKE_MIN_SPEED_MPH, SpeedController
 from bc.drive.predictor import BadFrame, Predictor, decode_base64
 from bc.drive.recorder import FrameRecorder
@@ -80,7 +81,7 @@ MANUAL_EVENT = "manual"
 TELEMETRY_EVENT = "telemetry"
 
 
-class BadTelemetry(ValueError):
+class BadTelemetry(BcError, ValueError):
     """A telemetry message that cannot be used; the message names the field."""
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bc.errors import BcError
 from bc.drive.recorder import CSV_COLUMNS, CSV_NAME, FRAME_SUFFIX
 
 LOG = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ BAR_COLOR = (255, 200, 0)
 BAR_BACKGROUND = (40, 40, 40)
 
 
-class VideoError(RuntimeError):
+class VideoError(BcError, RuntimeError):
     """The folder cannot be turned into a video; the message names the file or row."""
 
 

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from bc.preprocess import PreprocessSpec
+from bc.preprocess import Preprocess
 
 
 class SteeringModel(nn.Module):
@@ -17,10 +17,10 @@ class SteeringModel(nn.Module):
     output: N x 1 normalised steering in [-1, 1] (not clamped: the drive server clamps).
     """
 
-    def __init__(self, preprocess: PreprocessSpec | Mapping[str, Any]) -> None:
+    def __init__(self, preprocess: Preprocess | Mapping[str, Any]) -> None:
         super().__init__()
-        if not isinstance(preprocess, PreprocessSpec):
-            preprocess = PreprocessSpec.from_dict(preprocess)
+        if not isinstance(preprocess, Preprocess):
+            preprocess = Preprocess.from_dict(preprocess)
         self.preprocess_spec = preprocess
 
     @property

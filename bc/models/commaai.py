@@ -8,13 +8,13 @@ import torch
 from torch import nn
 
 from bc.models.base import SteeringModel
-from bc.preprocess import PreprocessSpec
+from bc.preprocess import Preprocess
 
 
 class CommaAI(SteeringModel):
     """Conv 16 8x8/4, 32 5x5/2, 64 5x5/2, dropout, FC 512, dropout, FC 1 (ELU throughout)."""
 
-    def __init__(self, preprocess: PreprocessSpec | Mapping[str, Any], dropout: float = 0.2,
+    def __init__(self, preprocess: Preprocess | Mapping[str, Any], dropout: float = 0.2,
                  hidden_dropout: float = 0.5) -> None:
         super().__init__(preprocess)
         self.features = nn.Sequential(

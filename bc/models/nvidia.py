@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from bc.models.base import SteeringModel
-from bc.preprocess import PreprocessSpec
+from bc.preprocess import Preprocess
 
 
 class PilotNet(SteeringModel):
@@ -17,7 +17,7 @@ class PilotNet(SteeringModel):
     The paper feeds 66x200 YUV frames; that is this model's default preprocessing.
     """
 
-    def __init__(self, preprocess: PreprocessSpec | Mapping[str, Any], dropout: float = 0.0) -> None:
+    def __init__(self, preprocess: Preprocess | Mapping[str, Any], dropout: float = 0.0) -> None:
         super().__init__(preprocess)
         self.features = nn.Sequential(
             nn.Conv2d(3, 24, 5, stride=2), nn.ELU(),

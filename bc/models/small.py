@@ -8,13 +8,13 @@ import torch
 from torch import nn
 
 from bc.models.base import SteeringModel
-from bc.preprocess import PreprocessSpec
+from bc.preprocess import Preprocess
 
 
 class SmallNet(SteeringModel):
     """Three strided 3x3 convs and a two-layer head; `width` scales the channel counts."""
 
-    def __init__(self, preprocess: PreprocessSpec | Mapping[str, Any], width: int = 8,
+    def __init__(self, preprocess: Preprocess | Mapping[str, Any], width: int = 8,
                  hidden: int = 32) -> None:
         super().__init__(preprocess)
         self.features = nn.Sequential(

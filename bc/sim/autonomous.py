@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 import websocket
 
+from bc.errors import BcError
 from bc.sim.car import DEFAULT_DT, MAX_STEER_DEG, MPS_PER_MPH, Car, CarState
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ EIO_OPEN, EIO_CLOSE, EIO_PING, EIO_PONG, EIO_MESSAGE = "0", "1", "2", "3", "4"
 SIO_CONNECT, SIO_DISCONNECT, SIO_EVENT, SIO_ERROR = "0", "1", "2", "4"
 
 
-class AutonomousError(RuntimeError):
+class AutonomousError(BcError, RuntimeError):
     """The drive server could not be reached or broke the protocol; the message says how."""
 
 

@@ -21,6 +21,7 @@ import yaml
 from scipy.interpolate import splev, splprep
 from scipy.spatial import cKDTree
 
+from bc.errors import BcError
 from bc.sim.car import Car
 
 SAMPLE_SPACING_M = 0.25  # dense centreline resolution
@@ -60,7 +61,7 @@ DEFAULT_THEME: dict[str, Any] = {
 }
 
 
-class TrackError(ValueError):
+class TrackError(BcError, ValueError):
     """A track file or spec is unusable; the message names the source and the problem."""
 
 

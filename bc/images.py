@@ -1,0 +1,112 @@
+"""Camera images in and out: JPEG bytes and files <-> RGB uint8 arrays, written once.
+
+Frames are **RGB everywhere** in bc (the simulator encodes RGB; OpenCV decodes BGR, the
+classic reason a model that trains well cannot drive). libjpeg "decodes" a truncated file
+by filling the rest with grey and only prints a warning, and `cv2.imread` returns None for
+a missing file; so completeness is checked from the markers, and every failure raises
+`ImageError` naming the image.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from bc.errors import BcError
+
+JPEG_SOI = b"\xff\xd8\xff"  # start-of-image marker and the first segment's marker byte
+JPEG_SOS = b"\xff\xda"  # start of scan: entropy-coded data follows, in which 0xFF is stuffed
+JPEG_EOI = b"\xff\xd9"
+DEFAULT_JPEG_QUALITY = 95
+# A decoded frame bigger than this is refused before decoding (decompression bombs: a
+# 766 KB JPEG can declare 14000 x 14000 pixels).
+DEFAULT_MAX_PIXELS = 4096 * 4096
+
+
+class ImageError(BcError, ValueError):
+    """An image is missing, incomplete, too large or not decodable; the message says which."""
+
+
+def jpeg_problem(data: bytes) -> str | None:
+    """Cheap completeness check of JPEG bytes: None if whole, else why.
+
+    Whole means an end-of-image marker after the first start-of-scan. Inside scan data
+    every 0xFF byte is stuffed, so that marker cannot occur by chance; trailing bytes after
+    it (padding some encoders and transports add) are fine.
+    """
+    if not data:
+        return "empty"
+    if not data.startswith(JPEG_SOI):
+        return f"not a JPEG (starts with {bytes(data[:4])!r})"
+    scan = data.find(JPEG_SOS)
+    if scan < 0 or data.find(JPEG_EOI, scan) < 0:
+        return f"truncated JPEG ({len(data)} bytes, no end-of-image marker)"
+    return None
+
+
+def file_problem(path: str | os.PathLike) -> str | None:
+    """`jpeg_problem` of an image file (or why it cannot be read)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        return f"cannot read: {error.strerror or error}"
+    return jpeg_problem(data)
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) declared in a JPEG's header, read without decoding the pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise ImageError(f"unreadable JPEG header ({error})") from None
+
+
+def decode_jpeg(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Complete JPEG bytes to an H x W x 3 RGB uint8 array (`ImageError` says what is wrong)."""
+    problem = jpeg_problem(data)
+    if problem:
+        raise ImageError(problem)
+    if max_pixels is not None:
+        width, height = jpeg_size(data)
+        if width * height > max_pixels:
+            raise ImageError(f"{width}x{height} pixels, over the limit of {max_pixels} "
+                             "(not a camera frame)")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ImageError(f"corrupt JPEG ({len(data)} bytes could not be decoded)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
+    """An RGB uint8 frame as JPEG bytes holding RGB (the simulator's format)."""
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ImageError(f"cannot encode a frame of shape {rgb.shape} as JPEG")
+    return encoded.tobytes()
+
+
+def read_rgb(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file to RGB uint8, or raise `ImageError` naming the path."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"image file not found: {path}") from None
+    except OSError as error:
+        raise ImageError(f"cannot read image file {path}: {error.strerror or error}") from None
+    try:
+        return decode_jpeg(data, max_pixels)
+    except ImageError as error:
+        raise ImageError(f"image file {path}: {error}") from None
+
+
+def write_rgb(path: str | os.PathLike, rgb: np.ndarray, quality: int = DEFAULT_JPEG_QUALITY) -> None:
+    """Write an RGB uint8 frame as a JPEG file."""
+    Path(path).write_bytes(encode_jpeg(rgb, quality))
