@@ -1,8 +1,31 @@
 """Shared test setup: quiet, offline third-party libraries and an isolated MLflow store."""
 
 import os
+import sys
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+
+
+def compose_config(config_name: str, overrides: list[str] | tuple[str, ...] = ()):
+    """The project's real Hydra config `conf/<config_name>.yaml` with `overrides` (no Hydra app)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+@pytest.fixture
+def compose() -> Callable:
+    """`compose("train", ["model=small", ...])`: the one way tests build a config."""
+    return compose_config
