@@ -1,7 +1,6 @@
 """Shared test setup: quiet, offline third-party libraries and an isolated MLflow store."""
 
 import os
-import sys
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
