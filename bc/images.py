@@ -1,9 +1,11 @@
 """Camera images in and out: JPEG bytes and files <-> RGB uint8 arrays, written once.
 
 Frames are **RGB everywhere** in bc (the simulator encodes RGB; OpenCV decodes BGR, the
-classic reason a model that trains well cannot drive). libjpeg "decodes" a truncated file
-by filling the rest with grey and only prints a warning, and `cv2.imread` returns None for
-a missing file; so completeness is checked from the markers, and every failure raises
+classic reason a model that trains well cannot drive). libjpeg "decodes" a truncated or
+corrupt file by filling the rest with grey and only prints a warning (OpenCV and Pillow
+both return the grey picture silently), so completeness is checked from the markers and
+frames are decoded by simplejpeg in strict mode, which turns libjpeg's corrupt-data
+warnings into errors (same libjpeg-turbo, same pixels as OpenCV). Every failure raises
 `ImageError` naming the image.
 """
 
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import simplejpeg
 
 from bc.errors import BcError
 
@@ -78,10 +81,10 @@ def decode_jpeg(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.
         if width * height > max_pixels:
             raise ImageError(f"{width}x{height} pixels, over the limit of {max_pixels} "
                              "(not a camera frame)")
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ImageError(f"corrupt JPEG ({len(data)} bytes could not be decoded)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+    except ValueError as error:  # strict: libjpeg's "Corrupt JPEG data" warnings too
+        raise ImageError(f"corrupt JPEG ({len(data)} bytes: {error})") from None
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
