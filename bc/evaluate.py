@@ -9,19 +9,23 @@ run_id=best metric=eval/lake/autonomy mode=max` can select on.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from bc.drive.launch import drive_server
+from bc.sim.autonomous import AutonomousDrive
+from bc.sim.metrics import metric_label
+
 
 @dataclass(frozen=True)
 class TrackSpec:
     """A track to evaluate on: a shipped name, a YAML file, or `random:<seed>`."""
 
     spec: str
-    seed: int
+    seed: int | None  # None: the evaluation's lighting seed (random:<n> tracks carry their own)
     label: str  # used in metric names: eval/<label>/...
 
     @classmethod
@@ -31,36 +35,30 @@ class TrackSpec:
         if match:
             seed = int(match.group(1) or 0)
             return cls("random", seed, f"random-{seed}")
-        label = Path(text).stem if text.endswith((".yaml", ".yml")) else text
-        return cls(text, 0, re.sub(r"[^A-Za-z0-9_.-]", "_", label))
+        return cls(text, None, metric_label(text))
 
 
-def evaluate(run_id: str, tracks: Sequence[str], *, laps: float = 2.0, seed: int = 0,
-             set_speed: float = 20.0, slow_in_bends: bool = False, tracking_uri: str | None = None,
-             out: Path, video: bool = True, max_steps: int | None = None,
-             realtime: bool = False, progress: bool = True) -> dict[str, dict]:
-    """Serve `run_id`'s model with scripts/drive.py and drive each track with bc.sim over
-    Socket.IO; log `eval/<track>/...` metrics and pictures to the run. Returns metrics per track."""
-    from omegaconf import OmegaConf
-
+def evaluate(run_id: str, tracks: Sequence[str], autonomous: AutonomousDrive, *, out: Path,
+             server_overrides: Sequence[str] = (),
+             tracking_uri: str | None = None) -> dict[str, dict]:
+    """Serve `run_id`'s model with scripts/drive.py (plus `server_overrides`) and drive each
+    track as `autonomous` says; log `eval/<track>/...` metrics and pictures to the run.
+    Returns the metrics per track label."""
     from bc import tracking
-    from bc.sim import autonomous
+    from bc.sim.track import load_track
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
+    specs = [TrackSpec.parse(text) for text in tracks]
+    seeds = [autonomous.seed if spec.seed is None else spec.seed for spec in specs]
+    loaded = [load_track(spec.spec, seed=seed)  # a bad track fails now, not after the server
+              for spec, seed in zip(specs, seeds)]
     out.mkdir(parents=True, exist_ok=True)
-    server_overrides = [f"run_id={run_id}", f"tracking_uri={uri}", f"set_speed={set_speed}",
-                        f"slow_in_bends={str(slow_in_bends).lower()}"]
     results: dict[str, dict] = {}
-    with drive_server(server_overrides, out) as server:
-        port = server["port"]
-        for text in tracks:
-            track = TrackSpec.parse(text)
-            cfg = OmegaConf.create({
-                "track": track.spec, "seed": track.seed if track.spec == "random" else seed,
-                "laps": laps, "host": "127.0.0.1", "port": port,
-                "autonomous": {"out": str(out / track.label), "run_id": run_id, "label": track.label,
-                               "tracking_uri": uri, "video": video, "max_steps": max_steps,
-                               "realtime": realtime, "progress": progress},
-            })
-            results[track.label] = autonomous.main(cfg)
+    with drive_server([f"run_id={run_id}", f"tracking_uri={uri}", *server_overrides],
+                      out) as server:
+        for spec, seed, track in zip(specs, seeds, loaded):
+            drive = dataclasses.replace(
+                autonomous, host="127.0.0.1", port=server["port"], seed=seed,
+                out=str(out / spec.label), label=spec.label, run_id=run_id, tracking_uri=uri)
+            results[spec.label] = drive.run(track)
     return results

@@ -8,48 +8,33 @@ Configuration: conf/simulate.yaml (see bc/sim/).
 
 from __future__ import annotations
 
-import sys
-
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-EXIT_USAGE = 2
+from bc.cli import run
+
 MODES = ("record", "autonomous")
+
+
+def simulate(cfg: DictConfig) -> None:
+    """Build the mode's object from the config (its settings are checked there), then run it."""
+    from hydra.utils import instantiate
+
+    from bc.errors import ConfigError
+    from bc.sim.track import load_track
+
+    if cfg.mode not in MODES:
+        raise ConfigError(f"mode: expected one of {MODES}, got {cfg.mode!r}")
+    if cfg.mode == "record":
+        recorder = instantiate(cfg.recorder)
+        recorder.record(load_track(str(cfg.track), seed=cfg.seed), cfg.out)
+    else:
+        instantiate(cfg.autonomous).run(load_track(str(cfg.track), seed=cfg.seed))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="simulate")
 def main(cfg: DictConfig) -> None:
-    from bc.sim.autonomous import AutonomousError
-    from bc.sim.track import TrackError
-    from bc.tracking import TrackingError
-
-    try:
-        if cfg.mode == "record":
-            from bc.sim.recorder import record
-            from bc.sim.track import load_track
-
-            record(
-                load_track(str(cfg.track), seed=int(cfg.seed)),
-                cfg.out,
-                laps=float(cfg.laps),
-                seed=int(cfg.seed),
-                speed_mph=float(cfg.speed_mph),
-                noise=OmegaConf.to_container(cfg.noise) if cfg.noise else False,
-                recovery=OmegaConf.to_container(cfg.recovery) if cfg.recovery else False,
-                dt=float(cfg.dt),
-                progress=bool(cfg.progress),
-                jpeg_quality=int(cfg.jpeg_quality),
-                max_rows=None if cfg.max_rows is None else int(cfg.max_rows),
-            )
-        elif cfg.mode == "autonomous":
-            from bc.sim.autonomous import main as autonomous_main
-
-            autonomous_main(cfg)
-        else:
-            raise ValueError(f"mode: expected one of {MODES}, got {cfg.mode!r}")
-    except (TrackError, OSError, ValueError, AutonomousError, TrackingError) as error:
-        print(f"simulate.py: error: {error}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_USAGE)
+    run("simulate.py", lambda: simulate(cfg))
 
 
 if __name__ == "__main__":

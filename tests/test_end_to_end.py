@@ -7,13 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bc import tracking
+import numpy as np
+import pytest
+from conftest import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+from bc import tracking
+from bc.udacity import SAMPLE_PERIOD_S
+
+INTERVENTION_COST_S = 6.0  # NVIDIA's autonomy: 6 s of human driving per intervention
 
 
 def cli(script: str, *overrides: str, cwd: Path) -> str:
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *overrides],
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / script), *overrides],
                           cwd=cwd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout + done.stderr
@@ -38,7 +43,12 @@ def test_record_train_drive_evaluate(tmp_path, monkeypatch):
 
     metrics = json.loads((out / "lake" / "metrics.json").read_text())
     assert metrics["steps"] == 200
-    assert metrics["distance_m"] > 0 and 0 <= metrics["autonomy"] <= 100
+    assert metrics["distance_m"] > 0
+    assert metrics["sim_time_s"] == pytest.approx(200 * SAMPLE_PERIOD_S)
+    flags = np.genfromtxt(out / "lake" / "trajectory.csv", delimiter=",", names=True)["intervention"]
+    assert metrics["interventions"] == int(flags.sum())
+    expected = 100 * (1 - INTERVENTION_COST_S * metrics["interventions"] / metrics["sim_time_s"])
+    assert metrics["autonomy"] == pytest.approx(max(0.0, expected))
     assert (out / "lake" / "trajectory.png").stat().st_size > 0
 
     client = tracking.client()

@@ -5,21 +5,25 @@ from __future__ import annotations
 import base64
 import json
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from sim_servers import DriveServerStub, steer
 
-from bc.sim.autonomous import AutonomousError, UnityClient, drive, main
-from bc.sim.car import MAX_STEER_DEG
+from bc.errors import ConfigError
+from bc.sim.autonomous import AutonomousDrive, AutonomousError, DriveResult, UnityClient
 from bc.sim.expert import Expert
 from bc.sim.track import load_track
+from bc.udacity import MAX_STEERING_DEG
 
 FAST_TIMEOUT_S = 0.5
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def drive(track, frames_callback=None, **settings) -> DriveResult:
+    """One closed-loop drive with these AutonomousDrive settings."""
+    return AutonomousDrive(**settings).drive(track, frames_callback=frames_callback)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +87,7 @@ def test_expert_server_completes_a_lap_without_interventions(fresh, lake):
         assert all(isinstance(v, str) for v in data.values())
         # the car reports the steering it executes, in degrees, like Unity's N4 format
         previous = replies[i - 1][0] if i else 0.0
-        expected = f"{np.clip(previous, -1, 1) * MAX_STEER_DEG:.4f}".replace("-0.0000", "0.0000")
+        expected = f"{np.clip(previous, -1, 1) * MAX_STEERING_DEG:.4f}".replace("-0.0000", "0.0000")
         assert data["steering_angle"] == expected
         assert 0.0 <= float(data["throttle"]) <= 1.0
     assert float(fresh.telemetry[-1]["speed"]) == pytest.approx(result.speed_mph[-2], abs=1e-4)
@@ -242,22 +246,22 @@ def test_no_server_is_a_clear_error(lake):
         drive(lake, laps=0.1, port=port, reply_timeout_s=1)
 
 
-def test_main_writes_metrics_pictures_video_and_logs_to_mlflow(fresh, tmp_path, monkeypatch,
-                                                                 capsys):
+def test_configured_run_writes_metrics_pictures_video_and_logs_to_mlflow(fresh, tmp_path,
+                                                                         monkeypatch, capsys,
+                                                                         compose):
     from bc.tracking import client, get_or_create_experiment
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     run_id = client(uri).create_run(get_or_create_experiment("bc-eval-test", uri)).info.run_id
     fresh.handler = lambda data: [steer(0.02, 0.6)]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("simulate", overrides=[
-            "mode=autonomous", "track=lake", "laps=1", f"port={fresh.port}",
-            "autonomous.max_steps=45", "autonomous.video=true",
-            f"autonomous.out={tmp_path / 'eval'}", f"autonomous.run_id={run_id}",
-            f"autonomous.tracking_uri={uri}", "autonomous.progress=false",
-        ])
-    metrics = main(cfg)
+    cfg = compose("simulate", [
+        "mode=autonomous", "track=lake", "laps=1", f"port={fresh.port}",
+        "autonomous.max_steps=45", "autonomous.video=true",
+        f"autonomous.out={tmp_path / 'eval'}", f"autonomous.run_id={run_id}",
+        f"autonomous.tracking_uri={uri}", "autonomous.progress=false",
+    ])
+    metrics = instantiate(cfg.autonomous).run(load_track(cfg.track))
     printed = capsys.readouterr().out
     assert "autonomy (%)" in printed and "interventions" in printed
     out = tmp_path / "eval"
@@ -273,3 +277,10 @@ def test_main_writes_metrics_pictures_video_and_logs_to_mlflow(fresh, tmp_path, 
     artifacts = {a.path for a in client(uri).list_artifacts(run_id, "eval/lake")}
     expected = {f"eval/lake/{name}" for name in ("metrics.json", "trajectory.png", "center.mp4")}
     assert expected <= artifacts
+
+
+@pytest.mark.parametrize("setting, value", [("laps", 0), ("dt", 0.0), ("reply_timeout_s", -1.0),
+                                            ("max_steps", 0), ("stall_timeout_s", float("nan"))])
+def test_bad_settings_are_config_errors_naming_the_field(setting, value):
+    with pytest.raises(ConfigError, match=rf"^{setting}: expected"):
+        AutonomousDrive(**{setting: value})

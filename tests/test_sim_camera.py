@@ -9,9 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from bc.sim.camera import CAMERAS, IMAGE_HEIGHT, IMAGE_WIDTH, Renderer
+from bc.sim.camera import Renderer
 from bc.sim.car import CarState
 from bc.sim.track import load_track
+from bc.udacity import CAMERAS, FRAME_HEIGHT, FRAME_WIDTH
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,8 @@ def _project(renderer: Renderer, state: CarState, camera: str, wx: float,
     h, p, f = renderer.camera_height, renderer.pitch, renderer.focal
     depth = forward * math.cos(p) + h * math.sin(p)
     up = forward * math.sin(p) - h * math.cos(p)
-    col = IMAGE_WIDTH / 2 + f * (-left) / depth
-    row = IMAGE_HEIGHT / 2 - f * up / depth
+    col = FRAME_WIDTH / 2 + f * (-left) / depth
+    row = FRAME_HEIGHT / 2 - f * up / depth
     return int(row), int(col)
 
 
@@ -62,7 +63,7 @@ def _is_grass(rgb) -> bool:
 def test_frames_are_rgb_uint8_320x160(renderer, lake):
     for camera in CAMERAS:
         frame = renderer.render(_state(lake, 30.0), camera)
-        assert frame.shape == (IMAGE_HEIGHT, IMAGE_WIDTH, 3) and frame.dtype == np.uint8
+        assert frame.shape == (FRAME_HEIGHT, FRAME_WIDTH, 3) and frame.dtype == np.uint8
         assert frame.flags.c_contiguous
     with pytest.raises(ValueError, match="camera"):
         renderer.render(_state(lake, 30.0), "rear")
@@ -87,12 +88,12 @@ def test_road_is_where_the_geometry_says(renderer, lake, s, camera):
               (12.0, 12.0, _is_grass), (12.0, -13.0, _is_grass))  # (ahead, left of centre)
     for ahead, lateral, check in probes:
         row, col = _project(renderer, state, camera, *_road_point(lake, s + ahead, lateral))
-        if not (0 <= col < IMAGE_WIDTH and 60 <= row < 140):
+        if not (0 <= col < FRAME_WIDTH and 60 <= row < 140):
             continue  # outside the part of the frame a model sees
         assert check(frame[row, col]), (s, camera, ahead, lateral, row, col, frame[row, col])
     # sky on top (blue-ish), bonnet at the bottom centre (dark)
     assert frame[5].mean(axis=0)[2] > frame[5].mean(axis=0)[0]
-    assert frame[IMAGE_HEIGHT - 3, IMAGE_WIDTH // 2].mean() < 90
+    assert frame[FRAME_HEIGHT - 3, FRAME_WIDTH // 2].mean() < 90
 
 
 def test_side_cameras_see_the_road_shifted(renderer, lake):

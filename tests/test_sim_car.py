@@ -8,19 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from bc.sim.car import (
-    DEFAULT_DT,
-    MAX_STEER_DEG,
-    MPS_PER_MPH,
-    TOP_SPEED_MPH,
-    WHEELBASE_M,
-    Car,
-    CarState,
-)
+from bc.sim.car import MPS_PER_MPH, WHEELBASE_M, Car, CarState
+from bc.udacity import MAX_STEERING_DEG, SAMPLE_PERIOD_S, TOP_SPEED_MPH
 
 
 def _drive(car: Car, state: CarState, steering: float, throttle: float, steps: int,
-           dt: float = DEFAULT_DT) -> list[CarState]:
+           dt: float = SAMPLE_PERIOD_S) -> list[CarState]:
     states = [state]
     for _ in range(steps):
         states.append(car.step(states[-1], steering, throttle, dt))
@@ -51,7 +44,7 @@ def test_full_lock_turns_with_the_bicycle_radius(steering, direction):
     states = _drive(car, CarState(0.0, 0.0, 0.0, 2.0), steering, 0.0, 400)
     xy = np.array([[s.x, s.y] for s in states])
     cx, cy, radius = _fit_circle(xy)
-    rear_axle_radius = WHEELBASE_M / math.tan(math.radians(MAX_STEER_DEG))
+    rear_axle_radius = WHEELBASE_M / math.tan(math.radians(MAX_STEERING_DEG))
     assert radius == pytest.approx(math.hypot(rear_axle_radius, car.rear_to_centre), rel=0.01)
     # the state point (car centre) is 1.35 m ahead of the rear axle: a slightly larger circle
     assert radius == pytest.approx(rear_axle_radius, rel=0.04)
@@ -86,8 +79,8 @@ def test_brake_stops_without_reversing_and_coasting_slows():
 def test_speed_units_and_configurable_step():
     assert CarState(speed=10 * MPS_PER_MPH).speed_mph == pytest.approx(10.0)
     car = Car()
-    coarse = _drive(car, CarState(speed=8.0), 0.2, 0.1, 15, dt=DEFAULT_DT)[-1]
-    fine = _drive(car, CarState(speed=8.0), 0.2, 0.1, 30, dt=DEFAULT_DT / 2)[-1]
+    coarse = _drive(car, CarState(speed=8.0), 0.2, 0.1, 15, dt=SAMPLE_PERIOD_S)[-1]
+    fine = _drive(car, CarState(speed=8.0), 0.2, 0.1, 30, dt=SAMPLE_PERIOD_S / 2)[-1]
     assert math.hypot(coarse.x - fine.x, coarse.y - fine.y) < 0.02  # same second of driving
     with pytest.raises(ValueError, match="wheelbase"):
         Car(wheelbase=0.0)

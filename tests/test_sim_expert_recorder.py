@@ -18,13 +18,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import REPO
 
-from bc.sim.car import TOP_SPEED_MPH, Car, CarState
+from bc.sim.car import Car, CarState
 from bc.sim.expert import ActionNoise, Expert
-from bc.sim.recorder import LOG_NAME, image_name, parse_stamp, record
+from bc.sim.recorder import Recorder, parse_stamp
 from bc.sim.track import load_track, shipped_tracks
+from bc.udacity import LOG_NAME, TOP_SPEED_MPH, camera_image_name
 
-REPO = Path(__file__).resolve().parents[1]
 NAME = re.compile(r"^(center|left|right)_\d{4}_\d{2}_\d{2}_\d{2}_\d{2}_\d{2}_\d{3}\.jpg$")
 
 
@@ -117,7 +118,7 @@ def _check_unity_rows(rows: list[list[str]], folder: Path) -> None:
 def test_recording_is_unity_format_and_appends(tmp_path):
     track = load_track("lake")
     folder = tmp_path / "rec"
-    log = record(track, folder, max_rows=30, seed=0, progress=False)
+    log = Recorder(max_rows=30, seed=0, progress=False).record(track, folder)
     assert log == folder.resolve() / LOG_NAME
     first = _rows(log)
     assert len(first) == 30
@@ -130,7 +131,7 @@ def test_recording_is_unity_format_and_appends(tmp_path):
     gaps = np.diff([s.timestamp() for s in stamps])
     assert np.allclose(gaps, 1 / 15, atol=0.0015)  # the simulated 15 Hz clock
 
-    record(track, folder, max_rows=20, seed=1, progress=False)  # appends
+    Recorder(max_rows=20, seed=1, progress=False).record(track, folder)  # appends
     rows = _rows(log)
     assert len(rows) == 50 and rows[:30] == first
     _check_unity_rows(rows, folder)
@@ -151,9 +152,9 @@ def test_appending_continues_after_a_later_clock(tmp_path):
     folder = tmp_path / "rec"
     (folder / "IMG").mkdir(parents=True)
     future = datetime.now() + timedelta(hours=1)
-    old = [str(folder / "IMG" / image_name(cam, future)) for cam in ("center", "left", "right")]
+    old = [str(folder / "IMG" / camera_image_name(cam, future)) for cam in ("center", "left", "right")]
     (folder / LOG_NAME).write_text(",".join(old + ["0", "0", "0", "0"]))  # no final newline either
-    log = record(load_track("lake"), folder, max_rows=5, seed=0, progress=False)
+    log = Recorder(max_rows=5, seed=0, progress=False).record(load_track("lake"), folder)
     rows = _rows(log)
     assert len(rows) == 6 and rows[0] == old + ["0", "0", "0", "0"]
     assert all(parse_stamp(r[0]) > future for r in rows[1:])
@@ -162,9 +163,9 @@ def test_appending_continues_after_a_later_clock(tmp_path):
 def test_labels_are_the_clean_action_not_the_executed_one(tmp_path):
     """With noise the car wanders, but the logged steering is what the expert would do."""
     track = load_track("lake")
-    noisy = record(track, tmp_path / "noisy", max_rows=60, seed=2, progress=False,
-                   noise={"steering_std": 0.3, "throttle_std": 0.0, "correlation_s": 0.1},
-                   recovery=False)
+    recorder = Recorder(max_rows=60, seed=2, progress=False, recovery=False,
+                        noise={"steering_std": 0.3, "throttle_std": 0.0, "correlation_s": 0.1})
+    noisy = recorder.record(track, tmp_path / "noisy")
     steering = np.array([float(r[3]) for r in _rows(noisy)])
     # executed noise of 0.3 std would make the labels jump; the expert's labels are smooth
     assert np.abs(np.diff(steering)).max() < 0.1
@@ -173,8 +174,8 @@ def test_labels_are_the_clean_action_not_the_executed_one(tmp_path):
 
 def test_killed_recording_leaves_a_valid_log(tmp_path):
     folder = tmp_path / "killed"
-    code = ("from bc.sim.recorder import record; from bc.sim.track import load_track; "
-            f"record(load_track('lake'), {str(folder)!r}, max_rows=100000, progress=False)")
+    code = ("from bc.sim.recorder import Recorder; from bc.sim.track import load_track; "
+            f"Recorder(max_rows=100000, progress=False).record(load_track('lake'), {str(folder)!r})")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path)
     log = folder / LOG_NAME
     deadline = time.monotonic() + 60
@@ -198,23 +199,64 @@ def test_killed_recording_leaves_a_valid_log(tmp_path):
             assert cv2.imread(cell) is not None  # every referenced JPEG is complete
 
 
+SIMULATE = str(REPO / "scripts" / "simulate.py")
+QUIET = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+
+def simulate(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, SIMULATE, *overrides], cwd=cwd, env=QUIET,
+                          capture_output=True, text=True, timeout=120)
+
+
 def test_simulate_script_records_and_reports_bad_tracks(tmp_path):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    script = str(REPO / "scripts" / "simulate.py")
-
-    def run(*overrides: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, script, *overrides], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=120)
-
-    ok = run("mode=record", "track=mountain", "max_rows=6", f"out={tmp_path / 'mountain'}",
-             "seed=3", "progress=false")
+    ok = simulate(tmp_path, "mode=record", "track=mountain", "max_rows=6",
+                  f"out={tmp_path / 'mountain'}", "seed=3", "progress=false")
     assert ok.returncode == 0, ok.stderr
     assert len(_rows(tmp_path / "mountain" / LOG_NAME)) == 6
     assert (tmp_path / "outputs" / "simulate" / "record").is_dir()  # hydra's folder, not cwd
     bad = tmp_path / "bad.yaml"
     bad.write_text("width: 8\npoints: [[0, 0], [1, 1], [2, 0]]\n")
-    err = run(f"track={bad}", f"out={tmp_path / 'x'}")
+    err = simulate(tmp_path, f"track={bad}", f"out={tmp_path / 'x'}")
     assert err.returncode == 2
     assert str(bad) in err.stderr and "at least 4 points" in err.stderr
-    mode = run("mode=fly")
+    mode = simulate(tmp_path, "mode=fly")
     assert mode.returncode == 2 and "mode: expected one of" in mode.stderr
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["dt=0"], "simulate.py: error: dt: expected a simulation step > 0 s, got 0"),
+    (["max_rows=-5"], "simulate.py: error: max_rows: expected a number of samples >= 1"),
+    (["mode=autonomous", "dt=0"], "simulate.py: error: dt: expected > 0, got 0"),
+])
+def test_bad_settings_are_one_line_errors_before_anything_is_written(tmp_path, overrides,
+                                                                     message):
+    out = tmp_path / "rec"
+    done = simulate(tmp_path, *overrides, f"out={out}", "progress=false")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(message) and done.stderr.count("\n") == 1, done.stderr
+    assert not out.exists()
+
+
+def test_ctrl_c_stops_a_recording_with_one_line_and_a_valid_log(tmp_path):
+    folder = tmp_path / "rec"
+    proc = subprocess.Popen([sys.executable, SIMULATE, "max_rows=100000", f"out={folder}",
+                             "progress=false"], cwd=tmp_path, env=QUIET,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = folder / LOG_NAME
+    deadline = time.monotonic() + 60
+    try:
+        while not (log.is_file() and len(log.read_bytes().splitlines()) >= 5):
+            assert time.monotonic() < deadline, "the recorder wrote no rows within 60 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert stderr == "simulate.py: interrupted\n"
+    rows = _rows(log)
+    assert log.read_text().endswith("\n") and len(rows) >= 5
+    _check_unity_rows(rows, folder)
+    for row in rows:
+        for cell in row[:3]:
+            assert cv2.imread(cell) is not None

@@ -11,7 +11,7 @@ import pytest
 
 from bc.sim.autonomous import DriveResult, write_trajectory_csv
 from bc.sim.metrics import autonomy_pct, compute_metrics, format_table, log_to_mlflow, write_json
-from bc.sim.plots import plot_trajectory, write_video
+from bc.sim.plots import plot_trajectory
 from bc.sim.track import load_track
 
 DT = 0.1
@@ -110,26 +110,6 @@ def test_trajectory_png_and_csv(track, tmp_path):
     table = np.genfromtxt(csv, delimiter=",", names=True)
     assert len(table) == 150 and table["intervention"].sum() == 2
     assert np.allclose(table["cte"], cte, atol=1e-4)
-
-
-def test_mp4_from_frames_and_folder(tmp_path):
-    rng = np.random.default_rng(0)
-    frames = [np.full((160, 320, 3), 10 * i, np.uint8)
-              + rng.integers(0, 5, (160, 320, 3), dtype=np.uint8) for i in range(12)]
-    assert write_video(frames, tmp_path / "a.mp4", fps=15) == 12
-    reader = imageio.get_reader(tmp_path / "a.mp4")
-    assert reader.count_frames() == 12
-    assert reader.get_meta_data()["size"] == (320, 160)
-    reader.close()
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for i, frame in enumerate(frames[:5]):
-        imageio.imwrite(folder / f"2024_01_01_00_00_00_{i:03d}.jpg", frame)
-    assert write_video(folder, tmp_path / "b.mp4") == 5
-    assert imageio.get_reader(tmp_path / "b.mp4").count_frames() == 5
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no .* frames in"):
-        write_video(tmp_path / "empty", tmp_path / "c.mp4")
 
 
 def test_log_to_mlflow(track, tmp_path, monkeypatch):

@@ -1,12 +1,12 @@
 """Autonomous mode: the simulator side of a drive server, behaving exactly like the Unity client.
 
-The Unity simulator (PROTOCOL.md section 2) opens a raw websocket to
+The Unity simulator (docs/PROTOCOL.md section 2) opens a raw websocket to
 ``/socket.io/?EIO=4&transport=websocket``, never sends the namespace connect ``40``, pings
 every ``pingInterval``, emits ``42["telemetry",{...}]`` with every value a string and waits for
 one ``steer`` or ``manual`` per telemetry (lockstep). `UnityClient` is that wire behaviour;
 `drive` is the closed loop around it: render the center camera, send it, apply the reply,
-step the car, count interventions and laps. Whatever drives this client drives the real
-simulator too.
+step the car, count interventions and laps; `AutonomousDrive` holds its settings, checked
+once. Whatever drives this client drives the real simulator too.
 
 Interventions (as in NVIDIA's simulator test): when the car's centre leaves the road
 (|cte| > width / 2) it is counted and the car is put back on the nearest centreline point,
@@ -34,17 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import cv2
 import numpy as np
 import websocket
 
-from bc.errors import BcError
-from bc.sim.car import DEFAULT_DT, MAX_STEER_DEG, MPS_PER_MPH, Car, CarState
+from bc import images
+from bc.errors import BcError, ConfigError
+from bc.sim.car import MPS_PER_MPH, Car, CarState
+from bc.udacity import (MANUAL_EVENT, MAX_STEERING_DEG, PORT, SAMPLE_PERIOD_S, SOCKET_PATH,
+                        STEER_EVENT, STEER_FIELDS, TELEMETRY_EVENT, TELEMETRY_FIELDS,
+                        UNITY_JPEG_QUALITY, format_n4)
 
 log = logging.getLogger(__name__)
 
-SOCKET_PATH = "/socket.io/?EIO=4&transport=websocket"  # what the Unity client dials
-JPEG_QUALITY = 75  # Unity's Texture2D.EncodeToJPG() default
 DEFAULT_PING_INTERVAL_S = 25.0  # Engine.IO default, used until the open packet says otherwise
 CONNECT_ACK_WAIT_S = 2.0  # how long to wait for the server's `40` (and its connect greeting)
 GREETING_SETTLE_S = 0.25  # after `40`: the greeting of an always_connect server follows at once
@@ -53,8 +54,7 @@ DEFAULT_MAX_MANUAL_IN_A_ROW = 100  # `manual` is for empty telemetry; ours is ne
 STALL_TIMEOUT_S = 30.0  # simulated seconds without moving before a drive gives up
 MIN_MEAN_SPEED_MPS = 1.0  # default step cap: the laps at this mean speed
 PROGRESS_BAR_STEP_M = 5.0
-STEER_FIELDS = ("steering_angle", "throttle")
-STEER_SHAPE = '{"steering_angle": "<str>", "throttle": "<str>"}'
+STEER_SHAPE = "{" + ", ".join(f'"{name}": "<str>"' for name in STEER_FIELDS) + "}"
 
 # Engine.IO 3 packet types (text frames) and the Socket.IO 2 types inside a MESSAGE packet.
 EIO_OPEN, EIO_CLOSE, EIO_PING, EIO_PONG, EIO_MESSAGE = "0", "1", "2", "3", "4"
@@ -65,31 +65,21 @@ class AutonomousError(BcError, RuntimeError):
     """The drive server could not be reached or broke the protocol; the message says how."""
 
 
-def format_n4(value: float) -> str:
-    """C#'s ``float.ToString("N4")`` for the values the Unity client sends (|v| < 1000)."""
-    text = f"{value:.4f}"
-    return "0.0000" if text == "-0.0000" else text
-
-
-def encode_jpeg_b64(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> str:
+def encode_jpeg_b64(rgb: np.ndarray, quality: int = UNITY_JPEG_QUALITY) -> str:
     """Base64 JPEG of an RGB frame, as the Unity client sends its camera image."""
-    ok, buffer = cv2.imencode(".jpg", rgb[:, :, ::-1], (cv2.IMWRITE_JPEG_QUALITY, int(quality)))
-    if not ok:
-        raise AutonomousError(f"could not JPEG-encode a frame of shape {rgb.shape}")
-    return base64.b64encode(buffer).decode("ascii")
+    return base64.b64encode(images.encode_jpeg(rgb, quality)).decode("ascii")
 
 
 def telemetry_message(steering_deg: float, throttle: float, speed_mph: float,
                       image_b64: str) -> str:
-    """The Socket.IO text frame of one telemetry event; every value is a string."""
-    return (
-        '42["telemetry",{"steering_angle":"%s","throttle":"%s","speed":"%s","image":"%s"}]'
-        % (format_n4(steering_deg), format_n4(throttle), format_n4(speed_mph), image_b64)
-    )
+    """The Socket.IO text frame of one telemetry event; every value is a string (N4 numbers)."""
+    values = (format_n4(steering_deg), format_n4(throttle), format_n4(speed_mph), image_b64)
+    body = ",".join(f'"{name}":"{value}"' for name, value in zip(TELEMETRY_FIELDS, values))
+    return f'{EIO_MESSAGE}{SIO_EVENT}["{TELEMETRY_EVENT}",{{{body}}}]'
 
 
 @dataclass(frozen=True)
-class Reply:
+class SteerCommand:
     """The server's answer to one telemetry: `steer` with its controls, or `manual`."""
 
     event: str
@@ -128,9 +118,9 @@ def parse_event(text: str) -> tuple[str, Any] | None:
     return payload[0], data
 
 
-def parse_steer(data: dict | None, index: int) -> Reply:
+def parse_steer(data: dict | None, index: int) -> SteerCommand:
     """Controls of a `steer` reply; every field must be a JSON string holding a finite number."""
-    where = f"'steer' reply to telemetry {index}"
+    where = f"'{STEER_EVENT}' reply to telemetry {index}"
     if data is None:
         raise AutonomousError(f"{where} has no data; expected {STEER_SHAPE}")
     values = []
@@ -153,13 +143,13 @@ def parse_steer(data: dict | None, index: int) -> Reply:
         if not math.isfinite(value):
             raise AutonomousError(f"{where}: field {name!r} = {raw!r} is not a finite number")
         values.append(value)
-    return Reply("steer", steering=values[0], throttle=values[1])
+    return SteerCommand(STEER_EVENT, steering=values[0], throttle=values[1])
 
 
 class UnityClient:
     """One websocket connection that speaks exactly like the Unity simulator's SocketIO plugin."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 4567,
+    def __init__(self, host: str = "127.0.0.1", port: int = PORT,
                  reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S) -> None:
         self.url = f"ws://{host}:{port}{SOCKET_PATH}"
         self.reply_timeout_s = float(reply_timeout_s)
@@ -167,7 +157,6 @@ class UnityClient:
         self.greetings = 0  # `steer` events before the first telemetry (the connect greeting)
         self.stray_steers = 0  # later `steer` events that answered no telemetry
         self._connecting = True
-        self.ignored_events: list[str] = []
         self._ws: websocket.WebSocket | None = None
         self._next_ping = math.inf
 
@@ -227,7 +216,7 @@ class UnityClient:
         if event is None:
             return
         name, _ = event
-        if name == "steer":
+        if name == STEER_EVENT:  # other events: Unity has no handler for them
             if self._connecting:
                 self.greetings += 1
                 return
@@ -235,8 +224,6 @@ class UnityClient:
                 log.warning("%s sent a 'steer' that answers no telemetry; ignored (the Unity "
                             "client would start a second request chain)", self.url)
             self.stray_steers += 1
-        else:
-            self.ignored_events.append(name)
 
     def close(self) -> None:
         """Close the websocket (the server sees a disconnect)."""
@@ -328,7 +315,7 @@ class UnityClient:
                 return
             self._handle_unsolicited(frame)
 
-    def exchange(self, message: str, index: int) -> Reply:
+    def exchange(self, message: str, index: int) -> SteerCommand:
         """Send telemetry number `index` and wait for its one `steer` or `manual` reply."""
         self._drain()
         self._send(message)
@@ -339,11 +326,11 @@ class UnityClient:
             if event is None:
                 continue
             name, data = event
-            if name == "steer":
+            if name == STEER_EVENT:
                 return parse_steer(data, index)
-            if name == "manual":
-                return Reply("manual")
-            self.ignored_events.append(name)  # Unity has no handler for other events
+            if name == MANUAL_EVENT:
+                return SteerCommand(MANUAL_EVENT)
+            # other events: Unity has no handler for them
 
 
 @dataclass
@@ -377,10 +364,6 @@ class DriveResult:
     @property
     def steps(self) -> int:
         return int(len(self.t))
-
-    @property
-    def track_length(self) -> float:
-        return float(self.track.length)
 
 
 ProgressCallback = Callable[[int, np.ndarray, CarState], None]
@@ -420,203 +403,255 @@ def default_max_steps(track_length: float, laps: float, dt: float) -> int:
     return int(math.ceil(laps * track_length / MIN_MEAN_SPEED_MPS / dt)) + 1
 
 
-def drive(
-    track: Any,
-    *,
-    laps: float = 1.0,
-    host: str = "127.0.0.1",
-    port: int = 4567,
-    seed: int = 0,
-    dt: float = DEFAULT_DT,
-    realtime: bool = False,
-    reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
-    max_steps: int | None = None,
-    start_speed_mph: float = 0.0,
-    max_manual_in_a_row: int = DEFAULT_MAX_MANUAL_IN_A_ROW,
-    stall_timeout_s: float = STALL_TIMEOUT_S,
-    frames_callback: ProgressCallback | None = None,
-    video_path: str | Path | None = None,
-    video_fps: float | None = None,
-    progress: bool = False,
-) -> "DriveResult":
-    """Drive `laps` laps of `track` (a Track or a track spec) with the drive server at host:port.
+@dataclass(frozen=True)
+class AutonomousDrive:
+    """The simulator in autonomous mode against the drive server at host:port (settings as in
+    conf/simulate.yaml `autonomous`, checked here): `drive(track)` is the closed loop,
+    `run(track)` also writes the metrics and pictures and logs them to MLflow.
 
     Lockstep: each step renders the center camera, sends telemetry and applies the reply.
     With `realtime`, the server's round-trip time also passes in the simulation: the car
     keeps its last controls for whole `dt` steps while the server thinks, as Unity's fixed
-    update would. `frames_callback(index, rgb, state)` sees every frame sent."""
-    from bc.sim.track import load_track
+    update would.
+    """
 
-    if isinstance(track, (str, Path)):
-        track = load_track(str(track), seed=seed)
-    if laps <= 0:
-        raise ValueError(f"drive: laps must be > 0, got {laps}")
-    if dt <= 0:
-        raise ValueError(f"drive: dt must be > 0, got {dt}")
-    length = float(track.length)
-    half_width = 0.5 * float(track.width)
-    target = float(laps) * length
-    if max_steps is None:
-        max_steps = default_max_steps(length, laps, dt)
-    stall_steps = max(1, int(math.ceil(stall_timeout_s / dt)))
+    laps: float = 1.0
+    host: str = "127.0.0.1"
+    port: int = PORT
+    seed: int = 0  # lighting and shadows (and the shape of a `random` track)
+    dt: float = SAMPLE_PERIOD_S
+    realtime: bool = False
+    reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S
+    max_steps: int | None = None  # None: the laps at MIN_MEAN_SPEED_MPS
+    start_speed_mph: float = 0.0
+    max_manual_in_a_row: int = DEFAULT_MAX_MANUAL_IN_A_ROW
+    stall_timeout_s: float = STALL_TIMEOUT_S
+    progress: bool = False
+    # what `run` writes: <out>/metrics.json, trajectory.png/.csv (+ center.mp4)
+    video: bool = False
+    out: str | None = None  # None: the Hydra run folder
+    label: str | None = None  # eval/<label>/ in MLflow; None: the track's name
+    run_id: str | None = None  # MLflow run to log the metrics and files to
+    tracking_uri: str | None = None
 
-    car = Car()
-    renderer = renderer_for(track, seed)
-    x0, y0, h0 = track.pose_at(0.0)
-    state = CarState(float(x0), float(y0), float(h0), max(0.0, start_speed_mph) * MPS_PER_MPH)
-    s_prev = float(track.locate(state.x, state.y).s)
+    def __post_init__(self) -> None:
+        positive = {"laps": self.laps, "dt": self.dt, "reply_timeout_s": self.reply_timeout_s,
+                    "stall_timeout_s": self.stall_timeout_s}
+        for name, value in positive.items():
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name}: expected > 0, got {value}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps: expected >= 1 (or null: as many as the laps need), "
+                              f"got {self.max_steps}")
+        if self.max_manual_in_a_row < 0:
+            raise ConfigError(f"max_manual_in_a_row: expected >= 0, got {self.max_manual_in_a_row}")
 
-    rows: list[tuple[float, ...]] = []
-    interventions: list[int] = []
-    intervention_xy: list[tuple[float, float]] = []
-    round_trips: list[float] = []
-    steering = throttle = 0.0  # the controls the car is executing
-    progress_m = odometer_m = 0.0
-    manual_total = manual_in_a_row = frames = 0
-    still_steps = 0
-    lag_s = 0.0  # realtime: simulated time owed to the server's latency
-    stop_reason = "max_steps"
+    def drive(self, track: Any, frames_callback: ProgressCallback | None = None,
+              video_path: str | Path | None = None) -> DriveResult:
+        """Drive `laps` laps of `track` (a Track or a track spec); `frames_callback(index, rgb,
+        state)` sees every frame sent, `video_path` gets them as an mp4."""
+        from bc.sim.track import load_track
 
-    writer = None
-    if video_path is not None:
-        from bc.sim.plots import open_video
+        if isinstance(track, (str, Path)):
+            track = load_track(str(track), seed=self.seed)
+        dt = float(self.dt)
+        length = float(track.length)
+        half_width = 0.5 * float(track.width)
+        target = float(self.laps) * length
+        max_steps = (default_max_steps(length, self.laps, dt) if self.max_steps is None
+                     else self.max_steps)
+        stall_steps = max(1, int(math.ceil(self.stall_timeout_s / dt)))
 
-        writer = open_video(video_path, fps=video_fps or 1.0 / dt)
-    bar = None
-    if progress:
-        from tqdm import tqdm
+        car = Car()
+        renderer = renderer_for(track, self.seed)
+        x0, y0, h0 = track.pose_at(0.0)
+        speed = max(0.0, self.start_speed_mph) * MPS_PER_MPH
+        state = CarState(float(x0), float(y0), float(h0), speed)
+        s_prev = float(track.locate(state.x, state.y).s)
 
-        bar = tqdm(total=int(round(target)), unit="m", desc=f"autonomous {track.name}")
+        rows: list[tuple[float, ...]] = []
+        interventions: list[int] = []
+        intervention_xy: list[tuple[float, float]] = []
+        round_trips: list[float] = []
+        steering = throttle = 0.0  # the controls the car is executing
+        progress_m = odometer_m = 0.0
+        manual_total = manual_in_a_row = frames = 0
+        still_steps = 0
+        lag_s = 0.0  # realtime: simulated time owed to the server's latency
+        stop_reason = "max_steps"
 
-    def step_once(steer: float, accel: float) -> bool:
-        """One physics step with interventions and laps; True when the drive is done."""
-        nonlocal state, s_prev, progress_m, odometer_m, still_steps, stop_reason
-        speed_before = state.speed
-        state = car.step(state, steer, accel, dt)
-        odometer_m += 0.5 * (speed_before + state.speed) * dt
-        here = track.locate(state.x, state.y)
-        cte = float(here.cte)
-        if abs(cte) > half_width:
-            interventions.append(len(rows))
-            intervention_xy.append((state.x, state.y))
-            state = CarState(float(here.x), float(here.y), float(here.heading), state.speed)
-        s_now = float(here.s)
-        ds = _wrap(s_now - s_prev, length)
-        s_prev = s_now
-        progress_m += ds
-        if bar is not None and progress_m - bar.n >= PROGRESS_BAR_STEP_M:
-            bar.update(int(progress_m) - bar.n)
-        rows.append((state.x, state.y, state.yaw, state.speed / MPS_PER_MPH, steer, accel, cte,
-                     progress_m, odometer_m))
-        still_steps = still_steps + 1 if state.speed < 1e-3 else 0
-        if progress_m >= target:
-            stop_reason = "laps"
-            return True
-        if len(rows) >= max_steps:
-            stop_reason = "max_steps"
-            return True
-        if still_steps >= stall_steps:
-            stop_reason = "stalled"
-            return True
-        return False
+        writer = None
+        if video_path is not None:
+            from bc.sim.plots import open_video
 
-    started = time.perf_counter()
-    client = UnityClient(host, port, reply_timeout_s)
-    try:
-        client.connect()
-        message = None
-        done = max_steps <= 0
-        while not done:
-            if message is None:  # a new state to show the server
-                rgb = renderer.render(state, camera="center")
-                if frames_callback is not None:
-                    frames_callback(frames, rgb, state)
-                if writer is not None:
-                    writer.append_data(rgb)
-                # Unity reports the executed steer angle in degrees and AccelInput in [0, 1]
-                message = telemetry_message(steering * MAX_STEER_DEG, max(0.0, throttle),
-                                            state.speed_mph, encode_jpeg_b64(rgb))
-            elif frames_callback is not None:
-                frames_callback(frames, rgb, state)
-            sent = time.perf_counter()
-            reply = client.exchange(message, frames)
-            latency = time.perf_counter() - sent
-            frames += 1
-            round_trips.append(latency)
-            if reply.event == "manual":
-                manual_total += 1
-                manual_in_a_row += 1
-                if manual_in_a_row > max_manual_in_a_row:
-                    raise AutonomousError(
-                        f"drive server answered 'manual' to {manual_in_a_row} telemetry messages "
-                        f"in a row (last: telemetry {frames - 1}); 'manual' is the reply to an "
-                        f"empty telemetry and ours is never empty -- is the server rejecting the "
-                        f"frames?"
-                    )
-                if realtime:  # the car kept driving while the server answered
-                    lag_s += latency
-                    while lag_s >= dt and not done:
-                        lag_s -= dt
-                        done = step_once(steering, throttle)
-                        message = None
-                continue  # re-send (the same frame when no time passed)
-            manual_in_a_row = 0
-            n_steps = 1
-            if realtime:
-                lag_s += max(dt, latency)
-                n_steps = max(1, int(lag_s / dt))
-                lag_s -= n_steps * dt
-            new_steering = min(1.0, max(-1.0, reply.steering))
-            new_throttle = min(1.0, max(-1.0, reply.throttle))
-            for k in range(n_steps):  # old controls while the server was thinking
-                last = k == n_steps - 1
-                done = step_once(new_steering if last else steering,
-                                 new_throttle if last else throttle)
-                if done:
-                    break
-            steering, throttle = new_steering, new_throttle
+            writer = open_video(video_path, fps=1.0 / dt)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=int(round(target)), unit="m", desc=f"autonomous {track.name}")
+
+        def step_once(steer: float, accel: float) -> bool:
+            """One physics step with interventions and laps; True when the drive is done."""
+            nonlocal state, s_prev, progress_m, odometer_m, still_steps, stop_reason
+            speed_before = state.speed
+            state = car.step(state, steer, accel, dt)
+            odometer_m += 0.5 * (speed_before + state.speed) * dt
+            here = track.locate(state.x, state.y)
+            cte = float(here.cte)
+            if abs(cte) > half_width:
+                interventions.append(len(rows))
+                intervention_xy.append((state.x, state.y))
+                state = CarState(float(here.x), float(here.y), float(here.heading), state.speed)
+            s_now = float(here.s)
+            ds = _wrap(s_now - s_prev, length)
+            s_prev = s_now
+            progress_m += ds
+            if bar is not None and progress_m - bar.n >= PROGRESS_BAR_STEP_M:
+                bar.update(int(progress_m) - bar.n)
+            rows.append((state.x, state.y, state.yaw, state.speed / MPS_PER_MPH, steer, accel, cte,
+                         progress_m, odometer_m))
+            still_steps = still_steps + 1 if state.speed < 1e-3 else 0
+            if progress_m >= target:
+                stop_reason = "laps"
+                return True
+            if len(rows) >= max_steps:
+                stop_reason = "max_steps"
+                return True
+            if still_steps >= stall_steps:
+                stop_reason = "stalled"
+                return True
+            return False
+
+        started = time.perf_counter()
+        client = UnityClient(self.host, self.port, self.reply_timeout_s)
+        try:
+            client.connect()
             message = None
-    finally:
-        client.close()
-        if writer is not None:
-            writer.close()
-        if bar is not None:
-            bar.close()
-    wall = time.perf_counter() - started
+            done = False
+            while not done:
+                if message is None:  # a new state to show the server
+                    rgb = renderer.render(state, camera="center")
+                    if frames_callback is not None:
+                        frames_callback(frames, rgb, state)
+                    if writer is not None:
+                        writer.append_data(rgb)
+                    # Unity reports the executed steer angle in degrees and AccelInput in [0, 1]
+                    message = telemetry_message(steering * MAX_STEERING_DEG, max(0.0, throttle),
+                                                state.speed_mph, encode_jpeg_b64(rgb))
+                elif frames_callback is not None:
+                    frames_callback(frames, rgb, state)
+                sent = time.perf_counter()
+                reply = client.exchange(message, frames)
+                latency = time.perf_counter() - sent
+                frames += 1
+                round_trips.append(latency)
+                if reply.event == MANUAL_EVENT:
+                    manual_total += 1
+                    manual_in_a_row += 1
+                    if manual_in_a_row > self.max_manual_in_a_row:
+                        raise AutonomousError(
+                            f"drive server answered 'manual' to {manual_in_a_row} telemetry "
+                            f"messages in a row (last: telemetry {frames - 1}); 'manual' is the "
+                            f"reply to an empty telemetry and ours is never empty -- is the server "
+                            f"rejecting the frames?"
+                        )
+                    if self.realtime:  # the car kept driving while the server answered
+                        lag_s += latency
+                        while lag_s >= dt and not done:
+                            lag_s -= dt
+                            done = step_once(steering, throttle)
+                            message = None
+                    continue  # re-send (the same frame when no time passed)
+                manual_in_a_row = 0
+                n_steps = 1
+                if self.realtime:
+                    lag_s += max(dt, latency)
+                    n_steps = max(1, int(lag_s / dt))
+                    lag_s -= n_steps * dt
+                new_steering = min(1.0, max(-1.0, reply.steering))
+                new_throttle = min(1.0, max(-1.0, reply.throttle))
+                for k in range(n_steps):  # old controls while the server was thinking
+                    last = k == n_steps - 1
+                    done = step_once(new_steering if last else steering,
+                                     new_throttle if last else throttle)
+                    if done:
+                        break
+                steering, throttle = new_steering, new_throttle
+                message = None
+        finally:
+            client.close()
+            if writer is not None:
+                writer.close()
+            if bar is not None:
+                bar.close()
+        wall = time.perf_counter() - started
 
-    data = np.asarray(rows, dtype=np.float64).reshape(-1, 9)
-    return DriveResult(
-        track=track,
-        dt=float(dt),
-        laps=float(laps),
-        t=np.arange(1, len(data) + 1, dtype=np.float64) * dt,
-        x=data[:, 0], y=data[:, 1], yaw=data[:, 2], speed_mph=data[:, 3],
-        steering=data[:, 4], throttle=data[:, 5], cte=data[:, 6], s=data[:, 7], odometer=data[:, 8],
-        intervention_steps=np.asarray(interventions, dtype=np.int64),
-        intervention_xy=np.asarray(intervention_xy, dtype=np.float64).reshape(-1, 2),
-        frames=frames,
-        manual_replies=manual_total,
-        greetings=client.greetings,
-        stray_steers=client.stray_steers,
-        round_trip_s=np.asarray(round_trips, dtype=np.float64),
-        wall_s=wall,
-        realtime=bool(realtime),
-        stop_reason=stop_reason,
-    )
+        data = np.asarray(rows, dtype=np.float64).reshape(-1, 9)
+        return DriveResult(
+            track=track,
+            dt=float(dt),
+            laps=float(self.laps),
+            t=np.arange(1, len(data) + 1, dtype=np.float64) * dt,
+            x=data[:, 0], y=data[:, 1], yaw=data[:, 2], speed_mph=data[:, 3],
+            steering=data[:, 4], throttle=data[:, 5], cte=data[:, 6], s=data[:, 7],
+            odometer=data[:, 8],
+            intervention_steps=np.asarray(interventions, dtype=np.int64),
+            intervention_xy=np.asarray(intervention_xy, dtype=np.float64).reshape(-1, 2),
+            frames=frames,
+            manual_replies=manual_total,
+            greetings=client.greetings,
+            stray_steers=client.stray_steers,
+            round_trip_s=np.asarray(round_trips, dtype=np.float64),
+            wall_s=wall,
+            realtime=bool(self.realtime),
+            stop_reason=stop_reason,
+        )
 
+    def output_folder(self, track_name: str) -> Path:
+        """`out`, else the Hydra run folder, else outputs/autonomous/<track>-<time>."""
+        if self.out:
+            return Path(self.out)
+        try:
+            from hydra.core.hydra_config import HydraConfig
 
-def _output_folder(cfg: Any, track_name: str) -> Path:
-    """Where an autonomous run's files go: `autonomous.out`, else the Hydra run folder, else
-    outputs/autonomous/<track>-<time>."""
-    options = cfg.get("autonomous") or {}
-    if options.get("out"):
-        return Path(str(options.get("out")))
-    try:
-        from hydra.core.hydra_config import HydraConfig
+            return Path(HydraConfig.get().runtime.output_dir)
+        except (ImportError, ValueError):
+            stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+            return Path("outputs") / "autonomous" / f"{track_name}-{stamp}"
 
-        return Path(HydraConfig.get().runtime.output_dir)
-    except (ImportError, ValueError):
-        return Path("outputs") / "autonomous" / f"{track_name}-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    def run(self, track: Any) -> dict[str, Any]:
+        """Drive `track`, print the metrics table, write metrics.json, trajectory.png/.csv
+        (+ center.mp4) and log them to MLflow when `run_id` is set. Returns the metrics."""
+        from bc.sim.metrics import compute_metrics, format_table, log_to_mlflow, write_json
+        from bc.sim.plots import plot_trajectory
+        from bc.sim.track import load_track
+
+        if isinstance(track, (str, Path)):
+            track = load_track(str(track), seed=self.seed)
+        out = self.output_folder(track.name)
+        out.mkdir(parents=True, exist_ok=True)
+        video_path = out / "center.mp4" if self.video else None
+        result = self.drive(track, video_path=video_path)
+        metrics = compute_metrics(result)
+        print(format_table(metrics, title=f"autonomous drive: track {track.name}, server "
+                                          f"{self.host}:{self.port}"))
+        if result.stop_reason != "laps":
+            log.warning("the drive stopped before %s laps: %s", result.laps, result.stop_reason)
+        artifacts = [
+            write_json(metrics, out / "metrics.json"),
+            plot_trajectory(result, out / "trajectory.png"),
+            write_trajectory_csv(result, out / "trajectory.csv"),
+        ]
+        if video_path is not None:
+            artifacts.append(video_path)
+        print(f"wrote {', '.join(str(p) for p in artifacts)}")
+        if self.run_id:
+            keys = log_to_mlflow(self.run_id, self.label or track.name, metrics, artifacts,
+                                 self.tracking_uri)
+            print(f"logged {len(keys)} metrics ({keys[0].rsplit('/', 1)[0]}/...) and "
+                  f"{len(artifacts)} artifacts to MLflow run {self.run_id}")
+        return metrics
 
 
 def write_trajectory_csv(result: DriveResult, path: str | Path) -> Path:
@@ -629,56 +664,3 @@ def write_trajectory_csv(result: DriveResult, path: str | Path) -> Path:
     np.savetxt(path, np.hstack([table, flags]), delimiter=",", fmt="%.6g",
                header=",".join((*columns, "intervention")), comments="")
     return path
-
-
-def main(cfg: Any) -> dict[str, Any]:
-    """`scripts/simulate.py mode=autonomous`: drive against the server at host:port, print the
-    metrics table, write metrics.json, trajectory.png/.csv (+ center.mp4), log to MLflow when
-    `autonomous.run_id` is set. Returns the metrics."""
-    from bc.sim.metrics import compute_metrics, format_table, log_to_mlflow, write_json
-    from bc.sim.plots import plot_trajectory
-    from bc.sim.track import load_track
-
-    options = cfg.get("autonomous") or {}
-    track = load_track(str(cfg.track), seed=int(cfg.get("seed", 0)))
-    out = _output_folder(cfg, track.name)
-    out.mkdir(parents=True, exist_ok=True)
-    video_path = out / "center.mp4" if options.get("video", False) else None
-    max_steps = options.get("max_steps")
-    result = drive(
-        track,
-        laps=float(cfg.get("laps", 1)),
-        host=str(cfg.get("host", "127.0.0.1")),
-        port=int(cfg.get("port", 4567)),
-        seed=int(cfg.get("seed", 0)),
-        dt=float(cfg.get("dt", DEFAULT_DT)),
-        realtime=bool(options.get("realtime", False)),
-        reply_timeout_s=float(options.get("reply_timeout_s", DEFAULT_REPLY_TIMEOUT_S)),
-        max_steps=None if max_steps is None else int(max_steps),
-        start_speed_mph=float(options.get("start_speed_mph", 0.0)),
-        max_manual_in_a_row=int(options.get("max_manual_in_a_row", DEFAULT_MAX_MANUAL_IN_A_ROW)),
-        stall_timeout_s=float(options.get("stall_timeout_s", STALL_TIMEOUT_S)),
-        video_path=video_path,
-        progress=bool(options.get("progress", True)),
-    )
-    metrics = compute_metrics(result)
-    print(format_table(metrics, title=f"autonomous drive: track {track.name}, server "
-                                      f"{cfg.get('host', '127.0.0.1')}:{cfg.get('port', 4567)}"))
-    if result.stop_reason != "laps":
-        log.warning("the drive stopped before %s laps: %s", result.laps, result.stop_reason)
-    artifacts = [
-        write_json(metrics, out / "metrics.json"),
-        plot_trajectory(result, out / "trajectory.png"),
-        write_trajectory_csv(result, out / "trajectory.csv"),
-    ]
-    if video_path is not None:
-        artifacts.append(video_path)
-    print(f"wrote {', '.join(str(p) for p in artifacts)}")
-    run_id = options.get("run_id")
-    if run_id:
-        label = options.get("label") or track.name
-        keys = log_to_mlflow(str(run_id), str(label), metrics, artifacts,
-                             options.get("tracking_uri"))
-        print(f"logged {len(keys)} metrics ({keys[0].rsplit('/', 1)[0]}/...) and {len(artifacts)} "
-              f"artifacts to MLflow run {run_id}")
-    return metrics

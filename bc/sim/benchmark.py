@@ -22,10 +22,11 @@ from pathlib import Path  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bc.sim.camera import CAMERAS, Renderer  # noqa: E402
+from bc.sim.camera import Renderer  # noqa: E402
+from bc.udacity import CAMERAS  # noqa: E402
 from bc.sim.car import Car, CarState  # noqa: E402
 from bc.sim.expert import Expert  # noqa: E402
-from bc.sim.recorder import record  # noqa: E402
+from bc.sim.recorder import Recorder  # noqa: E402
 from bc.sim.track import load_track  # noqa: E402
 
 WARMUP_FRAMES = 20
@@ -68,8 +69,8 @@ def run_benchmark(frames: int = 500, track: str = "lake", samples: int | None = 
     n_samples = samples if samples is not None else max(30, frames // 5)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        log = record(trk, Path(tmp) / "rec", laps=1, seed=0, max_rows=n_samples, progress=False,
-                     renderer=renderer)
+        log = Recorder(laps=1, seed=0, max_rows=n_samples, progress=False).record(
+            trk, Path(tmp) / "rec", renderer=renderer)
         record_s = time.perf_counter() - t0
         with open(log, newline="") as fh:
             rows = sum(1 for _ in csv.reader(fh))

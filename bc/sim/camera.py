@@ -23,10 +23,7 @@ import numpy as np
 
 from bc.sim.car import CarState
 from bc.sim.track import CLEARANCE_M, Track
-
-CAMERAS = ("center", "left", "right")
-IMAGE_WIDTH = 320
-IMAGE_HEIGHT = 160
+from bc.udacity import CAMERAS, FRAME_HEIGHT, FRAME_WIDTH
 
 CAMERA_HEIGHT_M = 1.6  # above the ground
 PITCH_DEG = 6.0  # camera tilted down: horizon near row 50, below the default 60-row crop
@@ -259,7 +256,7 @@ class Renderer:
         self.seed = int(seed)
         self.camera_height = float(camera_height)
         self.pitch = math.radians(pitch_deg)
-        self.focal = (IMAGE_WIDTH / 2) / math.tan(math.radians(fov_deg) / 2)
+        self.focal = (FRAME_WIDTH / 2) / math.tan(math.radians(fov_deg) / 2)
         self.lateral_offset = float(lateral_offset)
         self.forward_offset = float(forward_offset)
         self.texel = float(texel) if texel else auto_texel(track)
@@ -284,8 +281,8 @@ class Renderer:
     # ------------------------------------------------------------------ setup
     def _build_rays(self) -> None:
         """Ray of each pixel centre; ground hits in the car frame (forward, left)."""
-        u = (np.arange(IMAGE_WIDTH) + 0.5 - IMAGE_WIDTH / 2) / self.focal
-        v = (np.arange(IMAGE_HEIGHT) + 0.5 - IMAGE_HEIGHT / 2) / self.focal
+        u = (np.arange(FRAME_WIDTH) + 0.5 - FRAME_WIDTH / 2) / self.focal
+        v = (np.arange(FRAME_HEIGHT) + 0.5 - FRAME_HEIGHT / 2) / self.focal
         a, b = np.meshgrid(u, -v)  # a: right, b: up in camera units
         cp, sp = math.cos(self.pitch), math.sin(self.pitch)
         dx = cp + b * sp
@@ -320,7 +317,7 @@ class Renderer:
         """Sky gradient, clouds and two layers of hills over 360 degrees of azimuth."""
         th = self.track.theme
         rows, cols = max(1, self._sky_rows), PANORAMA_COLUMNS
-        horizon = IMAGE_HEIGHT / 2 - self.focal * math.tan(self.pitch)  # fractional row
+        horizon = FRAME_HEIGHT / 2 - self.focal * math.tan(self.pitch)  # fractional row
         r = np.arange(rows, dtype=np.float32)[:, None]
         t = np.clip(r / max(horizon, 1.0), 0, 1) ** 1.5
         top, hor = np.asarray(th["sky_top"], np.float32), np.asarray(th["sky_horizon"], np.float32)
@@ -348,15 +345,15 @@ class Renderer:
         side = {"center": 0.0, "left": 1.0, "right": -1.0}[camera]
         lateral = side * self.lateral_offset
         shift = {"center": 0, "left": HOOD_SHIFT_PX, "right": -HOOD_SHIFT_PX}[camera]
-        cols = np.arange(IMAGE_WIDTH)[None, :]
-        rows = np.arange(IMAGE_HEIGHT)[:, None]
-        across = (cols - IMAGE_WIDTH / 2 - shift) / (IMAGE_WIDTH / 2)
+        cols = np.arange(FRAME_WIDTH)[None, :]
+        rows = np.arange(FRAME_HEIGHT)[:, None]
+        across = (cols - FRAME_WIDTH / 2 - shift) / (FRAME_WIDTH / 2)
         edge = HOOD_TOP_ROW + HOOD_CURVE_PX * across ** 2
         hood = rows >= edge
-        base = np.zeros((IMAGE_HEIGHT, IMAGE_WIDTH, 3), np.float32)
+        base = np.zeros((FRAME_HEIGHT, FRAME_WIDTH, 3), np.float32)
         hood_rgb = np.asarray(self.track.theme["hood"], np.float32) * self.lighting["brightness"]
         depth = np.clip((rows - edge) / 12.0, 0, 1)[..., None]
-        sheen = np.exp(-((cols - IMAGE_WIDTH / 2 - shift) / 90.0) ** 2)[..., None]
+        sheen = np.exp(-((cols - FRAME_WIDTH / 2 - shift) / 90.0) ** 2)[..., None]
         bonnet = hood_rgb * (1.35 - 0.45 * depth) + 18 * sheen * (1 - depth)
         base = np.where(hood[..., None], bonnet, base)
         fog = np.clip((self._dist - FOG_START_M) / (FOG_END_M - FOG_START_M), 0, 1) ** 0.7
@@ -365,21 +362,21 @@ class Renderer:
         # bands of whole rows: a row is sampled if any of its ground pixels is not pure haze
         sampled_row = (self._ground & (fog < 1.0)).any(axis=1) & self._ground.all(axis=1)
         row_lod = np.array([int(np.median(self._lod[r][self._ground[r]])) if sampled_row[r] else -1
-                            for r in range(IMAGE_HEIGHT)])
+                            for r in range(FRAME_HEIGHT)])
         row_fog = (fog * self._ground).max(axis=1) > 0
         groups = []
         r = 0
-        while r < IMAGE_HEIGHT:
+        while r < FRAME_HEIGHT:
             if not sampled_row[r]:
                 r += 1
                 continue
             end = r + 1
-            while (end < IMAGE_HEIGHT and sampled_row[end] and row_lod[end] == row_lod[r]
+            while (end < FRAME_HEIGHT and sampled_row[end] and row_lod[end] == row_lod[r]
                    and row_fog[end] == row_fog[r]):
                 end += 1
             level = int(row_lod[r])
             inv = 1.0 / (self.texel * (1 << level))
-            sl = slice(r * IMAGE_WIDTH, end * IMAGE_WIDTH)
+            sl = slice(r * FRAME_WIDTH, end * FRAME_WIDTH)
             groups.append(_Group(
                 start=sl.start, stop=sl.stop,
                 fx=(self._gx.ravel()[sl] * inv).astype(np.float32),
@@ -430,13 +427,9 @@ class Renderer:
                 colour = rgba.astype(np.uint8).view(np.uint32).ravel()
             out[g.start:g.stop] = colour
         out[cam["hood_pix"]] = cam["hood_val"]
-        img = out.reshape(IMAGE_HEIGHT, IMAGE_WIDTH)
+        img = out.reshape(FRAME_HEIGHT, FRAME_WIDTH)
         if self._sky_rows:
             az = np.floor((yaw + self._col_azimuth) * (PANORAMA_COLUMNS / (2 * math.pi)))
             img[: self._sky_rows] = self._panorama[:, np.mod(az.astype(np.int64), PANORAMA_COLUMNS)]
-        rgba = img.view(np.uint8).reshape(IMAGE_HEIGHT, IMAGE_WIDTH, 4)
+        rgba = img.view(np.uint8).reshape(FRAME_HEIGHT, FRAME_WIDTH, 4)
         return cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
-
-    def render_all(self, state: CarState) -> dict[str, np.ndarray]:
-        """Frames of all three cameras for one state."""
-        return {cam: self.render(state, cam) for cam in CAMERAS}

@@ -10,10 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-MAX_STEER_DEG = 25.0  # full lock, the Unity car's maximum steer angle
-TOP_SPEED_MPH = 30.0  # the Unity car never goes faster
+from bc.udacity import MAX_STEERING_DEG, SAMPLE_PERIOD_S, TOP_SPEED_MPH
+
 MPS_PER_MPH = 0.44704
-DEFAULT_DT = 1.0 / 15.0  # the Unity recorder samples at ~15 Hz
 TOP_SPEED_MPS = TOP_SPEED_MPH * MPS_PER_MPH
 
 WHEELBASE_M = 2.7  # a mid-size car
@@ -44,12 +43,12 @@ def steering_to_angle(steering: float) -> float:
     """Normalised steering in [-1, 1] (positive = right) -> front-wheel angle in radians
     (positive = left, the mathematical sense used by the dynamics)."""
     s = min(1.0, max(-1.0, float(steering)))
-    return -math.radians(s * MAX_STEER_DEG)
+    return -math.radians(s * MAX_STEERING_DEG)
 
 
 def angle_to_steering(angle: float) -> float:
     """Front-wheel angle in radians (positive = left) -> normalised steering, clipped."""
-    s = -math.degrees(angle) / MAX_STEER_DEG
+    s = -math.degrees(angle) / MAX_STEERING_DEG
     return min(1.0, max(-1.0, s))
 
 
@@ -84,7 +83,7 @@ class Car:
     @property
     def min_turn_radius(self) -> float:
         """Radius of the circle the car's centre follows at full lock (metres)."""
-        delta = math.radians(MAX_STEER_DEG)
+        delta = math.radians(MAX_STEERING_DEG)
         return math.hypot(self.rear_to_centre, self.wheelbase / math.tan(delta))
 
     def acceleration(self, speed: float, throttle: float) -> float:
@@ -99,7 +98,7 @@ class Car:
         return drive - self.drag * speed
 
     def step(
-        self, state: CarState, steering: float, throttle: float, dt: float = DEFAULT_DT
+        self, state: CarState, steering: float, throttle: float, dt: float = SAMPLE_PERIOD_S
     ) -> CarState:
         """Advance the car by dt seconds with constant controls; returns a new state."""
         delta = steering_to_angle(steering)

@@ -15,8 +15,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from bc.sim.car import DEFAULT_DT, MPS_PER_MPH, Car, CarState, angle_to_steering
+from bc.errors import ConfigError
+from bc.sim.car import MPS_PER_MPH, Car, CarState, angle_to_steering
 from bc.sim.track import Track
+from bc.udacity import SAMPLE_PERIOD_S
 
 LOOKAHEAD_MIN_M = 3.5  # pure-pursuit lookahead at standstill
 LOOKAHEAD_TIME_S = 0.5  # extra lookahead per m/s of speed
@@ -58,10 +60,10 @@ class Expert:
         lookahead_max: float = LOOKAHEAD_MAX_M,
         max_lat_accel: float = MAX_LAT_ACCEL_MPS2,
         car: Car | None = None,
-        dt: float = DEFAULT_DT,
+        dt: float = SAMPLE_PERIOD_S,
     ) -> None:
         if speed_mph <= 0:
-            raise ValueError(f"Expert: speed_mph must be > 0, got {speed_mph}")
+            raise ConfigError(f"speed_mph: expected > 0, got {speed_mph}")
         self.track = track
         self.car = car or Car()
         self.speed = min(float(speed_mph) * MPS_PER_MPH, self.car.top_speed)
@@ -143,11 +145,11 @@ def _as_config(cls: type, value: Any) -> Any:
         known = {f.name for f in fields(cls)}
         unknown = set(value) - known
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"{cls.__name__}: unknown keys {sorted(unknown)}; expected {sorted(known)}"
             )
         return cls(**dict(value))
-    raise ValueError(
+    raise ConfigError(
         f"{cls.__name__}: expected a mapping, None (defaults) or False (off), got {value!r}"
     )
 
@@ -159,7 +161,7 @@ class ActionNoise:
 
     def __init__(self, noise: NoiseConfig | Mapping | bool | None = None,
                  recovery: RecoveryConfig | Mapping | bool | None = None,
-                 dt: float = DEFAULT_DT, seed: int = 0) -> None:
+                 dt: float = SAMPLE_PERIOD_S, seed: int = 0) -> None:
         self.noise = _as_config(NoiseConfig, noise) or NoiseConfig(0.0, 0.0)
         self.recovery = _as_config(RecoveryConfig, recovery)
         if self.recovery is not None and not self.recovery.enabled:

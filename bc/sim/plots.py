@@ -7,9 +7,11 @@ where it left the road (red crosses), which a single autonomy number hides.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
+
+from bc.udacity import SAMPLE_RATE_HZ
 
 FIGURE_WIDTH_IN = 9.0  # the height follows the track's aspect ratio
 MIN_FIGURE_HEIGHT_IN = 4.0
@@ -24,10 +26,8 @@ GRASS_COLOUR = "#cfe3c2"
 PATH_WIDTH_PT = 2.2
 START_ARROW_WIDTHS = 2.5  # length of the driving-direction arrow, in road widths
 CTE_COLOURMAP = "plasma"
-DEFAULT_FPS = 15.0  # the Unity simulator's frame rate
 VIDEO_CODEC = "libx264"
 VIDEO_MACRO_BLOCK = 16  # 320x160 frames are multiples of 16: no resizing
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def _road_patch(track: Any, **style: Any):
@@ -119,7 +119,7 @@ def _default_title(result: Any) -> str:
             f"{len(result.intervention_steps)} interventions")
 
 
-def open_video(path: str | Path, fps: float = DEFAULT_FPS):
+def open_video(path: str | Path, fps: float = SAMPLE_RATE_HZ):
     """An imageio-ffmpeg writer for RGB frames (`append_data`, `close`); H.264, yuv420p."""
     import imageio.v2 as imageio
 
@@ -128,39 +128,3 @@ def open_video(path: str | Path, fps: float = DEFAULT_FPS):
     return imageio.get_writer(str(path), format="FFMPEG", mode="I", fps=float(fps),
                               codec=VIDEO_CODEC,
                               macro_block_size=VIDEO_MACRO_BLOCK, ffmpeg_log_level="error")
-
-
-def _frames_from(source: Iterable[np.ndarray] | str | Path) -> Iterable[np.ndarray]:
-    if isinstance(source, (str, Path)):
-        import imageio.v2 as imageio
-
-        folder = Path(source)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"write_video: {folder} is not a folder of frames")
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise ValueError(f"write_video: no {'/'.join(IMAGE_SUFFIXES)} frames in {folder}")
-        return (np.asarray(imageio.imread(p))[:, :, :3] for p in files)
-    return source
-
-
-def write_video(frames: Iterable[np.ndarray] | str | Path, path: str | Path,
-                fps: float = DEFAULT_FPS) -> int:
-    """Write RGB frames (an iterable, or a folder of images in name order) as an mp4; returns
-    the number of frames written."""
-    count = 0
-    writer = open_video(path, fps)
-    try:
-        for frame in _frames_from(frames):
-            frame = np.asarray(frame)
-            if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-                raise ValueError(f"write_video: frame {count} must be HxWx3 uint8 RGB, "
-                                 f"got {frame.shape} {frame.dtype}")
-            writer.append_data(frame)
-            count += 1
-    finally:
-        writer.close()
-    if count == 0:
-        Path(path).unlink(missing_ok=True)
-        raise ValueError(f"write_video: no frames to write to {path}")
-    return count

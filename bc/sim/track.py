@@ -10,7 +10,6 @@ never as a strange drive later.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -76,12 +75,6 @@ class TrackPoint(NamedTuple):
     index: int  # dense sample index
 
 
-@dataclass(frozen=True)
-class _Spline:
-    tck: Any
-    u_total: float
-
-
 class Track:
     """A closed road: dense centreline, arc length, heading, curvature and nearest-point lookup."""
 
@@ -131,7 +124,6 @@ class Track:
         self.heading = np.arctan2(dy, dx)
         self.curvature = (dx * ddy - dy * ddx) / np.maximum(speed2, 1e-12) ** 1.5
         self.spacing = length / n
-        self._spline = _Spline(tck, 1.0)
 
     @cached_property
     def _tree(self) -> cKDTree:
