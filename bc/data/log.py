@@ -1,80 +1,86 @@
 """Read Udacity simulator recordings (`driving_log.csv` + `IMG/`) into one clean table.
 
-Every real variant loads (see ../shared/design/PROTOCOL.md section 1): the raw Unity log
-(no header, absolute paths, Windows backslashes and drive letters from another machine),
-Udacity's sample data (header, relative `IMG/...` paths, `", "` separators) and several
-recordings merged. Image paths are always resolved **by file name inside
-`<recording>/IMG/`**, so a recording copied between machines keeps working.
+Every real variant loads (docs/PROTOCOL.md section 1): the raw Unity log (no header,
+absolute paths, Windows backslashes and drive letters from another machine), Udacity's
+sample data (header, relative `IMG/...` paths, `", "` separators) and several recordings
+merged. Image paths are always resolved **by file name inside `<recording>/IMG/`**, so a
+recording copied between machines keeps working.
 
 Bad rows are never dropped silently. A row is bad when it has the wrong number of fields,
-a steering/throttle/brake/speed value that is not a finite number, or a camera image that
-is missing or not a complete JPEG. JPEGs are checked cheaply here (SOI marker at the start,
-EOI marker near the end, which catches empty and truncated files); a JPEG whose body is
-corrupt in a way those markers do not show fails later, when it is decoded, with an error
-naming the file (`bc.data.images.read_rgb`). By default bad rows raise `DrivingLogError`
-naming the csv, the first row numbers and the total count; `on_bad_row="skip"` drops them
-and logs a warning with the count. A comma-decimal locale (`0,25`) always raises: it cannot
-be parsed unambiguously.
+a steering/throttle/brake/speed value that is not a finite number or lies outside its
+range (`bc.udacity.LABEL_RANGES`), or a camera image that is missing, not a complete JPEG
+or has an unreadable header. By default bad rows raise `DrivingLogError` naming the csv,
+the first row numbers and the total count; `on_bad_row="skip"` drops them and logs a
+warning with the count. Two things are never skipped, because skipping would hide a wrong
+recording rather than a damaged row: a comma-decimal locale (`0,25` cannot be parsed
+unambiguously) and frames of another size than the others (or than the model's).
+A JPEG whose scan data is corrupt only shows when it is decoded: the datamodule decodes
+every frame when it builds its frame cache (`bc.data.dataset.FrameCache.fill`).
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import re
 from pathlib import Path, PureWindowsPath
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
-from bc.errors import BcError
+
+from bc import udacity
+from bc.errors import BcError, ConfigError
+from bc.images import ImageError, jpeg_problem, jpeg_size
+from bc.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("center", "left", "right", "steering", "throttle", "brake", "speed")
-CAMERAS = ("center", "left", "right")
-NUMERIC_COLUMNS = ("steering", "throttle", "brake", "speed")
-LOG_NAME = "driving_log.csv"
-IMAGE_DIR = "IMG"
 ON_BAD_ROW = ("error", "skip")
 # How many bad rows an error message lists before it only counts the rest.
 MAX_ROWS_IN_MESSAGE = 5
-# JPEG start-of-image marker, and end-of-image marker searched in the file's last bytes
-# (some encoders pad after it).
-_JPEG_SOI = b"\xff\xd8\xff"
-_JPEG_EOI = b"\xff\xd9"
-_JPEG_TAIL_BYTES = 64
+# `table.attrs` key: rows dropped by on_bad_row="skip" while reading.
+SKIPPED_ROWS = "skipped_rows"
 _INTEGER = re.compile(r"^-?\d+([eE][-+]?\d+)?$")
+
+Paths = str | os.PathLike | Iterable[str | os.PathLike]
 
 
 class DrivingLogError(BcError, ValueError):
     """A recording cannot be used as it is; the message names the file, rows and fix."""
 
 
-def image_name(path: str) -> str:
+class FrameSize(NamedTuple):
+    """A camera frame size and where it comes from (for error messages)."""
+
+    width: int
+    height: int
+    source: str = "the expected frame size"
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+def file_name_from_log_path(path: str) -> str:
     """File name of an image path from any OS (`C:\\a\\IMG\\x.jpg`, `/a/IMG/x.jpg`, `IMG/x.jpg`)."""
     # PureWindowsPath splits on both '\\' and '/', and drops a drive letter.
     return PureWindowsPath(path.strip()).name
 
 
-def jpeg_problem(path: str | os.PathLike) -> str | None:
-    """Cheap completeness check of a JPEG file: None if it looks whole, else what is wrong."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(len(_JPEG_SOI))
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - _JPEG_TAIL_BYTES))
-            tail = handle.read()
-    except OSError as error:
-        return f"cannot read image {path}: {error.strerror or error}"
-    if size == 0:
-        return f"image {path} is empty"
-    if head != _JPEG_SOI:
-        return f"image {path} is not a JPEG (no start-of-image marker)"
-    if _JPEG_EOI not in tail:
-        return f"image {path} is a truncated JPEG (no end-of-image marker)"
-    return None
+def check_cameras(cameras: Sequence[str]) -> tuple[str, ...]:
+    """`cameras` as a tuple of distinct simulator camera names, else `DrivingLogError`."""
+    cameras = tuple(cameras)
+    if (
+        not cameras
+        or any(c not in udacity.CAMERAS for c in cameras)
+        or len(set(cameras)) < len(cameras)
+    ):
+        raise DrivingLogError(
+            f"cameras: expected distinct names from {list(udacity.CAMERAS)}, got {list(cameras)}"
+        )
+    return cameras
 
 
 def _log_path(folder: str | os.PathLike) -> tuple[Path, Path]:
@@ -84,33 +90,34 @@ def _log_path(folder: str | os.PathLike) -> tuple[Path, Path]:
         return path.parent, path
     if not path.exists():
         raise DrivingLogError(f"recording folder {path} does not exist")
+    expected = f"{udacity.LOG_NAME} and {udacity.IMAGE_DIR}/"
     if not path.is_dir():
         raise DrivingLogError(
-            f"recording {path} is not a folder (expected a folder with {LOG_NAME} and {IMAGE_DIR}/)"
+            f"recording {path} is not a folder (expected a folder with {expected})"
         )
-    csv_path = path / LOG_NAME
+    csv_path = path / udacity.LOG_NAME
     if not csv_path.is_file():
         raise DrivingLogError(
-            f"recording folder {path} has no {LOG_NAME} (expected {LOG_NAME} and {IMAGE_DIR}/ "
-            "as written by the simulator's training mode)"
+            f"recording folder {path} has no {udacity.LOG_NAME} (expected {expected} as written "
+            "by the simulator's training mode)"
         )
     return path, csv_path
 
 
 def _comma_decimal_message(csv_path: Path, line: int, fields: list[str]) -> str:
-    shown = ",".join(fields[3:])
+    columns = udacity.LOG_COLUMNS
     return (
-        f"{csv_path} row {line}: {len(fields)} fields where {len(COLUMNS)} are expected "
-        f"({','.join(COLUMNS)}), and the numbers look like they use a comma as the decimal "
-        f"separator ({shown!r}, e.g. '0,25' for 0.25). The recording was written on a "
-        "comma-decimal locale and cannot be parsed unambiguously. Re-record with a '.'-decimal "
-        "system locale (e.g. English (United States) region format), or rewrite the numbers "
-        "with '.' decimals."
+        f"{csv_path} row {line}: {len(fields)} fields where {len(columns)} are expected "
+        f"({','.join(columns)}), and the numbers look like they use a comma as the decimal "
+        f"separator ({','.join(fields[3:])!r}, e.g. '0,25' for 0.25). The recording was written "
+        "on a comma-decimal locale and cannot be parsed unambiguously. Re-record with a "
+        "'.'-decimal system locale (e.g. English (United States) region format), or rewrite the "
+        "numbers with '.' decimals."
     )
 
 
-def _field_counts(csv_path: Path) -> tuple[list[int], list[list[str]], str]:
-    """Fields per line (0 for blank lines), the split lines and the text, one record per line."""
+def _records(csv_path: Path) -> tuple[list[int], list[list[str]]]:
+    """Fields per line (0 for blank lines) and the split lines, one record per line."""
     try:
         text = csv_path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
@@ -119,93 +126,77 @@ def _field_counts(csv_path: Path) -> tuple[list[int], list[list[str]], str]:
         ) from error
     records = list(csv.reader(text.splitlines(), skipinitialspace=True, quoting=csv.QUOTE_NONE))
     counts = [0 if not "".join(fields).strip() else len(fields) for fields in records]
-    return counts, records, text
+    return counts, records
 
 
 def _has_header(first_fields: list[str]) -> bool:
-    return bool(first_fields) and first_fields[0].strip().lower() == COLUMNS[0]
+    return bool(first_fields) and first_fields[0].strip().lower() == udacity.LOG_COLUMNS[0]
 
 
-def read_driving_log(
-    folder: str | os.PathLike,
-    on_bad_row: str = "error",
-    cameras: Sequence[str] = CAMERAS,
-    verify_images: bool = True,
-) -> pd.DataFrame:
-    """Load one recording folder's driving log with images resolved inside `<folder>/IMG/`.
+def _range_text(low: float, high: float) -> str:
+    return f"[{low:g}, {high:g}]" if math.isfinite(high) else f"[{low:g}, inf)"
 
-    Returns columns center, left, right (absolute path strings), steering, throttle, brake,
-    speed (float), recording (folder) and row (1-based csv line). Only the `cameras` listed
-    must have an existing, complete image for a row to be good.
-    """
-    if on_bad_row not in ON_BAD_ROW:
-        raise ValueError(f"on_bad_row: expected one of {list(ON_BAD_ROW)}, got {on_bad_row!r}")
-    unknown = [camera for camera in cameras if camera not in CAMERAS]
-    if unknown:
-        raise ValueError(f"cameras: unknown camera(s) {unknown}; expected some of {list(CAMERAS)}")
+
+class _Log(NamedTuple):
+    """A parsed log before the bad-row policy: the table and each bad row's reason."""
+
+    csv_path: Path
+    table: pd.DataFrame
+    problems: dict[int, str]  # table index -> why the row is bad
+
+
+def _parse(folder: str | os.PathLike, cameras: Sequence[str]) -> _Log:
+    """Read and check one log's fields and image names (no image is opened)."""
+    columns = udacity.LOG_COLUMNS
     folder_path, csv_path = _log_path(folder)
     folder_path = folder_path.resolve()
-    image_dir = folder_path / IMAGE_DIR
+    image_dir = folder_path / udacity.IMAGE_DIR
     if not image_dir.is_dir():
         raise DrivingLogError(
-            f"recording folder {folder_path} has no {IMAGE_DIR}/ folder next to {csv_path.name}"
+            f"recording folder {folder_path} has no {udacity.IMAGE_DIR}/ folder next to"
+            f" {csv_path.name}"
         )
 
-    counts, records, text = _field_counts(csv_path)
+    counts, records = _records(csv_path)
     lines = [index + 1 for index, count in enumerate(counts) if count > 0]
     if not lines:
         raise DrivingLogError(f"{csv_path} has no rows")
 
     # Header: Udacity's sample data names the columns; the raw Unity log does not.
-    column_order = list(COLUMNS)
+    column_order = list(columns)
     first = records[lines[0] - 1]
     if _has_header(first):
         names = [name.strip().lower() for name in first]
-        if sorted(names) != sorted(COLUMNS):
+        if sorted(names) != sorted(columns):
             raise DrivingLogError(
                 f"{csv_path} row {lines[0]}: header {first} does not name the columns"
-                f" {list(COLUMNS)}"
+                f" {list(columns)}"
             )
         column_order = names
         lines = lines[1:]
+        if not lines:
+            raise DrivingLogError(f"{csv_path} has no rows after its header")
 
     # Comma-decimal locale: extra fields that are all integers ('0,25' split in two).
     for line in lines:
         fields = records[line - 1]
-        if len(fields) > len(COLUMNS) and all(
+        if len(fields) > len(columns) and all(
             _INTEGER.match(value.strip()) for value in fields[3:]
         ):
             raise DrivingLogError(_comma_decimal_message(csv_path, line, fields))
-    if len(lines) and all(
-        counts[line - 1] == 1 and ";" in records[line - 1][0] for line in lines[:10]
-    ):
+    if all(counts[line - 1] == 1 and ";" in records[line - 1][0] for line in lines[:10]):
         raise DrivingLogError(
             f"{csv_path}: rows are separated by ';' (a spreadsheet export on a comma-decimal"
-            f" locale?); expected the simulator's ',' separated {','.join(COLUMNS)} with '.'"
+            f" locale?); expected the simulator's ',' separated {','.join(columns)} with '.'"
             " decimals"
         )
 
-    width = max(max(counts), len(COLUMNS))
-    table = pd.read_csv(
-        csv_path,
-        header=None,
-        names=range(width),
+    raw = pd.DataFrame(
+        [(records[line - 1] + [""] * len(columns))[: len(columns)] for line in lines],
+        columns=column_order,
         dtype=str,
-        keep_default_na=False,
-        skip_blank_lines=False,
-        skipinitialspace=True,
-        quoting=csv.QUOTE_NONE,
-        encoding="utf-8-sig",
-    )
-    if len(table) != len(counts):  # pandas and csv must agree line for line
-        raise DrivingLogError(
-            f"{csv_path}: could not split the file into lines consistently; is it a driving log?"
-        )
-    table = table.iloc[[line - 1 for line in lines], : len(COLUMNS)]
-    table.columns = column_order
-    table = table[list(COLUMNS)].reset_index(drop=True)
-
-    frame = pd.DataFrame({"row": np.asarray(lines, dtype=np.int64)})
+    )[list(columns)]
+    table = pd.DataFrame({"row": np.asarray(lines, dtype=np.int64)})
     problems: dict[int, str] = {}
 
     def flag(mask: np.ndarray, reason) -> None:
@@ -214,83 +205,226 @@ def read_driving_log(
 
     field_count = np.asarray([counts[line - 1] for line in lines])
     flag(
-        field_count != len(COLUMNS),
-        lambda i: f"{field_count[i]} fields, expected {len(COLUMNS)} ({','.join(COLUMNS)})",
+        field_count != len(columns),
+        lambda i: f"{field_count[i]} fields, expected {len(columns)} ({','.join(columns)})",
     )
-
-    for name in NUMERIC_COLUMNS:
-        raw = table[name].astype(str)
-        values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        frame[name] = values
+    for name in udacity.NUMERIC_COLUMNS:
+        text = raw[name]
+        values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        table[name] = values
         flag(
             ~np.isfinite(values),
-            lambda i, name=name, raw=raw: f"{name} {raw.iloc[i]!r} is not a finite number",
+            lambda i, name=name, text=text: f"{name} {text.iloc[i]!r} is not a finite number",
+        )
+        low, high = udacity.LABEL_RANGES[name]
+        flag(
+            (values < low) | (values > high),
+            lambda i, name=name, text=text, low=low, high=high: (
+                f"{name} {text.iloc[i]} is outside its range {_range_text(low, high)}"
+            ),
         )
 
     available = set(os.listdir(image_dir))
-    for camera in CAMERAS:
-        names = [image_name(value) for value in table[camera].astype(str)]
-        frame[camera] = [str(image_dir / name) if name else "" for name in names]
-        if camera not in cameras:
+    for camera in udacity.CAMERAS:
+        names = [file_name_from_log_path(value) for value in raw[camera]]
+        table[camera] = [str(image_dir / name) if name else "" for name in names]
+        if camera in cameras:
+            flag(
+                np.asarray([not name or name not in available for name in names]),
+                lambda i, camera=camera, names=names: (
+                    f"{camera} image missing: {raw[camera].iloc[i]!r} (looked for"
+                    f" {names[i] or '<empty>'} in {image_dir})"
+                ),
+            )
+    table["recording"] = str(folder_path)
+    return _Log(csv_path, table[[*columns, "recording", "row"]], problems)
+
+
+def _image_header(path: str) -> tuple[str | None, tuple[int, int] | None]:
+    """(problem, (width, height)) of an image file: a whole JPEG with a readable header."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        return f"cannot read {Path(path).name}: {error.strerror or error}", None
+    problem = jpeg_problem(data)
+    if problem is None:
+        try:
+            return None, jpeg_size(data)
+        except ImageError as error:
+            problem = str(error)
+    return f"image {Path(path).name}: {problem}", None
+
+
+def _check_images(
+    parsed: _Log, cameras: Sequence[str], frame_size: FrameSize | None
+) -> FrameSize | None:
+    """Flag rows whose images are incomplete; raise if a frame's size is not `frame_size`
+    (or, without one, the first frame's). Returns the size found."""
+    table, problems = parsed.table, parsed.problems
+    for index in range(len(table)):
+        if index in problems:
             continue
-        missing = np.asarray([not name or name not in available for name in names])
-        flag(
-            missing,
-            lambda i, camera=camera, names=names: (
-                f"{camera} image missing: {table[camera].iloc[i]!r} (looked for"
-                f" {names[i] or '<empty>'} in {image_dir})"
-            ),
+        for camera in cameras:
+            path = table[camera].iat[index]
+            problem, size = _image_header(path)
+            if problem:
+                problems[index] = f"{camera} {problem}"
+                break
+            row = table["row"].iat[index]
+            if frame_size is None:
+                frame_size = FrameSize(*size, f"the size of {Path(path).name} in row {row}")
+            elif size != frame_size[:2]:
+                raise DrivingLogError(
+                    f"{parsed.csv_path} row {row}: {camera} image {Path(path).name}"
+                    f" is {size[0]}x{size[1]}, but {frame_size.source} is {frame_size}; all frames"
+                    " must have one size (the camera frame size the model is trained on)"
+                )
+    return frame_size
+
+
+def summarize(problems: Sequence[tuple[str, str]]) -> str:
+    """`where: why; ...` for the first `MAX_ROWS_IN_MESSAGE` problems, then how many more."""
+    listed = "; ".join(f"{where}: {why}" for where, why in problems[:MAX_ROWS_IN_MESSAGE])
+    rest = len(problems) - MAX_ROWS_IN_MESSAGE
+    return listed + (f"; ... and {rest} more" if rest > 0 else "")
+
+
+def _apply_policy(parsed: _Log, on_bad_row: str) -> pd.DataFrame:
+    """The good rows, after raising (`error`) or logging (`skip`) the bad ones."""
+    table, problems = parsed.table, parsed.problems
+    table.attrs[SKIPPED_ROWS] = 0
+    if not problems:
+        return table
+    bad = sorted(problems)
+    summary = summarize([(f"row {table['row'].iat[i]}", problems[i]) for i in bad])
+    message = f"{parsed.csv_path}: {len(bad)} bad row(s) of {len(table)}: {summary}"
+    if on_bad_row == "error":
+        raise DrivingLogError(
+            f"{message}. Fix the recording, or skip these rows with on_bad_row='skip'"
+            " (data.on_bad_row=skip)."
         )
-        if verify_images:
-            for index, path in enumerate(frame[camera].tolist()):
-                if index not in problems:
-                    problem = jpeg_problem(path)
-                    if problem:
-                        problems[index] = problem
-
-    frame["recording"] = str(folder_path)
-    frame = frame[list(COLUMNS) + ["recording", "row"]]
-
-    if problems:
-        bad = sorted(problems)
-        summary = "; ".join(
-            f"row {frame['row'].iat[i]}: {problems[i]}" for i in bad[:MAX_ROWS_IN_MESSAGE]
+    log.warning("skipping %s", message)
+    table = table.drop(index=bad).reset_index(drop=True)
+    if table.empty:
+        raise DrivingLogError(
+            f"{parsed.csv_path}: every row is bad ({len(bad)}); nothing left to train on"
         )
-        more = (
-            f"; ... and {len(bad) - MAX_ROWS_IN_MESSAGE} more"
-            if len(bad) > MAX_ROWS_IN_MESSAGE
-            else ""
-        )
-        message = f"{csv_path}: {len(bad)} bad row(s) of {len(frame)}: {summary}{more}"
-        if on_bad_row == "error":
-            raise DrivingLogError(
-                f"{message}. Fix the recording, or skip these rows with on_bad_row='skip' "
-                "(data.on_bad_row=skip)."
-            )
-        log.warning("skipping %s", message)
-        frame = frame.drop(index=bad).reset_index(drop=True)
-        if frame.empty:
-            raise DrivingLogError(
-                f"{csv_path}: every row is bad ({len(bad)}); nothing left to train on"
-            )
-    return frame
+    table.attrs[SKIPPED_ROWS] = len(bad)
+    return table
 
 
-def read_driving_logs(
-    folders: str | os.PathLike | Iterable[str | os.PathLike],
+def _check_options(on_bad_row: str, cameras: Sequence[str]) -> tuple[str, ...]:
+    if on_bad_row not in ON_BAD_ROW:
+        raise DrivingLogError(f"on_bad_row: expected one of {list(ON_BAD_ROW)}, got {on_bad_row!r}")
+    return check_cameras(cameras)
+
+
+def _frame_size(frame_size: FrameSize | tuple[int, int] | None) -> FrameSize | None:
+    return None if frame_size is None else FrameSize(*frame_size)
+
+
+def read_driving_log(
+    folder: str | os.PathLike,
     on_bad_row: str = "error",
-    cameras: Sequence[str] = CAMERAS,
+    cameras: Sequence[str] = udacity.CAMERAS,
     verify_images: bool = True,
+    frame_size: FrameSize | tuple[int, int] | None = None,
 ) -> pd.DataFrame:
-    """Load and merge several recordings (one table, `recording` tells them apart)."""
+    """Load one recording folder's driving log with images resolved inside `<folder>/IMG/`.
+
+    Returns columns center, left, right (absolute path strings, "" when the log names none),
+    steering, throttle, brake, speed (float), recording (folder) and row (1-based csv line);
+    `table.attrs["skipped_rows"]` counts the rows `on_bad_row="skip"` dropped. Only the
+    `cameras` listed must have an image for a row to be good. With `verify_images`, each of
+    those images must be a complete JPEG of `frame_size` (default: the first frame's size).
+    """
+    cameras = _check_options(on_bad_row, cameras)
+    parsed = _parse(folder, cameras)
+    if verify_images:
+        _check_images(parsed, cameras, _frame_size(frame_size))
+    return _apply_policy(parsed, on_bad_row)
+
+
+def _folders(folders: Paths) -> list[str | os.PathLike]:
     if isinstance(folders, (str, os.PathLike)):
         folders = [folders]
     folders = list(folders)
     if not folders:
         raise DrivingLogError("no recording folders given (data.paths is empty)")
-    tables = [read_driving_log(folder, on_bad_row, cameras, verify_images) for folder in folders]
+    return folders
+
+
+def read_driving_logs(
+    folders: Paths,
+    on_bad_row: str = "error",
+    cameras: Sequence[str] = udacity.CAMERAS,
+    verify_images: bool = True,
+    frame_size: FrameSize | tuple[int, int] | None = None,
+) -> pd.DataFrame:
+    """Load and merge several recordings (one table, `recording` tells them apart); with
+    `verify_images`, every frame of every recording must have one size."""
+    cameras = _check_options(on_bad_row, cameras)
+    size = _frame_size(frame_size)
+    tables = []
+    for folder in _folders(folders):
+        parsed = _parse(folder, cameras)
+        if verify_images:
+            size = _check_images(parsed, cameras, size)
+        tables.append(_apply_policy(parsed, on_bad_row))
     seen = [table["recording"].iat[0] for table in tables]
     duplicates = sorted({name for name in seen if seen.count(name) > 1})
     if duplicates:
         raise DrivingLogError(f"recording folder(s) listed more than once: {duplicates}")
-    return pd.concat(tables, ignore_index=True)
+    merged = pd.concat(tables, ignore_index=True)
+    merged.attrs[SKIPPED_ROWS] = sum(table.attrs[SKIPPED_ROWS] for table in tables)
+    return merged
+
+
+def first_frame_size(paths: Paths, cameras: Sequence[str] = udacity.CAMERAS) -> FrameSize:
+    """Size of the first good frame of the recordings (its header only), and which it is."""
+    cameras = check_cameras(cameras)
+    folders = _folders(paths)
+    for folder in folders:
+        parsed = _parse(folder, cameras)
+        for index in range(len(parsed.table)):
+            if index in parsed.problems:
+                continue
+            for camera in cameras:
+                path = parsed.table[camera].iat[index]
+                problem, size = _image_header(path)
+                if problem is None:
+                    row = parsed.table["row"].iat[index]
+                    where = f"{Path(path).name} ({parsed.csv_path} row {row})"
+                    return FrameSize(*size, f"the size of {where}")
+    raise DrivingLogError(
+        f"no readable {'/'.join(cameras)} frame in {[str(folder) for folder in folders]}"
+    )
+
+
+def fit_frame_size(preprocess: Preprocess, size: FrameSize) -> Preprocess:
+    """`preprocess` for frames of `size`; a crop that leaves nothing of such a frame is an
+    error naming the frame (file and row) the size was taken from."""
+    try:
+        return preprocess.with_frame_size(size.width, size.height)
+    except ConfigError as error:
+        raise DrivingLogError(f"{size.source} is {size}: {error}") from None
+
+
+def detect_frame_size(
+    paths: Sequence[str | os.PathLike],
+    cameras: Sequence[str] = udacity.CAMERAS,
+    preprocess: Preprocess | Mapping[str, Any] | None = None,
+) -> tuple[int, int]:
+    """(width, height) of the recordings' camera frames, from the first good frame's header.
+
+    Training stores it in the model's `Preprocess`, so the drive server expects frames of
+    that size; a frame of another size is reported (file, row, both sizes) when the
+    datamodule loads the logs. With `preprocess`, a crop that leaves nothing of such a
+    frame is reported here, naming the frame.
+    """
+    size = first_frame_size(paths, cameras)
+    if preprocess is not None:
+        if not isinstance(preprocess, Preprocess):
+            preprocess = Preprocess.from_dict(preprocess)
+        fit_frame_size(preprocess, size)
+    return size.width, size.height

@@ -1,6 +1,7 @@
 """Generate small, real simulator-format recordings for tests and benchmarks.
 
-Each row gets three real 320x160 JPEGs (center, left, right) of a simple road whose
+Each row gets real JPEGs (by default the simulator's three 320x160 cameras; any frame
+size and camera subset for tests of other simulators) of a simple road whose
 position follows the steering label the way the simulator's pictures do: **positive
 steering = turn right**, and the road appears further right when the car must steer right
 (road curving right ahead, or the car left of the lane centre). The left camera sees the
@@ -15,16 +16,17 @@ import datetime as dt
 import math
 import os
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
 
+from bc import udacity
 from bc.images import write_rgb
-from bc.data.log import COLUMNS, IMAGE_DIR, LOG_NAME
 
-WIDTH, HEIGHT = 320, 160
+# The scene is drawn on a Udacity-size canvas (the constants below are in its pixels).
+WIDTH, HEIGHT = udacity.FRAME_WIDTH, udacity.FRAME_HEIGHT
 VARIANTS = ("unity", "sample", "windows", "comma-decimal")
-SAMPLE_PERIOD_S = 0.0667  # the simulator records at ~15 Hz
 # Steering units the left/right cameras are offset by (the usual correction of 0.2).
 CAMERA_OFFSET = {"center": 0.0, "left": 0.2, "right": -0.2}
 HORIZON_Y = 62  # below the usual 60-row sky crop, so the road's far end stays visible
@@ -49,8 +51,13 @@ def road_centre(steering: float, y: float) -> float:
     return WIDTH / 2 + steering * (FAR_SHIFT_PX * (1 - t) + NEAR_SHIFT_PX * t)
 
 
-def render_frame(steering: float, rng: np.random.Generator | None = None) -> np.ndarray:
-    """A 160x320 RGB uint8 road picture whose geometry encodes `steering` (positive = right)."""
+def render_frame(
+    steering: float,
+    rng: np.random.Generator | None = None,
+    frame_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """An RGB uint8 road picture whose geometry encodes `steering` (positive = right);
+    `frame_size` (width, height) scales the 320x160 scene to another camera's size."""
     rng = rng or np.random.default_rng(0)
     image = np.empty((HEIGHT, WIDTH, 3), np.uint8)
     image[:HORIZON_Y] = SKY_RGB
@@ -75,6 +82,8 @@ def render_frame(steering: float, rng: np.random.Generator | None = None) -> np.
         HOOD_RGB,
         -1,
     )
+    if frame_size is not None and tuple(frame_size) != (WIDTH, HEIGHT):
+        image = cv2.resize(image, tuple(int(v) for v in frame_size), interpolation=cv2.INTER_AREA)
     gain = rng.uniform(0.8, 1.15)
     noise = rng.integers(-NOISE_LEVEL, NOISE_LEVEL + 1, image.shape, dtype=np.int16)
     return np.clip(image * np.float32(gain) + noise, 0, 255).astype(np.uint8)
@@ -92,9 +101,8 @@ def steering_sequence(rows: int, seed: int = 0, start: int = 0) -> np.ndarray:
     return np.round(np.clip(steering, -1.0, 1.0), 4)
 
 
-def _stamp(index: int, seed: int) -> str:
-    moment = _START + dt.timedelta(days=seed, seconds=index * SAMPLE_PERIOD_S)
-    return moment.strftime("%Y_%m_%d_%H_%M_%S_") + f"{moment.microsecond // 1000:03d}"
+def _moment(index: int, seed: int) -> dt.datetime:
+    return _START + dt.timedelta(days=seed, seconds=index * udacity.SAMPLE_PERIOD_S)
 
 
 def _number(value: float, variant: str) -> str:
@@ -108,23 +116,30 @@ def write_recording(
     variant: str = "unity",
     seed: int = 0,
     append: bool = False,
+    frame_size: tuple[int, int] | None = None,
+    cameras: Sequence[str] = udacity.CAMERAS,
 ) -> Path:
-    """Write `rows` samples (3 JPEGs each + log lines) in a log `variant`; return the folder.
+    """Write `rows` samples (a JPEG per camera each + log lines) in a log `variant`; return
+    the folder.
 
     Variants: unity (no header, absolute paths), sample (Udacity header, relative `IMG/`
     paths, `", "` separators), windows (no header, `C:\\...\\IMG\\...` paths from another
     machine, CRLF line ends), comma-decimal (unity written on a `0,25` locale: unreadable on
     purpose).
     `append=True` adds rows after existing ones, as re-recording into a folder does.
+    `frame_size` (width, height) writes frames of another simulator's size, and only the
+    `cameras` listed get images (the others' log fields stay empty).
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant: expected one of {list(VARIANTS)}, got {variant!r}")
     if rows < 0:
         raise ValueError(f"rows: expected >= 0, got {rows}")
+    if not set(cameras) <= set(udacity.CAMERAS):
+        raise ValueError(f"cameras: expected some of {list(udacity.CAMERAS)}, got {list(cameras)}")
     folder = Path(folder)
-    image_dir = folder / IMAGE_DIR
+    image_dir = folder / udacity.IMAGE_DIR
     image_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = folder / LOG_NAME
+    csv_path = folder / udacity.LOG_NAME
     start = 0
     if append and csv_path.exists():
         start = sum(
@@ -137,17 +152,21 @@ def write_recording(
     separator = ", " if variant == "sample" else ","
     lines = []
     if variant == "sample" and start == 0:
-        lines.append(",".join(COLUMNS))
+        lines.append(",".join(udacity.LOG_COLUMNS))
     for offset, value in enumerate(steering):
-        stamp = _stamp(start + offset, seed)
+        moment = _moment(start + offset, seed)
         paths = []
-        for camera in ("center", "left", "right"):
-            name = f"{camera}_{stamp}.jpg"
-            write_rgb(image_dir / name, render_frame(value + CAMERA_OFFSET[camera], rng))
+        for camera in udacity.CAMERAS:
+            if camera not in cameras:
+                paths.append("")
+                continue
+            name = udacity.camera_image_name(camera, moment)
+            frame = render_frame(value + CAMERA_OFFSET[camera], rng, frame_size)
+            write_rgb(image_dir / name, frame)
             if variant == "sample":
-                paths.append(f"{IMAGE_DIR}/{name}")
+                paths.append(f"{udacity.IMAGE_DIR}/{name}")
             elif variant == "windows":
-                paths.append(f"{WINDOWS_ROOT}\\{folder.name}\\{IMAGE_DIR}\\{name}")
+                paths.append(f"{WINDOWS_ROOT}\\{folder.name}\\{udacity.IMAGE_DIR}\\{name}")
             else:
                 paths.append(str((image_dir / name).resolve()))
         throttle = 0.0 if abs(value) > 0.5 else 0.8
