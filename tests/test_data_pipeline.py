@@ -3,34 +3,29 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import CONF_DIR
 from hydra.utils import instantiate
 
+from bc.cli import bc_error_in
 from bc.data.augment import SteeringAugment, shift_horizontal
 from bc.data.balance import balance_from_config, balance_indices
 from bc.data.datamodule import DrivingDataModule
-from bc.images import ImageError, read_rgb
 from bc.data.split import block_ids, split_rows
-from bc.data.synthetic import HOOD_Y, HORIZON_Y, ROAD_RGB, render_frame, write_recording
+from bc.data.synthetic import HOOD_Y, ROAD_RGB, render_frame, write_recording
+from bc.errors import ConfigError
+from bc.images import read_rgb
 from bc.preprocess import Preprocess
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 NVIDIA = Preprocess()  # 66x200 YUV, the PilotNet default
 PLAIN = {"enabled": False}
 
 
 def option_names(group: str) -> list[str]:
-    return sorted(path.stem for path in (CONF / group).glob("*.yaml"))
-
-
-def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(str(CONF), version_base=None):
-        return compose(overrides=overrides)
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
 
 
 def road_centre_column(rgb: np.ndarray, row: int) -> float:
@@ -62,24 +57,23 @@ def datamodule(paths, tmp_path, **overrides) -> DrivingDataModule:
     return DrivingDataModule([str(path) for path in paths], **settings)
 
 
-@pytest.mark.parametrize("model", ["nvidia", "commaai", "small"])
-def test_batches_match_each_models_declared_input(model, recordings, tmp_path):
-    cfg = compose_cfg(
+@pytest.mark.parametrize("model", option_names("model"))
+def test_batches_match_each_models_declared_input(model, recordings, tmp_path, compose):
+    cfg = compose(
+        "train",
         [
-            f"+model={model}",
-            "+augmentation=default",
-            "+data=default",
+            f"model={model}",
             f"data.paths=[{recordings[0]}]",
             f"data.cache_dir={tmp_path}",
             "data.num_workers=0",
             "data.block_rows=8",
-        ]
+        ],
     )
     net = instantiate(cfg.model)
-    dm = instantiate(
-        cfg.data, preprocess=net.preprocess_spec, augmentation=instantiate(cfg.augmentation)
-    )
+    dm = instantiate(cfg.data, augmentation=instantiate(cfg.augmentation))
+    assert dm.spec == net.preprocess_spec  # data.preprocess is the model's (${model.preprocess})
     dm.setup("fit")
+    assert dm.spec == net.preprocess_spec.with_frame_size(320, 160)  # taken from the frames
     for loader in (dm.train_dataloader(), dm.val_dataloader()):
         x, y = next(iter(loader))
         assert x.dtype == torch.float32 and y.dtype == torch.float32
@@ -143,8 +137,8 @@ def test_shift_right_means_steer_right():
     assert seen >= {-1, 1}
 
 
-def test_photometric_pipeline_runs_and_keeps_labels(recordings):
-    cfg = compose_cfg(["+augmentation=strong"])
+def test_photometric_pipeline_runs_and_keeps_labels(compose):
+    cfg = compose("train", ["augmentation=strong"])
     augment = instantiate(cfg.augmentation)
     augment.flip_prob, augment.shift_px = 0.0, 0
     frame = NVIDIA.geometry(render_frame(0.2))
@@ -171,12 +165,10 @@ def test_block_split_has_no_overlap_and_keeps_blocks_whole():
         frozenset({True}),
         frozenset({False}),
     }
-    with pytest.raises(ValueError, match="only one recording"):
+    with pytest.raises(
+        ConfigError, match="data.val_fraction: cannot hold out 20% .* only one recording"
+    ):
         split_rows(np.array(["a"] * 20), "recording", 0.2)
-    with pytest.raises(ValueError, match=r"val_fraction: expected a fraction in \[0, 1\)"):
-        split_rows(recordings, "blocks", 1.0)
-    with pytest.raises(ValueError, match="data.split: expected one of"):
-        split_rows(recordings, "random", 0.2)
 
 
 def test_datamodule_train_and_val_rows_are_disjoint(recordings, tmp_path):
@@ -201,21 +193,20 @@ def test_balance_reduces_the_near_zero_bin():
     assert (np.abs(steering[kept]) > 0.01).sum() == 400  # the turns are all kept
     assert len(balance_indices(steering, cap=50, zero_threshold=0.01)) == 450
     assert len(balance_from_config(steering, {"enabled": False})) == 1000
-    with pytest.raises(ValueError, match="unknown key"):
-        balance_from_config(steering, {"bins": 10, "max": 2})
 
 
 def test_cache_decodes_each_frame_once_and_is_reused(recordings, tmp_path):
     dm = datamodule(
         recordings, tmp_path, val_fraction=0.25, block_rows=6, augmentation=SteeringAugment(seed=0)
     )
-    dm.setup()
+    dm.setup()  # decodes every frame the samples use, once
     frames = len(set(dm.train_set.frame_index.tolist()) | set(dm.val_set.frame_index.tolist()))
+    assert dm.frames.decodes == frames
     for _ in range(2):
         for loader in (dm.train_dataloader(), dm.val_dataloader()):
             for _batch in loader:
                 pass
-    assert dm.frames.decodes == frames
+    assert dm.frames.decodes == frames  # training decodes nothing
     # A later run on the same recordings and preprocessing reuses the cache file: no decoding.
     again = datamodule(recordings, tmp_path, val_fraction=0.25, block_rows=6)
     again.setup()
@@ -236,32 +227,25 @@ def test_cache_decodes_each_frame_once_and_is_reused(recordings, tmp_path):
 def test_cache_is_shared_with_worker_processes(recordings, tmp_path):
     dm = datamodule(recordings[1:], tmp_path, num_workers=2, cameras=["center"], batch_size=8)
     dm.setup()
-    assert sum(len(batch[0]) for batch in dm.train_dataloader()) == len(dm.train_set)
-    assert dm.frames.decodes == 0  # the workers decoded ...
-    again = datamodule(recordings[1:], tmp_path, cameras=["center"])
-    again.setup()
-    for _batch in again.train_dataloader():
-        pass
-    assert again.frames.decodes == 0  # ... into the shared file
+    decoded = dm.frames.decodes
+    assert decoded == len(dm.train_set)
+    from_workers = [batch[0] for batch in dm._loader(dm.train_set, shuffle=False)]
+    dm.num_workers = 0
+    in_process = [batch[0] for batch in dm._loader(dm.train_set, shuffle=False)]
+    # The workers read the frames the setup decoded into the shared file: same bytes, no decoding.
+    assert len(from_workers) == len(in_process) > 1
+    assert all(torch.equal(a, b) for a, b in zip(from_workers, in_process))
+    assert dm.frames.decodes == decoded
 
 
 def test_without_cache_every_access_decodes(recordings, tmp_path):
     dm = datamodule(recordings[:1], tmp_path, cache="none", cameras=["center"])
-    dm.setup()
+    dm.setup()  # checks every frame once
     for _ in range(2):
         for _batch in dm.train_dataloader():
             pass
-    assert dm.frames.decodes == 2 * len(dm.train_set)
-
-
-def test_a_frame_that_cannot_be_decoded_names_file_and_row(tmp_path):
-    folder = write_recording(tmp_path / "corrupt", rows=4)
-    victim = sorted((folder / "IMG").glob("center_*"))[2]
-    victim.write_bytes(b"\xff\xd8\xff" + b"\x00" * 400 + b"\xff\xd9")
-    dm = datamodule([folder], tmp_path, cameras=["center"])
-    dm.setup()
-    with pytest.raises(ImageError, match=rf"{victim.name}.*driving_log.csv row 3"):
-        dm.train_set.__getitems__([2])
+    assert dm.frames.decodes == 3 * len(dm.train_set)
+    assert not (tmp_path / "cache").exists()
 
 
 def test_skip_mode_trains_on_the_good_rows(tmp_path):
@@ -280,44 +264,72 @@ def test_skip_mode_trains_on_the_good_rows(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"val_fraction": 1.0}, r"val_fraction: expected a fraction in \[0, 1\)"),
-        ({"val_fraction": -0.1}, "val_fraction"),
+        ({"val_fraction": 1.0}, r"data.val_fraction: expected a number in \[0, 1\), got 1.0"),
+        ({"val_fraction": -0.1}, "data.val_fraction"),
+        ({"val_fraction": "abc"}, r"data.val_fraction: expected a number in \[0, 1\), got 'abc'"),
         ({"cameras": ["center", "roof"]}, "data.cameras: expected distinct names"),
         ({"cameras": []}, "data.cameras"),
         ({"split": "random"}, "data.split: expected one of"),
-        ({"batch_size": 0}, "data.batch_size"),
+        ({"batch_size": 0}, "data.batch_size: expected an integer >= 1, got 0"),
+        ({"batch_size": 2.5}, "data.batch_size: expected an integer >= 1, got 2.5"),
+        ({"num_workers": True}, "data.num_workers"),
+        ({"steering_correction": float("nan")}, "data.steering_correction: expected a finite"),
         ({"balance": {"bins": 10, "zero": 0.1}}, "data.balance: unknown key"),
+        ({"balance": {"bins": 0}}, "data.balance.bins: expected an integer >= 1, got 0"),
+        ({"balance": {"max_per_bin": "lots"}}, "data.balance.max_per_bin"),
+        ({"balance": {"enabled": "yes"}}, "data.balance.enabled: expected true or false"),
         ({"on_bad_row": "ignore"}, "data.on_bad_row"),
         ({"cache": "ram"}, "data.cache"),
         ({"block_seconds": 0}, "data.block_seconds"),
+        ({"block_rows": 0}, "data.block_rows"),
+        ({"verify_images": "no"}, "data.verify_images"),
         ({"preprocess": {"height": 66, "colour": "yuv"}}, "unknown field"),
+        ({"preprocess": None}, "data.preprocess"),
     ],
 )
-def test_bad_settings_fail_clearly(overrides, message, tmp_path):
-    with pytest.raises(ValueError, match=message):
+def test_bad_settings_are_config_errors_naming_the_field(overrides, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
         datamodule(["somewhere"], tmp_path, **overrides)
+
+
+@pytest.mark.parametrize("paths", [[], [None], {"lap": "data/lap"}])
+def test_paths_must_be_a_list_of_folders(paths):
+    with pytest.raises(ConfigError, match="data.paths: expected a list of recording folders"):
+        DrivingDataModule(paths, NVIDIA)
+
+
+def test_settings_are_checked_from_the_config_before_any_data_is_read(compose, tmp_path):
+    cfg = compose("train", ["model=small", f"data.paths=[{tmp_path / 'missing'}]"])
+    assert isinstance(instantiate(cfg.data), DrivingDataModule)  # no data read, no run needed
+    bad = compose("train", ["data.val_fraction=abc", f"data.paths=[{tmp_path / 'missing'}]"])
+    with pytest.raises(Exception) as info:
+        instantiate(bad.data)
+    found = bc_error_in(info.value)  # what scripts print as one line (bc.cli)
+    assert isinstance(found, ConfigError)
+    assert str(found) == "data.val_fraction: expected a number in [0, 1), got 'abc'"
 
 
 @pytest.mark.parametrize("data_option", option_names("data"))
 @pytest.mark.parametrize("augmentation_option", option_names("augmentation"))
 def test_every_data_and_augmentation_option_composes_and_instantiates(
-    data_option, augmentation_option, recordings, tmp_path
+    data_option, augmentation_option, recordings, tmp_path, compose
 ):
-    cfg = compose_cfg(
+    cfg = compose(
+        "train",
         [
-            f"+data={data_option}",
-            f"+augmentation={augmentation_option}",
-            "+model=small",
+            f"data={data_option}",
+            f"augmentation={augmentation_option}",
+            "model=small",
             f"data.paths=[{recordings[0]},{recordings[1]}]",
             f"data.cache_dir={tmp_path}",
             "data.num_workers=0",
             "data.block_rows=6",
-        ]
+        ],
     )
     augmentation = instantiate(cfg.augmentation)
     assert isinstance(augmentation, SteeringAugment)
-    dm = instantiate(cfg.data, preprocess=cfg.model.preprocess, augmentation=augmentation)
-    assert isinstance(dm, DrivingDataModule) and dm.augmentation is not None
+    dm = instantiate(cfg.data, augmentation=augmentation)
+    assert isinstance(dm, DrivingDataModule) and dm.augmentation is augmentation
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
     assert tuple(x.shape[1:]) == (3, cfg.model.preprocess.height, cfg.model.preprocess.width)

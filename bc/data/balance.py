@@ -15,10 +15,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from bc import udacity
+
 log = logging.getLogger(__name__)
 
 BALANCE_KEYS = ("enabled", "bins", "max_per_bin", "cap", "zero_threshold")
-STEERING_RANGE = (-1.0, 1.0)
 
 
 def balance_indices(
@@ -31,13 +32,7 @@ def balance_indices(
 ) -> np.ndarray:
     """Sorted indices of the samples kept after capping over-full steering bins."""
     steering = np.asarray(steering, dtype=np.float64)
-    if bins < 1:
-        raise ValueError(f"data.balance.bins: expected >= 1, got {bins}")
-    if cap is None and max_per_bin <= 0:
-        raise ValueError(f"data.balance.max_per_bin: expected > 0, got {max_per_bin}")
-    if cap is not None and cap < 1:
-        raise ValueError(f"data.balance.cap: expected >= 1 samples, got {cap}")
-    edges = np.linspace(*STEERING_RANGE, bins + 1)
+    edges = np.linspace(*udacity.LABEL_RANGES["steering"], bins + 1)
     bin_of = np.clip(np.digitize(steering, edges[1:-1]), 0, bins - 1)
     zero_bin = bins  # the extra near-zero bin
     near_zero = np.zeros(len(steering), dtype=bool)
@@ -65,13 +60,9 @@ def balance_indices(
 def balance_from_config(
     steering: np.ndarray, config: Mapping[str, Any] | None, seed: int = 0
 ) -> np.ndarray:
-    """Apply a `data.balance` config section; disabled or absent keeps every sample."""
+    """Apply a `data.balance` config section (checked by the datamodule); disabled or absent
+    keeps every sample."""
     config = dict(config or {})
-    unknown = sorted(set(config) - set(BALANCE_KEYS))
-    if unknown:
-        raise ValueError(
-            f"data.balance: unknown key(s) {unknown}; expected some of {list(BALANCE_KEYS)}"
-        )
     if not config.pop("enabled", True):
         return np.arange(len(steering))
     return balance_indices(steering, seed=seed, **config)

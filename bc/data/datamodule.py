@@ -14,17 +14,28 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
+from bc import udacity
 from bc.data.augment import SteeringAugment
 from bc.data.balance import BALANCE_KEYS, balance_from_config
 from bc.data.dataset import CACHE_MODES, DrivingDataset, FrameCache, FrameStore, collate_frames
-from bc.data.log import CAMERAS, ON_BAD_ROW, read_driving_logs
+from bc.data.log import (
+    ON_BAD_ROW,
+    SKIPPED_ROWS,
+    DrivingLogError,
+    FrameSize,
+    first_frame_size,
+    fit_frame_size,
+    read_driving_logs,
+    summarize,
+)
 from bc.data.split import SPLITS, block_rows_for, split_rows
+from bc.errors import ConfigError
 from bc.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -45,28 +56,67 @@ def camera_corrections(correction: float) -> dict[str, float]:
 
 def _plain(value: Any) -> Any:
     """OmegaConf containers (what Hydra passes) to plain Python."""
-    try:
-        from omegaconf import OmegaConf
-    except ImportError:  # pragma: no cover - hydra is a dependency
-        return value
+    from omegaconf import OmegaConf
+
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def as_spec(preprocess: Preprocess | Mapping[str, Any]) -> Preprocess:
-    """A Preprocess from the model's spec object or its config section."""
+    """A Preprocess from the model's spec object or its config section (`${model.preprocess}`)."""
     if isinstance(preprocess, Preprocess):
         return preprocess
     preprocess = _plain(preprocess)
     if not isinstance(preprocess, Mapping):
-        raise TypeError(
-            "data.preprocess: expected a Preprocess or a mapping, got"
-            f" {type(preprocess).__name__}"
+        raise ConfigError(
+            "data.preprocess: expected the model's preprocess section (${model.preprocess}) or a"
+            f" Preprocess, got {preprocess!r}"
         )
     return Preprocess.from_dict(preprocess)
 
 
+def _setting(
+    field: str, value: Any, convert: Callable[[Any], Any], ok: Callable[[Any], bool], expected: str
+) -> Any:
+    """`convert(value)` if it passes `ok`, else a `ConfigError` naming `data.<field>`."""
+    try:
+        converted = convert(value)
+        good = ok(converted)
+    except (TypeError, ValueError, OverflowError):
+        good = False
+    if not good:
+        raise ConfigError(f"data.{field}: expected {expected}, got {value!r}")
+    return converted
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool):  # float(True) is 1.0, but `true` is not a number
+        raise TypeError(value)
+    return float(value)
+
+
+def _integer(value: Any) -> int:
+    number = _number(value)
+    if not number.is_integer():
+        raise ValueError(value)
+    return int(number)
+
+
+def _flag_setting(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"data.{field}: expected true or false, got {value!r}")
+    return value
+
+
+def _optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else convert(value)
+
+
 class DrivingDataModule(pl.LightningDataModule):
-    """Udacity recordings (`paths`) to train/val DataLoaders for one model's preprocessing."""
+    """Udacity recordings (`paths`) to train/val DataLoaders for one model's preprocessing.
+
+    Every setting is checked here, in the constructor (a `ConfigError` naming `data.<field>`),
+    so a bad value fails before a training run starts; `setup` then reads the data.
+    """
 
     def __init__(
         self,
@@ -79,15 +129,14 @@ class DrivingDataModule(pl.LightningDataModule):
         split: str = "blocks",
         block_seconds: float | None = 10.0,
         block_rows: int | None = None,
-        cameras: Sequence[str] = CAMERAS,
+        cameras: Sequence[str] = udacity.CAMERAS,
         steering_correction: float = 0.2,
         balance: Mapping[str, Any] | None = None,
         seed: int = 0,
         on_bad_row: str = "error",
         verify_images: bool = True,
         cache: str = "disk",
-        cache_dir: str | None = None,
-        warm_cache: bool = False,
+        cache_dir: str | os.PathLike | None = None,
         pin_memory: bool = False,
         drop_last: bool = False,
     ) -> None:
@@ -95,140 +144,238 @@ class DrivingDataModule(pl.LightningDataModule):
         paths = _plain(paths)
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
+        if (
+            not isinstance(paths, (list, tuple))
+            or not paths
+            or not all(isinstance(path, (str, os.PathLike)) for path in paths)
+        ):
+            raise ConfigError(f"data.paths: expected a list of recording folders, got {paths!r}")
         self.paths = [str(Path(path).expanduser()) for path in paths]
         self.spec = as_spec(preprocess)
+        if augmentation is not None and not callable(augmentation):
+            raise ConfigError(
+                "augmentation: expected a SteeringAugment (choose one with augmentation=...), got"
+                f" {type(augmentation).__name__}"
+            )
         self.augmentation = augmentation
-        self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
-        self.val_fraction = float(val_fraction)
-        self.split = split
+        self.batch_size = _setting(
+            "batch_size", batch_size, _integer, lambda v: v >= 1, "an integer >= 1"
+        )
+        self.num_workers = _setting(
+            "num_workers", num_workers, _integer, lambda v: v >= 0, "an integer >= 0"
+        )
+        self.val_fraction = _setting(
+            "val_fraction", val_fraction, _number, lambda v: 0 <= v < 1, "a number in [0, 1)"
+        )
+        self.split = _setting("split", split, str, lambda v: v in SPLITS, f"one of {list(SPLITS)}")
+        block_seconds = _setting(
+            "block_seconds",
+            block_seconds,
+            _optional(_number),
+            lambda v: v is None or (math.isfinite(v) and v > 0),
+            "a number of seconds > 0 (or null with block_rows)",
+        )
+        block_rows = _setting(
+            "block_rows",
+            block_rows,
+            _optional(_integer),
+            lambda v: v is None or v >= 1,
+            "an integer >= 1 (or null)",
+        )
+        if block_rows is None and block_seconds is None:
+            raise ConfigError(
+                "data.block_seconds: expected a number of seconds > 0 when"
+                " data.block_rows is null, got None"
+            )
         self.block_rows = block_rows_for(block_seconds, block_rows)
-        self.cameras = tuple(_plain(cameras))
-        self.steering_correction = float(steering_correction)
-        self.balance = {**DEFAULT_BALANCE, **dict(_plain(balance) or {})}
-        self.seed = int(seed)
-        self.on_bad_row = on_bad_row
-        self.verify_images = bool(verify_images)
-        self.cache = cache
+        cameras = _plain(cameras)
+        self.cameras = _setting(
+            "cameras",
+            cameras,
+            tuple,
+            lambda v: v and len(set(v)) == len(v) and set(v) <= set(udacity.CAMERAS),
+            f"distinct names from {list(udacity.CAMERAS)}",
+        )
+        self.steering_correction = _setting(
+            "steering_correction", steering_correction, _number, math.isfinite, "a finite number"
+        )
+        self.balance = self._check_balance(_plain(balance))
+        self.seed = _setting("seed", seed, _integer, lambda v: v >= 0, "an integer >= 0")
+        self.on_bad_row = _setting(
+            "on_bad_row", on_bad_row, str, lambda v: v in ON_BAD_ROW, f"one of {list(ON_BAD_ROW)}"
+        )
+        self.verify_images = _flag_setting("verify_images", verify_images)
+        self.cache = _setting(
+            "cache", cache, str, lambda v: v in CACHE_MODES, f"one of {list(CACHE_MODES)}"
+        )
         self.cache_dir = None if cache_dir is None else str(cache_dir)
-        self.warm_cache = bool(warm_cache)
-        self.pin_memory = bool(pin_memory)
-        self.drop_last = bool(drop_last)
-        self._validate()
+        self.pin_memory = _flag_setting("pin_memory", pin_memory)
+        self.drop_last = _flag_setting("drop_last", drop_last)
         self.table = None
         self.frames: FrameStore | None = None
         self.train_set: DrivingDataset | None = None
         self.val_set: DrivingDataset | None = None
         self.stats: dict[str, int] = {}
 
-    def _validate(self) -> None:
-        if not self.paths:
-            raise ValueError("data.paths: expected at least one recording folder")
-        if self.batch_size < 1:
-            raise ValueError(f"data.batch_size: expected >= 1, got {self.batch_size}")
-        if self.num_workers < 0:
-            raise ValueError(f"data.num_workers: expected >= 0, got {self.num_workers}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(
-                f"data.val_fraction: expected a fraction in [0, 1), got {self.val_fraction}"
+    @staticmethod
+    def _check_balance(balance: Mapping[str, Any] | None) -> dict[str, Any]:
+        if balance is not None and not isinstance(balance, Mapping):
+            raise ConfigError(
+                f"data.balance: expected a mapping of {list(BALANCE_KEYS)}, got {balance!r}"
             )
-        if self.split not in SPLITS:
-            raise ValueError(f"data.split: expected one of {list(SPLITS)}, got {self.split!r}")
-        unknown = [camera for camera in self.cameras if camera not in CAMERAS]
-        if unknown or not self.cameras or len(set(self.cameras)) != len(self.cameras):
-            raise ValueError(
-                f"data.cameras: expected distinct names from {list(CAMERAS)}, got"
-                f" {list(self.cameras)}"
-            )
-        if not math.isfinite(self.steering_correction):
-            raise ValueError(
-                "data.steering_correction: expected a finite number, got"
-                f" {self.steering_correction}"
-            )
-        unknown = sorted(set(self.balance) - set(BALANCE_KEYS))
+        balance = {**DEFAULT_BALANCE, **dict(balance or {})}
+        unknown = sorted(set(balance) - set(BALANCE_KEYS))
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"data.balance: unknown key(s) {unknown}; expected some of {list(BALANCE_KEYS)}"
             )
-        if self.on_bad_row not in ON_BAD_ROW:
-            raise ValueError(
-                f"data.on_bad_row: expected one of {list(ON_BAD_ROW)}, got {self.on_bad_row!r}"
-            )
-        if self.cache not in CACHE_MODES:
-            raise ValueError(f"data.cache: expected one of {list(CACHE_MODES)}, got {self.cache!r}")
-        if self.augmentation is not None and not callable(self.augmentation):
-            raise TypeError(
-                "augmentation: expected a SteeringAugment (callable), got"
-                f" {type(self.augmentation).__name__}"
-            )
+        return {
+            "enabled": _flag_setting("balance.enabled", balance["enabled"]),
+            "bins": _setting(
+                "balance.bins", balance["bins"], _integer, lambda v: v >= 1, "an integer >= 1"
+            ),
+            "max_per_bin": _setting(
+                "balance.max_per_bin",
+                balance["max_per_bin"],
+                _number,
+                lambda v: math.isfinite(v) and v > 0,
+                "a number > 0",
+            ),
+            "cap": _setting(
+                "balance.cap",
+                balance["cap"],
+                _optional(_integer),
+                lambda v: v is None or v >= 1,
+                "an integer >= 1 (or null)",
+            ),
+            "zero_threshold": _setting(
+                "balance.zero_threshold",
+                balance["zero_threshold"],
+                _optional(_number),
+                lambda v: v is None or (math.isfinite(v) and v >= 0),
+                "a number >= 0 (or null)",
+            ),
+        }
+
+    def _frame_size(self, cameras: Sequence[str]) -> FrameSize:
+        """The frame size every frame must have: the model's, or the recordings' first frame's
+        (then the preprocessing takes it, as training stores it with the model)."""
+        if self.spec.frame_width is not None:
+            source = "the model's frame size (preprocess.frame_width x frame_height)"
+            return FrameSize(*self.spec.frame_size, source)
+        size = first_frame_size(self.paths, cameras)
+        self.spec = fit_frame_size(self.spec, size)
+        return size
 
     def setup(self, stage: str | None = None) -> None:
-        """Read the logs, split, balance and index frames (once; later calls reuse it)."""
+        """Read the logs, split, balance, index frames and decode them into the cache (once;
+        later calls reuse it)."""
         if self.train_set is not None:
             return
-        needed = tuple(camera for camera in CAMERAS if camera in self.cameras or camera == "center")
-        table = read_driving_logs(self.paths, self.on_bad_row, needed, self.verify_images)
+        needed = tuple(
+            camera for camera in udacity.CAMERAS if camera in self.cameras or camera == "center"
+        )
+        size = self._frame_size(needed)
+        table = read_driving_logs(self.paths, self.on_bad_row, needed, self.verify_images, size)
         is_val = split_rows(
             table["recording"].to_numpy(), self.split, self.val_fraction, self.block_rows, self.seed
         )
 
-        # One cache per recording, slot = row * 3 + camera, so the cache does not depend on cameras.
-        caches, slot_base = [], np.empty(len(table), dtype=np.int64)
-        offset = 0
+        slot_base = self._index_frames(table)
+        steering = table["steering"].to_numpy(np.float32)
+        sources = (
+            table["recording"] + f"/{udacity.LOG_NAME} row " + table["row"].astype(str)
+        ).tolist()
+        train_rows = np.flatnonzero(~is_val)
+        kept = train_rows[balance_from_config(steering[train_rows], self.balance, self.seed)]
+        val_rows = np.flatnonzero(is_val)
+        samples = {
+            "train": [(kept, camera) for camera in self.cameras],
+            "val": [(val_rows, "center")],
+        }
+        bad = self._fill_cache(samples, slot_base, table, sources)
+        corrections = camera_corrections(self.steering_correction)
+
+        def dataset(split: str, augmentation: Any) -> DrivingDataset:
+            parts = [(rows[~bad[rows]], camera) for rows, camera in samples[split]]
+            return DrivingDataset(
+                self.frames,
+                np.concatenate(
+                    [slot_base[rows] + udacity.CAMERAS.index(camera) for rows, camera in parts]
+                ),
+                np.concatenate([steering[rows] + corrections[camera] for rows, camera in parts]),
+                self.spec,
+                augmentation,
+                [f"{sources[row]} ({camera})" for rows, camera in parts for row in rows],
+            )
+
+        self.train_set = dataset("train", self.augmentation)
+        self.val_set = dataset("val", None)
+        self.table = table.assign(split=np.where(is_val, "val", "train"))[~bad].reset_index(
+            drop=True
+        )
+        self.stats = {
+            "rows": int((~bad).sum()),
+            "skipped_rows": table.attrs.get(SKIPPED_ROWS, 0) + int(bad.sum()),
+            "train_rows": int((~bad[train_rows]).sum()),
+            "train_rows_balanced": int((~bad[kept]).sum()),
+            "val_rows": int((~bad[val_rows]).sum()),
+            "train_samples": len(self.train_set),
+            "val_samples": len(self.val_set),
+            "recordings": len(self.frames.caches),
+        }
+        log.info("data: %s", self.stats)
+
+    def _index_frames(self, table: Any) -> np.ndarray:
+        """Build `self.frames`: one cache per recording, slot = row * 3 + camera (so a cache
+        does not depend on the cameras used); returns each row's first slot."""
+        slot_base = np.empty(len(table), dtype=np.int64)
+        caches, offset = [], 0
         recordings = table["recording"].to_numpy()
         for recording in dict.fromkeys(recordings):  # in order of appearance
             rows = np.flatnonzero(recordings == recording)
-            slot_base[rows] = offset + np.arange(len(rows)) * len(CAMERAS)
-            paths = table.loc[rows, list(CAMERAS)].to_numpy().reshape(-1).tolist()
-            caches.append(
-                FrameCache(paths, self.spec, self.cache, self.cache_dir, name=Path(recording).name)
-            )
+            slot_base[rows] = offset + np.arange(len(rows)) * len(udacity.CAMERAS)
+            paths = table.loc[rows, list(udacity.CAMERAS)].to_numpy().reshape(-1).tolist()
+            name = Path(recording).name
+            caches.append(FrameCache(paths, self.spec, self.cache, self.cache_dir, name=name))
             offset += len(paths)
         self.frames = FrameStore(caches)
+        return slot_base
 
-        steering = table["steering"].to_numpy(np.float32)
-        sources = (table["recording"] + "/driving_log.csv row " + table["row"].astype(str)).tolist()
-        train_rows = np.flatnonzero(~is_val)
-        kept = train_rows[balance_from_config(steering[train_rows], self.balance, self.seed)]
-        corrections = camera_corrections(self.steering_correction)
-        frame_index, labels, train_sources = [], [], []
-        for camera in self.cameras:
-            frame_index.append(slot_base[kept] + CAMERAS.index(camera))
-            labels.append(steering[kept] + corrections[camera])
-            train_sources += [f"{sources[row]} ({camera})" for row in kept]
-        val_rows = np.flatnonzero(is_val)
-        self.train_set = DrivingDataset(
-            self.frames,
-            np.concatenate(frame_index),
-            np.concatenate(labels),
-            self.spec,
-            self.augmentation,
-            train_sources,
+    def _fill_cache(
+        self, samples: Mapping[str, list], slot_base: np.ndarray, table: Any, sources: Sequence[str]
+    ) -> np.ndarray:
+        """Decode every frame the samples use; returns the mask of rows with a frame that
+        cannot be decoded (raises `DrivingLogError` for them unless on_bad_row is skip)."""
+        slots = np.concatenate(
+            [
+                slot_base[rows] + udacity.CAMERAS.index(camera)
+                for parts in samples.values()
+                for rows, camera in parts
+            ]
         )
-        self.val_set = DrivingDataset(
-            self.frames,
-            slot_base[val_rows] + CAMERAS.index("center"),
-            steering[val_rows],
-            self.spec,
-            None,
-            [sources[row] for row in val_rows],
-        )
-        self.table = table.assign(split=np.where(is_val, "val", "train"))
-        self.stats = {
-            "rows": len(table),
-            "train_rows": len(train_rows),
-            "train_rows_balanced": len(kept),
-            "val_rows": len(val_rows),
-            "train_samples": len(self.train_set),
-            "val_samples": len(self.val_set),
-            "recordings": len(caches),
-        }
-        log.info("data: %s", self.stats)
-        if self.warm_cache:
-            decoded = self.frames.warm(
-                np.unique(np.concatenate([self.train_set.frame_index, self.val_set.frame_index]))
+        threads = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+        log.info("data: decoding %d frames into the cache (%s)", len(np.unique(slots)), self.cache)
+        problems = self.frames.fill(slots, threads)
+        bad = np.zeros(len(table), dtype=bool)
+        if not problems:
+            return bad
+        bad_slots = np.asarray(sorted(problems), dtype=np.int64)
+        rows = np.searchsorted(slot_base, bad_slots, side="right") - 1  # slot_base is increasing
+        reasons = dict(zip(rows.tolist(), (problems[slot] for slot in bad_slots.tolist())))
+        bad[list(reasons)] = True
+        listed = summarize([(sources[row], reason) for row, reason in reasons.items()])
+        message = f"{len(reasons)} row(s) with a frame that cannot be used: {listed}"
+        if self.on_bad_row == "error":
+            raise DrivingLogError(
+                f"{message}. Fix the recording, or skip these rows with data.on_bad_row=skip."
             )
-            log.info("data: warmed the frame cache (%d frames decoded)", decoded)
+        log.warning("skipping %s", message)
+        if bad.all():
+            raise DrivingLogError(
+                f"every row has a frame that cannot be used ({message}); nothing left to train on"
+            )
+        return bad
 
     def _loader(self, dataset: DrivingDataset, shuffle: bool) -> DataLoader:
         return DataLoader(

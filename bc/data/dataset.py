@@ -1,17 +1,22 @@
-"""Lazily read, decode-once frame cache and the torch dataset built on it.
+"""Decode-once frame cache and the torch dataset built on it.
 
-Decoding a 320x160 JPEG and resizing it costs far more than augmenting the small
-model-resolution frame, so each camera image is decoded **once**: RGB decode ->
-`Preprocess.geometry` (model resolution, still RGB) -> uint8 slot in a cache file.
-Augmentation then runs on the fly on that frame, followed by `Preprocess.color`.
+Decoding a camera JPEG and resizing it costs far more than augmenting the small
+model-resolution frame, so each camera image is decoded **once**: RGB decode
+(`bc.images.read_rgb`) -> `Preprocess.geometry` (model resolution, still RGB) -> uint8 slot
+in a cache file. Augmentation then runs on the fly on that frame, followed by
+`Preprocess.color`: together the same `Preprocess` the drive server applies.
+
+The datamodule fills the cache while it sets up (`FrameCache.fill`, several decoding
+threads), so a JPEG that cannot be decoded (corrupt scan data passes every header check) is
+found then and handled by `data.on_bad_row`, never in the middle of training.
 
 The cache is a memory-mapped file per recording in `cache_dir` (default
-`$BC_CACHE_DIR` or `~/.cache/bc/frames`), keyed by the preprocessing spec and the image
-files (names, sizes, modification times). It starts sparse and is filled on first access,
-so nothing is read up front, recordings larger than RAM work (the OS pages the file), a
-later run or sweep job reuses it, and DataLoader workers share it (they map the same
-file). A one-byte flag per slot, written after the frame, says which slots are filled;
-concurrent fills of one slot write identical bytes. `cache="none"` decodes every time.
+`$BC_CACHE_DIR` or `~/.cache/bc/frames`), keyed by the preprocessing and the image
+files (names, sizes, modification times): recordings larger than RAM work (the OS pages the
+file), a later run or sweep job reuses it without decoding, and DataLoader workers share
+it (they map the same file). A one-byte flag per slot, written after the frame, says which
+slots are filled. `cache="none"` keeps nothing: setup decodes every frame once to check it,
+and every access decodes again.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -26,13 +32,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from bc.errors import BcError
 from bc.images import ImageError, read_rgb
-from bc.preprocess import Preprocess
+from bc.preprocess import FrameSizeError, Preprocess
 
 CACHE_MODES = ("disk", "none")
 CACHE_VERSION = 1  # bump when the cached bytes change meaning
 _PAGE = 4096  # frames start page-aligned after the fill flags
 _FILLED = 1
+_FILL_CHUNK = 256  # slots handed to the decoding threads at a time
 
 
 def default_cache_dir() -> Path:
@@ -67,8 +75,6 @@ class FrameCache:
         cache_dir: str | os.PathLike | None = None,
         name: str = "frames",
     ) -> None:
-        if mode not in CACHE_MODES:
-            raise ValueError(f"data.cache: expected one of {list(CACHE_MODES)}, got {mode!r}")
         self.paths = list(paths)
         self.spec = spec
         self.mode = mode
@@ -115,10 +121,19 @@ class FrameCache:
         frames = self._map[self._flags_bytes :].reshape(len(self.paths), *self.shape)
         return flags, frames
 
+    def _read(self, index: int) -> np.ndarray:
+        rgb = read_rgb(self.paths[index])
+        if self.spec.frame_width is not None:
+            try:
+                self.spec.check_frame(rgb)
+            except FrameSizeError as error:
+                raise FrameSizeError(f"image file {self.paths[index]}: {error}") from None
+        return self.spec.geometry(rgb)
+
     def decode(self, index: int) -> np.ndarray:
-        """Read and crop-resize one frame from its JPEG (no cache)."""
+        """Read, check and crop-resize one frame from its JPEG (no cache)."""
         self.decodes += 1
-        return self.spec.geometry(read_rgb(self.paths[index]))
+        return self._read(index)
 
     def get_many(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Frames at `indices` as a new N x H x W x 3 uint8 array, decoding only unfilled slots."""
@@ -131,25 +146,35 @@ class FrameCache:
         batch = frames[indices]  # fancy indexing copies out of the map
         for position in np.flatnonzero(flags[indices] != _FILLED):
             index = int(indices[position])
-            frame = self.decode(index)
-            frames[index] = frame
+            batch[position] = frames[index] = self.decode(index)
             flags[index] = _FILLED
-            batch[position] = frame
         return batch
 
-    def warm(self, indices: Sequence[int] | np.ndarray | None = None) -> int:
-        """Fill the slots at `indices` (default all) now; returns how many were decoded."""
-        if self.mode == "none":
-            return 0
-        indices = (
-            np.arange(len(self.paths)) if indices is None else np.asarray(indices, dtype=np.int64)
-        )
-        flags, _ = self._open()
-        missing = indices[flags[indices] != _FILLED]
-        before = self.decodes
-        for start in range(0, len(missing), 256):
-            self.get_many(missing[start : start + 256])
-        return self.decodes - before
+    def fill(self, indices: Sequence[int] | np.ndarray, threads: int = 1) -> dict[int, str]:
+        """Decode the unfilled slots at `indices` into the cache (with `cache="none"`: decode
+        them once to check them); returns {slot: why it cannot be decoded}."""
+        indices = np.unique(np.asarray(indices, dtype=np.int64))
+        frames = None
+        if self.mode == "disk":
+            flags, frames = self._open()
+            indices = indices[flags[indices] != _FILLED]
+        problems: dict[int, str] = {}
+
+        def fill_one(index: int) -> None:
+            try:
+                frame = self._read(index)
+            except BcError as error:  # ImageError, FrameSizeError
+                problems[index] = str(error)
+                return
+            if frames is not None:
+                frames[index] = frame
+                flags[index] = _FILLED
+
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            for start in range(0, len(indices), _FILL_CHUNK):
+                list(pool.map(fill_one, indices[start : start + _FILL_CHUNK].tolist()))
+        self.decodes += len(indices)
+        return problems
 
     def _empty(self) -> np.ndarray:
         return np.empty((0, *self.shape), np.uint8)
@@ -169,27 +194,28 @@ class FrameStore:
     def decodes(self) -> int:
         return sum(cache.decodes for cache in self.caches)
 
-    def path(self, index: int) -> str:
-        which = int(np.searchsorted(self.offsets, index, side="right") - 1)
-        return self.caches[which].paths[index - self.offsets[which]]
+    def _split(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        indices = np.asarray(indices, dtype=np.int64)
+        return indices, np.searchsorted(self.offsets, indices, side="right") - 1
 
     def get_many(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        indices = np.asarray(indices, dtype=np.int64)
-        which = np.searchsorted(self.offsets, indices, side="right") - 1
-        first = self.caches[0] if self.caches else None
-        out = np.empty((len(indices), *(first.shape if first else (0, 0, 3))), np.uint8)
+        indices, which = self._split(indices)
+        out = np.empty((len(indices), *self.caches[0].shape), np.uint8)
         for cache_index in np.unique(which):
             positions = np.flatnonzero(which == cache_index)
             local = indices[positions] - self.offsets[cache_index]
             out[positions] = self.caches[cache_index].get_many(local)
         return out
 
-    def warm(self, indices: Sequence[int] | np.ndarray | None = None) -> int:
-        indices = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
-        which = np.searchsorted(self.offsets, indices, side="right") - 1
-        return sum(
-            cache.warm(indices[which == i] - self.offsets[i]) for i, cache in enumerate(self.caches)
-        )
+    def fill(self, indices: Sequence[int] | np.ndarray, threads: int = 1) -> dict[int, str]:
+        """`FrameCache.fill` over global indices; returns {global index: problem}."""
+        indices, which = self._split(indices)
+        problems: dict[int, str] = {}
+        for cache_index in np.unique(which):
+            offset = int(self.offsets[cache_index])
+            found = self.caches[cache_index].fill(indices[which == cache_index] - offset, threads)
+            problems.update({offset + local: problem for local, problem in found.items()})
+        return problems
 
 
 class FrameBatch(NamedTuple):

@@ -12,14 +12,14 @@ from typing import Sequence
 
 import numpy as np
 
+from bc import udacity
+from bc.errors import ConfigError
+
 SPLITS = ("blocks", "recording")
-SAMPLE_RATE_HZ = 15.0  # the simulator records ~15 rows per second
 
 
 def block_ids(recordings: Sequence[str], block_rows: int) -> np.ndarray:
     """Id of each row's contiguous block of `block_rows` rows (blocks never span recordings)."""
-    if block_rows < 1:
-        raise ValueError(f"data.block_rows: expected >= 1, got {block_rows}")
     recordings = np.asarray(recordings)
     ids = np.empty(len(recordings), dtype=np.int64)
     next_id = 0
@@ -42,8 +42,9 @@ def _hold_out(groups: np.ndarray, val_fraction: float, seed: int, what: str) -> 
         return is_val
     unique, sizes = np.unique(groups, return_counts=True)
     if len(unique) < 2:
-        raise ValueError(
-            f"data.split: cannot hold out {val_fraction:.0%} for validation: only one {what}; "
+        raise ConfigError(
+            f"data.val_fraction: cannot hold out {val_fraction:.0%} for validation: only one"
+            f" {what}; "
             "add data, use smaller blocks, or set data.val_fraction=0"
         )
     target = max(1, math.floor(val_fraction * len(groups) + 0.5))
@@ -66,11 +67,9 @@ def split_rows(
     block_rows: int = 150,
     seed: int = 0,
 ) -> np.ndarray:
-    """Boolean mask of validation rows; rows are in recording order, time order within one."""
-    if method not in SPLITS:
-        raise ValueError(f"data.split: expected one of {list(SPLITS)}, got {method!r}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"data.val_fraction: expected a fraction in [0, 1), got {val_fraction}")
+    """Boolean mask of validation rows; rows are in recording order, time order within one.
+
+    `method` is one of `SPLITS`, 0 <= val_fraction < 1 (the datamodule checks its settings)."""
     recordings = np.asarray(recordings)
     if method == "recording":
         return _hold_out(recordings, val_fraction, seed, "recording (list several in data.paths)")
@@ -80,9 +79,7 @@ def split_rows(
 
 
 def block_rows_for(block_seconds: float | None, block_rows: int | None) -> int:
-    """Block length in rows: `block_rows` if set, else `block_seconds` at the sim's 15 Hz."""
+    """Block length in rows: `block_rows` if set, else `block_seconds` at the sim's rate."""
     if block_rows is not None:
         return int(block_rows)
-    if block_seconds is None or block_seconds <= 0:
-        raise ValueError(f"data.block_seconds: expected > 0 seconds, got {block_seconds}")
-    return max(1, round(block_seconds * SAMPLE_RATE_HZ))
+    return max(1, round(block_seconds * udacity.SAMPLE_RATE_HZ))
