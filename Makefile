@@ -26,5 +26,10 @@ test-all: install
 demo: install
 	$(PY) scripts/demo.py
 
+# `make benchmark` runs the speed benchmarks; `make benchmark BENCHMARKS=driving` the 11-min one.
+BENCHMARKS ?= loader sim drive
+benchmark: install
+	for name in $(BENCHMARKS); do $(PY) scripts/benchmark.py $$name || exit 1; done
+
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -1,26 +1,33 @@
-"""Benchmarks, one command: `python scripts/benchmark.py NAME [options]`.
+"""Benchmarks, one command: `python scripts/benchmark.py NAME [key=value ...]`.
 
-  loader   training-loader samples/s (with augmentation) vs PilotNet training-step samples/s
+  loader   training-loader samples/s (with augmentation) vs the model's training-step samples/s
   sim      rendered camera frames/s on one core and recorded samples/s
   drive    drive-server round trip p50/p99 and replies/s vs the decode+forward floor
   driving  driving quality: train on lake, evaluate on lake, mountain and random tracks
 
-`python scripts/benchmark.py NAME --help` lists each one's options. Numbers: README.md.
+Settings: conf/benchmark/NAME.yaml (`python scripts/benchmark.py NAME --cfg job` shows them);
+the code: bc/benchmarks/. `benchmark.py NAME ...` is short for `benchmark.py benchmark=NAME ...`.
+Numbers: README.md.
 """
 
-import runpy
+from __future__ import annotations
+
 import sys
 
-MODULES = {
-    "loader": "bc.data.benchmark",
-    "sim": "bc.sim.benchmark",
-    "drive": "bc.drive.benchmark",
-    "driving": "bc.driving_benchmark",
-}
+import hydra
+from omegaconf import DictConfig
+
+from bc.cli import run
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="benchmark")
+def main(cfg: DictConfig) -> None:
+    from hydra.utils import instantiate
+
+    run("benchmark.py", lambda: instantiate(cfg, _convert_="all").run())
+
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] not in MODULES:
-        sys.exit(f"usage: python scripts/benchmark.py {{{'|'.join(MODULES)}}} [options]\n\n{__doc__}")
-    name = sys.argv.pop(1)
-    sys.argv[0] = f"scripts/benchmark.py {name}"
-    runpy.run_module(MODULES[name], run_name="__main__", alter_sys=True)
+    if len(sys.argv) > 1 and not sys.argv[1].startswith("-") and "=" not in sys.argv[1]:
+        sys.argv[1] = f"benchmark={sys.argv[1]}"
+    main()

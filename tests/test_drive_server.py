@@ -404,12 +404,3 @@ print(json.dumps({{"by_path": by_path, "by_run": loaded(heavy)}}))
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert found == {"by_path": [], "by_run": []}
-
-
-@pytest.mark.slow
-def test_benchmark_command_drives_frames_through_the_real_server():
-    from bc.drive.benchmark import format_report, run_benchmark
-
-    result = run_benchmark(frames=100, model="small")
-    assert result["round_trip"]["replies_per_s"] > 0 and result["floor"]["p99_ms"] > 0
-    assert "replies/s" in format_report(result)

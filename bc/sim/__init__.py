@@ -5,9 +5,11 @@ Modules (import what you need; this package imports nothing by itself so that
 
 * `track`    tracks as YAML data: spline centreline, validation, nearest-point lookup
 * `car`      kinematic bicycle model with the Unity car's control ranges
-* `camera`   vectorised numpy dashcam renderer (center/left/right, 320x160 RGB)
+* `camera`   vectorised numpy dashcam renderer (the Udacity cameras and frame size, RGB)
 * `expert`   pure-pursuit expert driver and DART-style action noise
 * `recorder` training-mode recording in the Unity `driving_log.csv` + `IMG/` format
 * `autonomous`, `metrics`, `plots`  the client side of a drive server and its evaluation
-* `benchmark` `python -m bc.sim.benchmark`: frames/s and recorded samples/s on one core
+
+Simulator facts (file names, cameras, frame size, rate, protocol) come from `bc.udacity`;
+its speed benchmark is `python scripts/benchmark.py sim` (bc/benchmarks/sim.py).
 """
