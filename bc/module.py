@@ -1,8 +1,9 @@
 """The LightningModule: steering regression loss, metrics and optimizers around a plain network.
 
 The network (`bc.models`) stays a plain `nn.Module` so the drive server never needs Lightning;
-this module adds what training needs: the loss (MSE, or Huber for robustness to noisy labels),
-`train/loss`, `val/loss` and `val/mae`, and the optimizer / LR scheduler built from config partials.
+this module adds what training needs: the loss (`conf/loss`: MSE, or Huber for robustness to
+noisy labels), `train/loss`, `val/loss` and `val/mae`, and the optimizer / LR scheduler built
+from config partials.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MeanAbsoluteError, MeanMetric
 
-from bc.losses import LOSSES, make_loss  # noqa: F401 (re-exported)
 from bc.models.base import SteeringModel
 
 MONITOR = "val/loss"  # what ReduceLROnPlateau, checkpoints and early stopping watch
@@ -28,8 +29,7 @@ class SteeringModule(pl.LightningModule):
     """Trains a `SteeringModel` on (frames N x 3 x H x W in 0..255, steering N x 1) batches."""
 
     def __init__(self, net: SteeringModel, optimizer: OptimizerFactory,
-                 scheduler: SchedulerFactory | None = None, loss: str = "mse",
-                 huber_delta: float = 1.0) -> None:
+                 scheduler: SchedulerFactory | None = None, loss: nn.Module | None = None) -> None:
         super().__init__()
         if not callable(optimizer):
             raise TypeError(f"optimizer: expected a partial that builds a torch optimizer "
@@ -37,12 +37,10 @@ class SteeringModule(pl.LightningModule):
         if scheduler is not None and not callable(scheduler):
             raise TypeError(f"scheduler: expected a partial that builds an LR scheduler "
                             f"(`_partial_: true` in conf/scheduler) or null, got {scheduler!r}")
-        # The full resolved config is logged by bc.train; keep only the scalars in the checkpoint.
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.criterion = make_loss(loss, huber_delta)
+        self.criterion = loss if loss is not None else nn.MSELoss()
         self.val_loss = MeanMetric()
         self.val_mae = MeanAbsoluteError()
 

@@ -7,8 +7,12 @@ A model is saved in its run as artifacts under ``model/``:
 - ``model.ts``: a TorchScript export with the preprocessing spec embedded, for use
   outside this package (``load_exported``).
 
-Rebuilding from config + weights is portable and safe; ``_target_`` must name a class
-in ``bc.models``. The drive server calls ``load_model`` (by run id) or ``load_exported``.
+Rebuilding from config + weights is portable and safe: ``_target_`` must name a class in
+the ``bc.models.MODELS`` registry and its arguments must be plain values (``build_model``).
+The drive server calls ``load_model`` (by run id) or ``load_exported``.
+
+Training tags each run with the ``pid`` and ``host`` of its process, so a run whose process
+died without closing it (SIGKILL, power loss) is found and marked KILLED (``mark_dead_runs``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import tempfile
 import urllib.error
 import urllib.request
@@ -39,7 +44,7 @@ WEIGHTS_FILE = "weights.pt"
 CONFIG_FILE = "model.yaml"
 TORCHSCRIPT_FILE = "model.ts"
 SPEC_EXTRA_FILE = "preprocess.json"
-ALLOWED_MODEL_PREFIX = "bc.models."
+TAG_PID, TAG_HOST = "pid", "host"  # the training process that owns a RUNNING run
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -119,6 +124,10 @@ def get_or_create_experiment(name: str, uri: str | None = None) -> str:
     uri = resolve_tracking_uri(uri)
     mlflow_client = client(uri)
     experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise TrackingError(f"experiment_name: the MLflow experiment {name!r} is deleted; restore it "
+                            f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) "
+                            f"or pick another name")
     if experiment is not None:
         return experiment.experiment_id
     location = default_artifact_location(uri)
@@ -169,13 +178,10 @@ def log_model(run_id: str, model: torch.nn.Module, model_config: Mapping[str, An
 
 
 def build_model(config: Mapping[str, Any]) -> torch.nn.Module:
-    """Instantiate a ``bc.models`` network from its config (refusing any other target)."""
-    from hydra.utils import instantiate
+    """A registered ``bc.models`` network from plain config values (see ``bc.models.build_model``)."""
+    from bc.models import build_model as build
 
-    target = str(config.get("_target_", ""))
-    if not target.startswith(ALLOWED_MODEL_PREFIX):
-        raise TrackingError(f"model config _target_ {target!r} is not a class in bc.models")
-    return instantiate(dict(config))
+    return build(config)
 
 
 def load_model_folder(folder: Path, source: str | None = None) -> LoadedModel:
@@ -187,7 +193,10 @@ def load_model_folder(folder: Path, source: str | None = None) -> LoadedModel:
         if not path.is_file():
             raise TrackingError(f"model folder {folder} has no {path.name}")
     config = yaml.safe_load(config_path.read_text())
-    net = build_model(config)
+    try:
+        net = build_model(config)
+    except BcError as error:
+        raise TrackingError(f"{config_path}: {error}") from None
     net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
     net.eval()
     return LoadedModel(net=net, spec=net.preprocess_spec, source=source or str(folder))
@@ -211,10 +220,14 @@ def load_model(run_id: str, tracking_uri: str | None = None) -> LoadedModel:
     names = {item.path for item in mlflow_client.list_artifacts(run_id, MODEL_ARTIFACT_DIR)}
     if f"{MODEL_ARTIFACT_DIR}/{CONFIG_FILE}" not in names:
         raise TrackingError(f"MLflow run {run_id} has no logged model (no {MODEL_ARTIFACT_DIR}/ artifacts)")
-    local = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path=MODEL_ARTIFACT_DIR, tracking_uri=uri,
-        dst_path=tempfile.mkdtemp(prefix="bc-model-"))
-    return load_model_folder(Path(local), source=f"runs:/{run_id}/{MODEL_ARTIFACT_DIR}")
+    source = f"runs:/{run_id}/{MODEL_ARTIFACT_DIR}"
+    with tempfile.TemporaryDirectory(prefix="bc-model-") as tmp:  # loaded fully, then removed
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=MODEL_ARTIFACT_DIR, tracking_uri=uri, dst_path=tmp)
+        try:
+            return load_model_folder(Path(local), source=source)
+        except TrackingError as error:
+            raise TrackingError(str(error).replace(str(local), source)) from None
 
 
 def load_exported(path: str | Path) -> LoadedModel:
@@ -241,6 +254,11 @@ RUN_SELECTORS = ("latest", "best")
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
+def is_run_id(value: Any) -> bool:
+    """Whether ``value`` looks like an MLflow run id (32 hex digits)."""
+    return isinstance(value, str) and _RUN_ID.fullmatch(value) is not None
+
+
 def find_run(run: str, experiment: str = "bc", metric: str = "val/loss", mode: str = "min",
              tracking_uri: str | None = None) -> str:
     """The id of the run ``run`` names: a run id, ``latest`` (the newest finished run of
@@ -258,7 +276,7 @@ def find_run(run: str, experiment: str = "bc", metric: str = "val/loss", mode: s
     if mode not in ("min", "max"):
         raise TrackingError(f"mode: expected 'min' or 'max', got {mode!r}")
     mlflow_client = client(tracking_uri)
-    if _RUN_ID.fullmatch(run):
+    if is_run_id(run):
         try:
             return mlflow_client.get_run(run).info.run_id
         except MlflowException:
@@ -286,3 +304,30 @@ def find_run(run: str, experiment: str = "bc", metric: str = "val/loss", mode: s
     if not runs:
         raise TrackingError(f"run_id={run}: experiment {experiment!r} has {missing}")
     return runs[0].info.run_id
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (one owned by another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mark_dead_runs(experiment_id: str, tracking_uri: str | None = None) -> list[str]:
+    """Mark KILLED the RUNNING runs of ``experiment_id`` whose training process (tags ``pid``
+    and ``host``) no longer exists on this host; returns their ids. A run of another host,
+    or one without these tags, is left alone: its process cannot be checked from here."""
+    mlflow_client = client(tracking_uri)
+    host = socket.gethostname().replace("'", "")
+    running = mlflow_client.search_runs(
+        [experiment_id], f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}'")
+    dead = [run.info.run_id for run in running
+            if str(run.data.tags.get(TAG_PID, "")).isdigit()
+            and not process_alive(int(run.data.tags[TAG_PID]))]
+    for run_id in dead:
+        mlflow_client.set_terminated(run_id, "KILLED")
+    return dead

@@ -1,4 +1,4 @@
-"""Every option of every training config group composes from the real conf/ and instantiates."""
+"""Every option of every training config group composes from the real conf/ and builds."""
 
 from __future__ import annotations
 
@@ -7,40 +7,40 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
-from pytorch_lightning.loggers import MLFlowLogger
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from bc.data.augment import SteeringAugment
+from bc.mlflow_run import MlflowRun
+from bc.models import MODELS, build_model
 from bc.models.base import SteeringModel
 from bc.module import SteeringModule
-from bc.train import build_datamodule, instantiate_group, validate_config
+from bc.train import build, instantiate_group
+from conftest import CONF_DIR
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ("model", "data", "augmentation", "optimizer", "scheduler", "trainer", "logger", "callbacks",
-          "experiment")
 NO_GPU_OVERRIDES = ["trainer.accelerator=cpu", "trainer.devices=1"]  # gpu/ddp: composed, built on CPU
 
 
 def options(group: str) -> list[str]:
-    found = sorted(path.stem for path in (CONF / group).glob("*.yaml"))
+    found = sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
     assert found, f"conf/{group} has no options"
     return found
 
 
-def compose_train(tmp_path: Path, *overrides: str) -> DictConfig:
+@pytest.fixture
+def train_config(compose, tmp_path: Path):
     """The real train config with this test's folders (no Hydra run dir outside a Hydra app)."""
-    base = [f"output_dir={tmp_path / 'out'}", f"tracking_uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
-            f"data.paths=[{tmp_path / 'recording'}]"]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=base + list(overrides))
+    def composed(*overrides: str) -> DictConfig:
+        base = [f"output_dir={tmp_path / 'out'}", f"tracking_uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+                f"data.paths=[{tmp_path / 'recording'}]"]
+        return compose("train", base + list(overrides))
+    return composed
 
 
 def build_net(cfg: DictConfig) -> SteeringModel:
-    net = instantiate(cfg.model)
-    assert isinstance(net, SteeringModel)
+    net = build_model(cfg.model)
     with torch.no_grad():
         out = net(torch.full((2, *net.input_shape), 128.0))
     assert out.shape == (2, 1)
@@ -50,6 +50,7 @@ def build_net(cfg: DictConfig) -> SteeringModel:
 def test_groups_have_the_documented_options() -> None:
     assert {"adam", "adamw", "sgd"} <= set(options("optimizer"))
     assert {"none", "cosine", "plateau", "step"} <= set(options("scheduler"))
+    assert {"mse", "huber"} <= set(options("loss"))
     assert {"cpu", "gpu", "ddp"} <= set(options("trainer"))
     assert {"default", "none"} <= set(options("callbacks"))
     assert {"nvidia", "commaai", "small"} <= set(options("model"))
@@ -58,28 +59,50 @@ def test_groups_have_the_documented_options() -> None:
     assert len(options("experiment")) >= 2
 
 
-def test_default_config(tmp_path: Path) -> None:
-    cfg = compose_train(tmp_path)
-    validate_config(cfg)
+def test_default_config(train_config, tmp_path: Path) -> None:
+    cfg = train_config()
     assert cfg.model._target_ == "bc.models.nvidia.PilotNet"
     assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == pytest.approx(1e-3)
     assert cfg.optimizer._partial_ is True
-    assert cfg.scheduler is None
+    assert cfg.scheduler is None and cfg.resume is None
+    assert cfg.loss._target_ == "torch.nn.MSELoss"
     assert cfg.trainer.accelerator == "cpu" and cfg.trainer.max_epochs == 1
-    assert cfg.loss == "mse" and cfg.experiment_name == "bc" and cfg.tracking_uri.startswith("sqlite:///")
+    assert cfg.experiment_name == "bc" and cfg.tracking_uri.startswith("sqlite:///")
     assert cfg.callbacks.model_checkpoint.dirpath == str(tmp_path / "out" / "checkpoints")
+    # The datamodule gets the model's preprocessing by interpolation, frame size included.
+    cfg.model.preprocess.frame_width = 96
+    assert cfg.data.preprocess == cfg.model.preprocess and cfg.data.preprocess.frame_width == 96
+
+
+def test_the_recipe_builds_every_piece_from_config_without_touching_mlflow(train_config, tmp_path: Path) -> None:
+    job = build(train_config("model=small", "loss=huber", "loss.delta=0.3", "scheduler=cosine"))
+    assert isinstance(job.module.net, MODELS["bc.models.small.SmallNet"])
+    assert isinstance(job.module.criterion, torch.nn.HuberLoss) and job.module.criterion.delta == 0.3
+    assert job.datamodule.spec == job.module.net.preprocess_spec
+    assert job.run in job.trainer.loggers and job.run in job.trainer.callbacks
+    assert job.run._run_id is None  # no MLflow run yet: it starts in bc.train.train
+    assert not (tmp_path / "mlruns" / "bc").exists()
 
 
 @pytest.mark.parametrize("option", options("model"))
-def test_model_options(tmp_path: Path, option: str) -> None:
-    cfg = compose_train(tmp_path, f"model={option}")
+def test_model_options(train_config, option: str) -> None:
+    cfg = train_config(f"model={option}")
     net = build_net(cfg)
+    assert type(net) is MODELS[cfg.model._target_]
     assert net.preprocess_spec.to_dict() == OmegaConf.to_container(cfg.model.preprocess)
 
 
+@pytest.mark.parametrize("option", options("loss"))
+def test_loss_options(train_config, option: str) -> None:
+    loss = instantiate(train_config(f"loss={option}").loss)
+    prediction, target = torch.tensor([[0.0], [3.0]]), torch.zeros(2, 1)
+    expected = {"mse": 4.5, "huber": (0.0 + (3.0 - 0.5)) / 2}[option]  # huber delta 1: |e| - 0.5 above 1
+    assert loss(prediction, target).item() == pytest.approx(expected)
+
+
 @pytest.mark.parametrize("option", options("optimizer"))
-def test_optimizer_options(tmp_path: Path, option: str) -> None:
-    cfg = compose_train(tmp_path, f"optimizer={option}", "model=small")
+def test_optimizer_options(train_config, option: str) -> None:
+    cfg = train_config(f"optimizer={option}", "model=small")
     net = build_net(cfg)
     optimizer = instantiate(cfg.optimizer)(params=net.parameters())
     assert isinstance(optimizer, torch.optim.Optimizer)
@@ -88,8 +111,8 @@ def test_optimizer_options(tmp_path: Path, option: str) -> None:
 
 
 @pytest.mark.parametrize("option", options("scheduler"))
-def test_scheduler_options(tmp_path: Path, option: str) -> None:
-    cfg = compose_train(tmp_path, f"scheduler={option}", "model=small")
+def test_scheduler_options(train_config, option: str) -> None:
+    cfg = train_config(f"scheduler={option}", "model=small")
     net = build_net(cfg)
     scheduler = instantiate(cfg.scheduler) if cfg.scheduler is not None else None
     assert (scheduler is None) == (option == "none")
@@ -111,13 +134,13 @@ def test_scheduler_options(tmp_path: Path, option: str) -> None:
 
 
 @pytest.mark.parametrize("option", options("trainer"))
-def test_trainer_options(tmp_path: Path, option: str) -> None:
+def test_trainer_options(train_config, tmp_path: Path, option: str) -> None:
     overrides = [f"trainer={option}"]
     if option != "cpu" and not torch.cuda.is_available():
-        cfg = compose_train(tmp_path, *overrides)
+        cfg = train_config(*overrides)
         assert cfg.trainer.accelerator == "gpu"
         overrides += NO_GPU_OVERRIDES
-    cfg = compose_train(tmp_path, *overrides)
+    cfg = train_config(*overrides)
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_progress_bar=False)
     assert isinstance(trainer, pl.Trainer)
     assert trainer.max_epochs == cfg.trainer.max_epochs
@@ -127,63 +150,57 @@ def test_trainer_options(tmp_path: Path, option: str) -> None:
 
 
 @pytest.mark.parametrize("option", options("logger"))
-def test_logger_options(tmp_path: Path, option: str) -> None:
-    cfg = compose_train(tmp_path, f"logger={option}", "experiment_name=compose-test", "run_name=r1")
-    loggers = instantiate_group(cfg.logger, "logger")
-    mlflow_loggers = [item for item in loggers if isinstance(item, MLFlowLogger)]
-    assert len(mlflow_loggers) == 1
-    logger = mlflow_loggers[0]
-    assert logger._tracking_uri == cfg.tracking_uri  # no run is created here (test_train covers that)
-    assert logger._experiment_name == "compose-test" and logger._run_name == "r1"
+def test_logger_options(train_config, option: str) -> None:
+    cfg = train_config(f"logger={option}", "experiment_name=compose-test", "run_name=r1")
+    (run,) = [item for item in instantiate_group(cfg.logger, "logger") if isinstance(item, MlflowRun)]
+    assert run._tracking_uri == cfg.tracking_uri  # no run is created here (test_train covers that)
+    assert run._experiment_name == "compose-test" and run._run_name == "r1"
 
 
 @pytest.mark.parametrize("option", options("callbacks"))
-def test_callbacks_options(tmp_path: Path, option: str) -> None:
-    cfg = compose_train(tmp_path, f"callbacks={option}")
+def test_callbacks_options(train_config, tmp_path: Path, option: str) -> None:
+    cfg = train_config(f"callbacks={option}")
     callbacks = instantiate_group(cfg.callbacks, "callbacks")
     assert all(isinstance(item, pl.Callback) for item in callbacks)
     if option == "default":
-        checkpoint = next(item for item in callbacks if isinstance(item, ModelCheckpoint))
-        assert checkpoint.monitor == "val/loss" and checkpoint.dirpath == str(tmp_path / "out" / "checkpoints")
+        checkpoints = [item for item in callbacks if isinstance(item, ModelCheckpoint)]
+        assert {item.monitor for item in checkpoints} == {"val/loss", None}  # best, and last every epoch
+        assert {item.dirpath for item in checkpoints} == {str(tmp_path / "out" / "checkpoints")}
         assert any(isinstance(item, EarlyStopping) and item.monitor == "val/loss" for item in callbacks)
     if option == "none":
         assert callbacks == []
 
 
 @pytest.mark.parametrize("group", ["data", "augmentation"])
-def test_data_and_augmentation_options(tmp_path: Path, group: str) -> None:
+def test_data_and_augmentation_options(train_config, group: str) -> None:
     for option in options(group):
-        cfg = compose_train(tmp_path, f"{group}={option}", "model=small")
-        net = build_net(cfg)
-        datamodule = build_datamodule(cfg, net)
+        cfg = train_config(f"{group}={option}", "model=small")
+        datamodule = build(cfg).datamodule
         assert isinstance(datamodule, pl.LightningDataModule)
-        assert datamodule.spec == net.preprocess_spec
+        assert datamodule.spec == build_net(cfg).preprocess_spec
         assert datamodule.batch_size == cfg.data.batch_size
-        assert datamodule.augmentation is None or callable(datamodule.augmentation)
+        augmentation = datamodule.augmentation
+        assert isinstance(augmentation, SteeringAugment)
+        assert augmentation.flip_prob == cfg.augmentation.flip_prob
 
 
 @pytest.mark.parametrize("option", options("experiment"))
-def test_experiment_presets(tmp_path: Path, option: str) -> None:
-    cfg = compose_train(tmp_path, f"experiment={option}")
-    validate_config(cfg)
-    net = build_net(cfg)
-    build_datamodule(cfg, net)
-    instantiate(cfg.optimizer)(params=net.parameters())
-    if cfg.scheduler is not None:
-        instantiate(cfg.scheduler)(optimizer=instantiate(cfg.optimizer)(params=net.parameters()))
-    instantiate(cfg.trainer, logger=False, callbacks=instantiate_group(cfg.callbacks, "callbacks"))
-    plain = compose_train(tmp_path)
+def test_experiment_presets(train_config, option: str) -> None:
+    cfg = train_config(f"experiment={option}")
+    job = build(cfg)
+    assert job.trainer.max_epochs == cfg.trainer.max_epochs
+    plain = train_config()
     assert OmegaConf.to_container(cfg) != OmegaConf.to_container(plain)  # the preset changes something
 
 
-def test_fast_preset_is_small_and_short(tmp_path: Path) -> None:
-    cfg = compose_train(tmp_path, "experiment=fast")
+def test_fast_preset_is_small_and_short(train_config) -> None:
+    cfg = train_config("experiment=fast")
     assert cfg.model._target_ == "bc.models.small.SmallNet"
     assert cfg.trainer.limit_train_batches <= 50
 
 
-def test_presets_override_primary_keys(tmp_path: Path) -> None:
-    cfg = compose_train(tmp_path, "experiment=pilotnet_lake")
+def test_presets_override_primary_keys(train_config) -> None:
+    cfg = train_config("experiment=pilotnet_lake")
     assert cfg.experiment_name == "pilotnet_lake"  # _self_ first: presets win over train.yaml
     assert cfg.model._target_ == "bc.models.nvidia.PilotNet"
     assert cfg.scheduler._target_.endswith("ReduceLROnPlateau")

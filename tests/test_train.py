@@ -12,26 +12,32 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 
 from bc import tracking
 from bc.data.synthetic import write_recording
+from bc.errors import ConfigError
+from bc.models import build_model
 from bc.models.small import SmallNet
 from bc.module import SteeringModule
-from bc.train import ConfigError, train
+from bc.train import train
+from conftest import REPO, compose_config
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "train.py"
-CONF = ROOT / "conf"
+SCRIPT = REPO / "scripts" / "train.py"
 ROWS = 60
 BLOCK_ROWS = 10  # 60 rows -> 6 contiguous validation blocks, so a 20% split exists
 RUN_TIMEOUT_S = 300
 SETTLE_S = 1.0
 DB = "mlruns/mlflow.db"
 UI_HINT = "mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db"
+
+
+@pytest.fixture(autouse=True)
+def no_tracking_uri_leaks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's logger exports MLFLOW_TRACKING_URI; drop it after each test so the next one
+    trains into its own store."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +66,14 @@ def store(cwd: Path) -> tuple[str, MlflowClient]:
     return uri, MlflowClient(tracking_uri=uri)
 
 
+def assert_no_runs(cwd: Path) -> None:
+    """Nothing was started in the store under `cwd` (it may exist, empty: MLflow's client creates it)."""
+    if (cwd / DB).exists():
+        _, client = store(cwd)
+        experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+        assert client.search_runs(experiments) == []
+
+
 def runs_of(client: MlflowClient, experiment: str) -> list:
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"no MLflow experiment {experiment!r}"
@@ -75,11 +89,12 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
 
 def checkpoint_net(client: MlflowClient, uri: str, run_id: str, tmp: Path) -> torch.nn.Module:
     """The network of the run's logged best checkpoint, rebuilt from the run's config.yaml."""
-    (checkpoint,) = [path for path in artifact_paths(client, run_id, "checkpoints") if path.endswith(".ckpt")]
+    (checkpoint,) = [path for path in artifact_paths(client, run_id, "checkpoints")
+                     if path.endswith(".ckpt") and path != "checkpoints/last.ckpt"]
     local = download_artifacts(run_id=run_id, artifact_path=checkpoint, tracking_uri=uri, dst_path=str(tmp))
     config = yaml.safe_load(Path(download_artifacts(run_id=run_id, artifact_path="config.yaml",
                                                     tracking_uri=uri, dst_path=str(tmp))).read_text())
-    net = instantiate(config["model"])
+    net = build_model(config["model"])
     state = torch.load(local, map_location="cpu", weights_only=True)["state_dict"]
     net.load_state_dict({key.removeprefix("net."): value for key, value in state.items() if key.startswith("net.")})
     return net.eval()
@@ -100,7 +115,7 @@ def test_train_script_records_run_and_model(tmp_path: Path, recording: Path) -> 
     params = run.data.params
     assert params["model._target_"] == "bc.models.nvidia.PilotNet"
     assert params["optimizer.lr"] == "0.001" and params["data.batch_size"] == "32"
-    assert params["trainer.max_epochs"] == "1" and params["loss"] == "mse"
+    assert params["trainer.max_epochs"] == "1" and params["loss._target_"] == "torch.nn.MSELoss"
     assert int(params["data_stats.train_samples"]) > 0 and int(params["data_stats.val_samples"]) > 0
     assert {"train/loss", "val/loss", "val/mae", "val/loss_best"} <= set(run.data.metrics)
     val_history = [metric.value for metric in client.get_metric_history(run_id, "val/loss")]
@@ -108,7 +123,8 @@ def test_train_script_records_run_and_model(tmp_path: Path, recording: Path) -> 
 
     artifacts = artifact_paths(client, run_id)
     assert {"config.yaml", "model/weights.pt", "model/model.yaml", "model/model.ts", "logs/train.log",
-            "hydra/overrides.yaml"} <= artifacts
+            "hydra/overrides.yaml", "checkpoints/last.ckpt"} <= artifacts
+    assert run.data.tags["pid"].isdigit() and run.data.tags["host"]
     assert any(path.startswith("checkpoints/") and path.endswith(".ckpt") for path in artifacts)
     config_file = download_artifacts(run_id=run_id, artifact_path="config.yaml", tracking_uri=uri,
                                      dst_path=str(tmp_path / "config"))
@@ -123,13 +139,15 @@ def test_train_script_records_run_and_model(tmp_path: Path, recording: Path) -> 
     batch = torch.rand(4, *loaded.spec.input_shape, generator=torch.Generator().manual_seed(0)) * 255
     with torch.no_grad():
         expected = best(batch)
-    assert torch.allclose(loaded.predict(batch), expected, atol=1e-6)
-    fresh = instantiate(logged["model"]).eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded.net(batch), expected, atol=1e-6)
+    fresh = build_model(logged["model"]).eval()
     with torch.no_grad():
         assert not torch.allclose(fresh(batch), expected, atol=1e-4)  # trained weights, not a new init
     exported = tracking.load_exported(download_artifacts(run_id=run_id, artifact_path="model/model.ts",
                                                          tracking_uri=uri, dst_path=str(tmp_path / "ts")))
-    assert torch.allclose(exported.predict(batch), expected, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(exported.net(batch), expected, atol=1e-5)
 
 
 def test_multirun_sweep_is_one_run_per_job_in_one_experiment(tmp_path: Path, recording: Path) -> None:
@@ -174,7 +192,8 @@ def test_ctrl_c_leaves_a_killed_run_with_its_best_model(tmp_path: Path, recordin
             process.kill()
             process.communicate()
     assert process.returncode == 130, output[-3000:]
-    assert "marked KILLED" in output
+    assert "marked KILLED" in output and "train.py: interrupted" in output
+    assert "Traceback" not in output
     uri, client = store(tmp_path)
     (run,) = runs_of(client, "bc")
     assert run.info.status == "KILLED"
@@ -186,62 +205,104 @@ def test_ctrl_c_leaves_a_killed_run_with_its_best_model(tmp_path: Path, recordin
     batch = torch.full((1, *loaded.spec.input_shape), 100.0)
     best = checkpoint_net(client, uri, run.info.run_id, tmp_path / "ckpt")
     with torch.no_grad():
-        assert torch.allclose(loaded.predict(batch), best(batch), atol=1e-6)
+        assert torch.allclose(loaded.net(batch), best(batch), atol=1e-6)
 
 
-def test_bad_value_on_the_command_line_is_named(tmp_path: Path, recording: Path) -> None:
-    result = run_script(tmp_path, "optimizer.lr=-0.01", *data_overrides(recording, tmp_path / "cache"))
-    assert result.returncode != 0
-    assert "Config error: optimizer.lr: expected > 0, got -0.01" in result.stderr
+@pytest.mark.parametrize(("override", "message"), [
+    ("optimizer.lr=-0.01", "optimizer.lr: Invalid learning rate: -0.01"),
+    ("data.val_fraction=abc", "data.val_fraction: expected a finite number, got 'abc'"),
+])
+def test_bad_value_on_the_command_line_is_one_line(tmp_path: Path, recording: Path, override: str,
+                                                   message: str) -> None:
+    result = run_script(tmp_path, override, *data_overrides(recording, tmp_path / "cache"))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == f"train.py: error: {message}"
     assert "Traceback" not in result.stderr
     assert not (tmp_path / DB).exists()  # refused before any MLflow run was started
 
 
-def compose_train(tmp_path: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=[f"output_dir={tmp_path / 'out'}", *overrides])
-
-
-@pytest.mark.parametrize(("override", "field", "expected"), [
-    ("loss=l1", "loss", "one of ['mse', 'huber']"),
-    ("optimizer.lr=-1", "optimizer.lr", "> 0"),
-    ("optimizer.lr=fast", "optimizer.lr", "a number"),
-    ("data.batch_size=0", "data.batch_size", ">= 1"),
-    ("data.batch_size=2.5", "data.batch_size", "an integer"),
-    ("trainer.max_epochs=0", "trainer.max_epochs", ">= 1"),
-    ("optimizer=sgd optimizer.momentum=-0.9", "optimizer.momentum", ">= 0"),
-    ("loss=huber huber_delta=0", "huber_delta", "> 0"),
-    ("experiment_name=''", "experiment_name", "non-empty"),
-])
-def test_bad_config_values_are_refused_naming_the_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        override: str, field: str, expected: str) -> None:
-    monkeypatch.chdir(tmp_path)
-    cfg = compose_train(tmp_path, *override.split())
-    with pytest.raises(ConfigError, match="^" + field.replace(".", r"\.") + ": expected") as error:
-        train(cfg)
-    assert expected in str(error.value)
+def test_data_error_is_one_line_and_leaves_no_run(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-recording"
+    result = run_script(tmp_path, f"data.paths=[{missing}]")
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("train.py: error: ") and "no-such-recording" in line
     assert not (tmp_path / DB).exists()
 
 
+def compose_train(tmp_path: Path, recording: Path, *overrides: str):
+    return compose_config("train", [f"output_dir={tmp_path / 'out'}",
+                                    *data_overrides(recording, tmp_path / "cache"), *overrides])
+
+
+@pytest.mark.parametrize(("override", "field", "expected"), [
+    ("loss=huber loss.delta=0", "loss.delta", "non-positive values for delta"),
+    ("loss._target_=torch.nn.NoSuchLoss", "loss._target_", "torch.nn.NoSuchLoss"),
+    ("+loss.reduction=average", "loss.reduction", "average"),
+    ("optimizer.lr=-1", "optimizer.lr", "Invalid learning rate: -1"),
+    ("optimizer.lr=fast", "optimizer.lr", "expected a finite number, got 'fast'"),
+    ("optimizer=sgd optimizer.momentum=-0.9", "optimizer.momentum", "Invalid momentum value: -0.9"),
+    ("scheduler=cosine scheduler.T_max=0", "scheduler.T_max", "by zero"),
+    ("scheduler=step scheduler.step_size=0", "scheduler.step_size", "by zero"),
+    ("data.batch_size=0", "data.batch_size", "0"),
+    ("data.batch_size=2.5", "data.batch_size", "expected an integer, got 2.5"),
+    ("data.val_fraction=abc", "data.val_fraction", "expected a finite number, got 'abc'"),
+    ("trainer.max_epochs=-2", "trainer.max_epochs", "-2"),
+    ("trainer.max_epochs=abc", "trainer.max_epochs", "expected an integer, got 'abc'"),
+    ("+model.bogus=1", "model", "bogus"),
+    ("model._target_=bc.models.base.torch.nn.Linear", "model._target_", "not a registered model"),
+    ("callbacks.model_checkpoint.mode=sideways", "callbacks.model_checkpoint.mode", "sideways"),
+    ("seed=-1", "seed", "[0, 2**32)"),
+    ("experiment_name=''", "experiment_name", "non-empty"),
+])
+def test_bad_config_values_are_refused_naming_the_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        recording: Path, override: str, field: str,
+                                                        expected: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_train(tmp_path, recording, *override.split())
+    with pytest.raises(ConfigError) as error:
+        train(cfg)
+    message = str(error.value)
+    assert message.startswith(f"{field}: ") and expected in message and "\n" not in message
+    assert_no_runs(tmp_path)  # no MLflow run, not even a FAILED one
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_gpu_trainer_without_a_gpu_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gpu_trainer_without_a_gpu_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              recording: Path) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match=r"^trainer\.accelerator: 'gpu' needs a CUDA GPU.*use trainer=cpu"):
-        train(compose_train(tmp_path, "trainer=gpu"))
+    with pytest.raises(ConfigError, match=r"^trainer\.accelerator: .*gpu"):
+        train(compose_train(tmp_path, recording, "trainer=gpu"))
+    assert_no_runs(tmp_path)
 
 
-def test_failing_run_is_marked_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failing_run_is_marked_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recording: Path) -> None:
+    """A failure during training (here early stopping on a metric nobody logs) closes the run FAILED."""
     monkeypatch.chdir(tmp_path)
-    missing = tmp_path / "no-such-recording"
-    cfg = compose_train(tmp_path, "model=small", f"data.paths=[{missing}]", "data.num_workers=0",
-                        "experiment_name=failing")
-    with pytest.raises(Exception, match="no-such-recording"):
+    cfg = compose_train(tmp_path, recording, "model=small", "experiment_name=failing",
+                        "callbacks.early_stopping.monitor=val/nothing", "trainer.limit_train_batches=1")
+    with pytest.raises(RuntimeError, match="val/nothing"):
         train(cfg)
     _, client = store(tmp_path)
     (run,) = runs_of(client, "failing")
     assert run.info.status == "FAILED"
     assert "config.yaml" in artifact_paths(client, run.info.run_id)
     assert run.data.params["model._target_"] == "bc.models.small.SmallNet"
+
+
+def test_frame_size_of_another_simulator_is_stored_with_the_model(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """96x96 one-camera frames: model.yaml and the TorchScript export both say 96x96."""
+    monkeypatch.chdir(tmp_path)
+    small_frames = write_recording(tmp_path / "rec96", rows=ROWS, seed=1, frame_size=(96, 96), cameras=["center"])
+    cfg = compose_train(tmp_path, small_frames, "model=small", "data.cameras=[center]",
+                        "model.preprocess.crop_top=0", "model.preprocess.crop_bottom=12",
+                        "trainer.limit_train_batches=1", "trainer.limit_val_batches=1")
+    run_id = train(cfg)
+    loaded = tracking.load_model(run_id)
+    assert loaded.spec.frame_size == (96, 96)
+    exported = tracking.load_exported(next((tmp_path / "mlruns").rglob(tracking.TORCHSCRIPT_FILE)))
+    assert exported.spec.frame_size == (96, 96) and exported.spec == loaded.spec
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)` but the `self.trainer` reference")
@@ -251,13 +312,11 @@ def test_module_losses_and_target_shapes() -> None:
     y = torch.tensor([[0.5], [-0.5], [0.0], [0.25]])
     with torch.no_grad():
         error = net(x) - y
-    for loss, expected in (("mse", (error ** 2).mean()),
-                           ("huber", torch.nn.functional.huber_loss(net(x), y, delta=0.1))):
-        module = SteeringModule(net, optimizer=torch.optim.Adam, loss=loss, huber_delta=0.1)
+    for loss, expected in ((torch.nn.MSELoss(), (error ** 2).mean()),
+                           (torch.nn.HuberLoss(delta=0.1), torch.nn.functional.huber_loss(net(x), y, delta=0.1))):
+        module = SteeringModule(net, optimizer=torch.optim.Adam, loss=loss)
         with torch.no_grad():
             assert module.training_step((x, y), 0).item() == pytest.approx(expected.item(), rel=1e-5)
             assert module.training_step((x, y.squeeze(1)), 0).item() == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(ValueError, match=r"targets have shape \(4, 2\)"):
         module.training_step((x, torch.zeros(4, 2)), 0)
-    with pytest.raises(ValueError, match="loss: expected one of"):
-        SteeringModule(net, optimizer=torch.optim.Adam, loss="l1")
