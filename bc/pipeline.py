@@ -122,8 +122,8 @@ class Pipeline:
         data = seed_dir / "data" / self.track
         if data.exists():  # the recorder appends: never mix in a previous attempt's rows
             shutil.rmtree(data)
-        elapsed = run_step(f"seed {seed}: record {self.record_laps:g} laps of {self.track} with the "
-                           f"noisy expert", "simulate.py", [
+        elapsed = run_step(f"seed {seed}: record {self.record_laps:g} laps of {self.track} with "
+                           f"the noisy expert", "simulate.py", [
             "mode=record", f"track={self.track}", f"laps={self.record_laps}",
             f"speed_mph={self.speed_mph}", f"seed={seed}", f"out={data}",
             f"progress={str(not self.step_logs).lower()}", f"hydra.run.dir={seed_dir / 'record'}",

@@ -77,7 +77,8 @@ def test_sim_benchmark_runs_from_the_command_line(tmp_path):
     assert "camera frames rendered" in done.stdout and "3 rows in" in done.stdout
     bad = subprocess.run([sys.executable, BENCHMARK, "sim", "frames=0"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and bad.stderr == "benchmark.py: error: frames: expected >= 1, got 0\n"
+    assert bad.returncode == 2
+    assert bad.stderr == "benchmark.py: error: frames: expected >= 1, got 0\n"
 
 
 @pytest.mark.slow

@@ -33,7 +33,8 @@ def test_record_train_drive_evaluate(tmp_path, monkeypatch):
     assert len(rows) == 150
 
     cli("train.py", "model=small", f"data.paths=[{data}]", "trainer.max_epochs=1",
-        "experiment_name=e2e", "data.block_rows=15", f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=0",
+        "experiment_name=e2e", "data.block_rows=15", f"data.cache_dir={tmp_path / 'cache'}",
+        "data.num_workers=0",
         cwd=tmp_path)
 
     out = tmp_path / "eval"
@@ -45,7 +46,8 @@ def test_record_train_drive_evaluate(tmp_path, monkeypatch):
     assert metrics["steps"] == 200
     assert metrics["distance_m"] > 0
     assert metrics["sim_time_s"] == pytest.approx(200 * SAMPLE_PERIOD_S)
-    flags = np.genfromtxt(out / "lake" / "trajectory.csv", delimiter=",", names=True)["intervention"]
+    trajectory = np.genfromtxt(out / "lake" / "trajectory.csv", delimiter=",", names=True)
+    flags = trajectory["intervention"]
     assert metrics["interventions"] == int(flags.sum())
     expected = 100 * (1 - INTERVENTION_COST_S * metrics["interventions"] / metrics["sim_time_s"])
     assert metrics["autonomy"] == pytest.approx(max(0.0, expected))

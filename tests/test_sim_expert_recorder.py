@@ -24,7 +24,7 @@ from bc.sim.car import Car, CarState
 from bc.sim.expert import ActionNoise, Expert
 from bc.sim.recorder import Recorder, parse_stamp
 from bc.sim.track import load_track, shipped_tracks
-from bc.udacity import LOG_NAME, TOP_SPEED_MPH, camera_image_name
+from bc.udacity import CAMERAS, LOG_NAME, TOP_SPEED_MPH, camera_image_name
 
 NAME = re.compile(r"^(center|left|right)_\d{4}_\d{2}_\d{2}_\d{2}_\d{2}_\d{2}_\d{3}\.jpg$")
 
@@ -152,7 +152,7 @@ def test_appending_continues_after_a_later_clock(tmp_path):
     folder = tmp_path / "rec"
     (folder / "IMG").mkdir(parents=True)
     future = datetime.now() + timedelta(hours=1)
-    old = [str(folder / "IMG" / camera_image_name(cam, future)) for cam in ("center", "left", "right")]
+    old = [str(folder / "IMG" / camera_image_name(camera, future)) for camera in CAMERAS]
     (folder / LOG_NAME).write_text(",".join(old + ["0", "0", "0", "0"]))  # no final newline either
     log = Recorder(max_rows=5, seed=0, progress=False).record(load_track("lake"), folder)
     rows = _rows(log)
@@ -175,7 +175,8 @@ def test_labels_are_the_clean_action_not_the_executed_one(tmp_path):
 def test_killed_recording_leaves_a_valid_log(tmp_path):
     folder = tmp_path / "killed"
     code = ("from bc.sim.recorder import Recorder; from bc.sim.track import load_track; "
-            f"Recorder(max_rows=100000, progress=False).record(load_track('lake'), {str(folder)!r})")
+            f"Recorder(max_rows=100000, progress=False).record(load_track('lake'), "
+            f"{str(folder)!r})")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path)
     log = folder / LOG_NAME
     deadline = time.monotonic() + 60

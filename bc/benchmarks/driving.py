@@ -137,8 +137,9 @@ class DrivingBenchmark(Pipeline):
                 mean = row["autonomy"][0]
                 verdict = "met" if mean >= UNSEEN_AUTONOMY_TARGET else (
                     f"MISSED by {UNSEEN_AUTONOMY_TARGET - mean:.1f} points")
+                worst = min(row["per_seed"]["autonomy"])
                 out.append(f"target {title}: >= {UNSEEN_AUTONOMY_TARGET:g} % autonomy: {verdict} "
-                           f"(mean {mean:.1f} %, worst seed {min(row['per_seed']['autonomy']):.1f} %)")
+                           f"(mean {mean:.1f} %, worst seed {worst:.1f} %)")
         return out
 
     def format_markdown(self, summary: Mapping[str, Any], wall_s: float) -> str:

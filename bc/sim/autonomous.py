@@ -171,7 +171,8 @@ class UnityClient:
         except websocket.WebSocketBadStatusException as error:
             raise AutonomousError(
                 f"drive server at {self.url} refused the websocket ({error}); a server on "
-                f"python-engineio != 3.13.2 answers 400 to the Unity client (PROTOCOL.md section 3)"
+                f"python-engineio != 3.13.2 answers 400 to the Unity client "
+                f"(docs/PROTOCOL.md section 3)"
             ) from None
         except (OSError, websocket.WebSocketException) as error:
             raise AutonomousError(
@@ -531,7 +532,7 @@ class AutonomousDrive:
             done = False
             while not done:
                 if message is None:  # a new state to show the server
-                    rgb = renderer.render(state, camera="center")
+                    rgb = renderer.render(state)  # the center camera, as Unity sends
                     if frames_callback is not None:
                         frames_callback(frames, rgb, state)
                     if writer is not None:

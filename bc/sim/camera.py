@@ -44,6 +44,8 @@ HOOD_TOP_ROW = 145  # top of the bonnet at the image centre; the default crop re
 HOOD_CURVE_PX = 9.0  # the bonnet's edge drops this much towards the image sides
 HOOD_SHIFT_PX = 70  # side cameras see the bonnet shifted towards the car's centre
 INNER_BAND_FRACTION = 0.9  # on the inside of a bend paint at most this fraction of its radius
+CENTER, LEFT, RIGHT = CAMERAS
+MOUNT_SIDE = {CENTER: 0.0, LEFT: 1.0, RIGHT: -1.0}  # side cameras: left (+) / right (-) of centre
 
 
 @dataclass
@@ -342,9 +344,9 @@ class Renderer:
 
     def _build_camera(self, camera: str) -> dict:
         """Row bands, constant pixels (bonnet, haze) and mount offset of one camera."""
-        side = {"center": 0.0, "left": 1.0, "right": -1.0}[camera]
+        side = MOUNT_SIDE[camera]
         lateral = side * self.lateral_offset
-        shift = {"center": 0, "left": HOOD_SHIFT_PX, "right": -HOOD_SHIFT_PX}[camera]
+        shift = int(side) * HOOD_SHIFT_PX
         cols = np.arange(FRAME_WIDTH)[None, :]
         rows = np.arange(FRAME_HEIGHT)[:, None]
         across = (cols - FRAME_WIDTH / 2 - shift) / (FRAME_WIDTH / 2)
@@ -395,7 +397,7 @@ class Renderer:
         }
 
     # ------------------------------------------------------------------ render
-    def camera_pose(self, state: CarState, camera: str = "center") -> tuple[float, float, float]:
+    def camera_pose(self, state: CarState, camera: str = CENTER) -> tuple[float, float, float]:
         """World (x, y, yaw) of a camera mounted on the car."""
         cam = self._cameras[camera]
         c, s = math.cos(state.yaw), math.sin(state.yaw)
@@ -403,7 +405,7 @@ class Renderer:
         y = state.y + s * self.forward_offset + c * cam["lateral"]
         return x, y, state.yaw
 
-    def render(self, state: CarState, camera: str = "center") -> np.ndarray:
+    def render(self, state: CarState, camera: str = CENTER) -> np.ndarray:
         """One 160x320x3 uint8 RGB frame of `camera` for the car `state`."""
         if camera not in self._cameras:
             raise ValueError(f"camera: expected one of {CAMERAS}, got {camera!r}")
