@@ -292,6 +292,37 @@ def test_bad_settings_are_config_errors_naming_the_field(overrides, message, tmp
         datamodule(["somewhere"], tmp_path, **overrides)
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "augmentation.flip_prob=abc",
+            "augmentation.flip_prob: expected a number in [0, 1], got 'abc'",
+        ),
+        (
+            "augmentation.flip_prob=1.5",
+            "augmentation.flip_prob: expected a number in [0, 1], got 1.5",
+        ),
+        (
+            "augmentation.shift_px=-3",
+            "augmentation.shift_px: expected a number of pixels >= 0, got -3",
+        ),
+        # A shift as wide as the model input (small: 100 columns) would fail mid-epoch.
+        (
+            "augmentation.shift_px=100",
+            "augmentation.shift_px: expected fewer pixels than the model"
+            " input is wide (100), got 100",
+        ),
+    ],
+)
+def test_bad_augmentation_settings_are_config_errors(override, message, compose, tmp_path):
+    cfg = compose("train", ["model=small", override, f"data.paths=[{tmp_path}]"])
+    with pytest.raises(Exception) as info:
+        instantiate(cfg.data, augmentation=instantiate(cfg.augmentation))
+    found = bc_error_in(info.value)
+    assert isinstance(found, ConfigError) and str(found) == message
+
+
 @pytest.mark.parametrize("paths", [[], [None], {"lap": "data/lap"}])
 def test_paths_must_be_a_list_of_folders(paths):
     with pytest.raises(ConfigError, match="data.paths: expected a list of recording folders"):

@@ -20,6 +20,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
 
+from bc.data.settings import integer, number, optional, setting  # noqa: E402
+from bc.errors import ConfigError  # noqa: E402
+
 
 def _process_seed(seed: int | None) -> int:
     """Fresh seed material per process: DataLoader workers must not share random streams."""
@@ -54,22 +57,24 @@ class SteeringAugment:
         steering_per_px: float = 0.0,
         seed: int | None = None,
     ) -> None:
-        if not 0.0 <= float(flip_prob) <= 1.0:
-            raise ValueError(
-                f"augmentation.flip_prob: expected a probability in [0, 1], got {flip_prob}"
-            )
-        if float(shift_px) < 0:
-            raise ValueError(f"augmentation.shift_px: expected >= 0 pixels, got {shift_px}")
         if photometric is not None and not callable(photometric):
-            raise TypeError(
+            raise ConfigError(
                 "augmentation.photometric: expected an albumentations transform (e.g."
                 f" albumentations.Compose), got {type(photometric).__name__}"
             )
         self.photometric = photometric
-        self.flip_prob = float(flip_prob)
-        self.shift_px = float(shift_px)
-        self.steering_per_px = float(steering_per_px)
-        self.seed = seed
+        self.flip_prob = setting(
+            "augmentation.flip_prob", flip_prob, number, lambda v: 0 <= v <= 1, "a number in [0, 1]"
+        )
+        self.shift_px = setting(
+            "augmentation.shift_px", shift_px, number, lambda v: v >= 0, "a number of pixels >= 0"
+        )
+        self.steering_per_px = setting(
+            "augmentation.steering_per_px", steering_per_px, number, lambda v: True, "a number"
+        )
+        self.seed = setting(
+            "augmentation.seed", seed, optional(integer), lambda v: True, "an integer (or null)"
+        )
         self._rng: np.random.Generator | None = None
         self._pid: int | None = None
 

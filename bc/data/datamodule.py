@@ -11,10 +11,9 @@ is never balanced, so it measures the driving distribution as recorded.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -34,6 +33,7 @@ from bc.data.log import (
     read_driving_logs,
     summarize,
 )
+from bc.data.settings import flag, integer, number, optional, setting
 from bc.data.split import SPLITS, block_rows_for, split_rows
 from bc.errors import ConfigError
 from bc.preprocess import Preprocess
@@ -72,43 +72,6 @@ def as_spec(preprocess: Preprocess | Mapping[str, Any]) -> Preprocess:
             f" Preprocess, got {preprocess!r}"
         )
     return Preprocess.from_dict(preprocess)
-
-
-def _setting(
-    field: str, value: Any, convert: Callable[[Any], Any], ok: Callable[[Any], bool], expected: str
-) -> Any:
-    """`convert(value)` if it passes `ok`, else a `ConfigError` naming `data.<field>`."""
-    try:
-        converted = convert(value)
-        good = ok(converted)
-    except (TypeError, ValueError, OverflowError):
-        good = False
-    if not good:
-        raise ConfigError(f"data.{field}: expected {expected}, got {value!r}")
-    return converted
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool):  # float(True) is 1.0, but `true` is not a number
-        raise TypeError(value)
-    return float(value)
-
-
-def _integer(value: Any) -> int:
-    number = _number(value)
-    if not number.is_integer():
-        raise ValueError(value)
-    return int(number)
-
-
-def _flag_setting(field: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"data.{field}: expected true or false, got {value!r}")
-    return value
-
-
-def _optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    return lambda value: None if value is None else convert(value)
 
 
 class DrivingDataModule(pl.LightningDataModule):
@@ -157,28 +120,36 @@ class DrivingDataModule(pl.LightningDataModule):
                 "augmentation: expected a SteeringAugment (choose one with augmentation=...), got"
                 f" {type(augmentation).__name__}"
             )
+        shift = getattr(augmentation, "shift_px", 0)
+        if shift >= self.spec.width:
+            raise ConfigError(
+                f"augmentation.shift_px: expected fewer pixels than the model input is wide"
+                f" ({self.spec.width}), got {shift:g}"
+            )
         self.augmentation = augmentation
-        self.batch_size = _setting(
-            "batch_size", batch_size, _integer, lambda v: v >= 1, "an integer >= 1"
+        self.batch_size = setting(
+            "data.batch_size", batch_size, integer, lambda v: v >= 1, "an integer >= 1"
         )
-        self.num_workers = _setting(
-            "num_workers", num_workers, _integer, lambda v: v >= 0, "an integer >= 0"
+        self.num_workers = setting(
+            "data.num_workers", num_workers, integer, lambda v: v >= 0, "an integer >= 0"
         )
-        self.val_fraction = _setting(
-            "val_fraction", val_fraction, _number, lambda v: 0 <= v < 1, "a number in [0, 1)"
+        self.val_fraction = setting(
+            "data.val_fraction", val_fraction, number, lambda v: 0 <= v < 1, "a number in [0, 1)"
         )
-        self.split = _setting("split", split, str, lambda v: v in SPLITS, f"one of {list(SPLITS)}")
-        block_seconds = _setting(
-            "block_seconds",
+        self.split = setting(
+            "data.split", split, str, lambda v: v in SPLITS, f"one of {list(SPLITS)}"
+        )
+        block_seconds = setting(
+            "data.block_seconds",
             block_seconds,
-            _optional(_number),
-            lambda v: v is None or (math.isfinite(v) and v > 0),
+            optional(number),
+            lambda v: v is None or v > 0,
             "a number of seconds > 0 (or null with block_rows)",
         )
-        block_rows = _setting(
-            "block_rows",
+        block_rows = setting(
+            "data.block_rows",
             block_rows,
-            _optional(_integer),
+            optional(integer),
             lambda v: v is None or v >= 1,
             "an integer >= 1 (or null)",
         )
@@ -189,28 +160,36 @@ class DrivingDataModule(pl.LightningDataModule):
             )
         self.block_rows = block_rows_for(block_seconds, block_rows)
         cameras = _plain(cameras)
-        self.cameras = _setting(
-            "cameras",
+        self.cameras = setting(
+            "data.cameras",
             cameras,
             tuple,
             lambda v: v and len(set(v)) == len(v) and set(v) <= set(udacity.CAMERAS),
             f"distinct names from {list(udacity.CAMERAS)}",
         )
-        self.steering_correction = _setting(
-            "steering_correction", steering_correction, _number, math.isfinite, "a finite number"
+        self.steering_correction = setting(
+            "data.steering_correction",
+            steering_correction,
+            number,
+            lambda v: True,
+            "a finite number",
         )
         self.balance = self._check_balance(_plain(balance))
-        self.seed = _setting("seed", seed, _integer, lambda v: v >= 0, "an integer >= 0")
-        self.on_bad_row = _setting(
-            "on_bad_row", on_bad_row, str, lambda v: v in ON_BAD_ROW, f"one of {list(ON_BAD_ROW)}"
+        self.seed = setting("data.seed", seed, integer, lambda v: v >= 0, "an integer >= 0")
+        self.on_bad_row = setting(
+            "data.on_bad_row",
+            on_bad_row,
+            str,
+            lambda v: v in ON_BAD_ROW,
+            f"one of {list(ON_BAD_ROW)}",
         )
-        self.verify_images = _flag_setting("verify_images", verify_images)
-        self.cache = _setting(
-            "cache", cache, str, lambda v: v in CACHE_MODES, f"one of {list(CACHE_MODES)}"
+        self.verify_images = flag("data.verify_images", verify_images)
+        self.cache = setting(
+            "data.cache", cache, str, lambda v: v in CACHE_MODES, f"one of {list(CACHE_MODES)}"
         )
         self.cache_dir = None if cache_dir is None else str(cache_dir)
-        self.pin_memory = _flag_setting("pin_memory", pin_memory)
-        self.drop_last = _flag_setting("drop_last", drop_last)
+        self.pin_memory = flag("data.pin_memory", pin_memory)
+        self.drop_last = flag("data.drop_last", drop_last)
         self.table = None
         self.frames: FrameStore | None = None
         self.train_set: DrivingDataset | None = None
@@ -230,29 +209,29 @@ class DrivingDataModule(pl.LightningDataModule):
                 f"data.balance: unknown key(s) {unknown}; expected some of {list(BALANCE_KEYS)}"
             )
         return {
-            "enabled": _flag_setting("balance.enabled", balance["enabled"]),
-            "bins": _setting(
-                "balance.bins", balance["bins"], _integer, lambda v: v >= 1, "an integer >= 1"
+            "enabled": flag("data.balance.enabled", balance["enabled"]),
+            "bins": setting(
+                "data.balance.bins", balance["bins"], integer, lambda v: v >= 1, "an integer >= 1"
             ),
-            "max_per_bin": _setting(
-                "balance.max_per_bin",
+            "max_per_bin": setting(
+                "data.balance.max_per_bin",
                 balance["max_per_bin"],
-                _number,
-                lambda v: math.isfinite(v) and v > 0,
+                number,
+                lambda v: v > 0,
                 "a number > 0",
             ),
-            "cap": _setting(
-                "balance.cap",
+            "cap": setting(
+                "data.balance.cap",
                 balance["cap"],
-                _optional(_integer),
+                optional(integer),
                 lambda v: v is None or v >= 1,
                 "an integer >= 1 (or null)",
             ),
-            "zero_threshold": _setting(
-                "balance.zero_threshold",
+            "zero_threshold": setting(
+                "data.balance.zero_threshold",
                 balance["zero_threshold"],
-                _optional(_number),
-                lambda v: v is None or (math.isfinite(v) and v >= 0),
+                optional(number),
+                lambda v: v is None or v >= 0,
                 "a number >= 0 (or null)",
             ),
         }

@@ -145,7 +145,7 @@ def write_recording(
         start = sum(
             1
             for line in csv_path.read_text().splitlines()
-            if line.strip() and not line.startswith("center")
+            if line.strip() and not line.startswith(udacity.LOG_COLUMNS[0])
         )
     rng = np.random.default_rng([seed, start])
     steering = steering_sequence(rows, seed, start)
