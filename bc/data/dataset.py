@@ -40,7 +40,6 @@ CACHE_MODES = ("disk", "none")
 CACHE_VERSION = 1  # bump when the cached bytes change meaning
 _PAGE = 4096  # frames start page-aligned after the fill flags
 _FILLED = 1
-_FILL_CHUNK = 256  # slots handed to the decoding threads at a time
 
 
 def default_cache_dir() -> Path:
@@ -170,9 +169,8 @@ class FrameCache:
                 frames[index] = frame
                 flags[index] = _FILLED
 
-        with ThreadPoolExecutor(max(1, threads)) as pool:
-            for start in range(0, len(indices), _FILL_CHUNK):
-                list(pool.map(fill_one, indices[start : start + _FILL_CHUNK].tolist()))
+        with ThreadPoolExecutor(max(1, threads)) as pool:  # decoding releases the GIL
+            list(pool.map(fill_one, indices.tolist()))
         self.decodes += len(indices)
         return problems
 
