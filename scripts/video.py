@@ -13,7 +13,10 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-EXIT_USAGE = 2
+from bc.cli import run
+from bc.errors import ConfigError
+
+USAGE = "python scripts/video.py <folder> [fps=60] [overlay=true] [output=<file>.mp4]"
 
 
 def quote_override(value: str) -> str:
@@ -29,20 +32,18 @@ def positional_to_override(argv: list[str]) -> list[str]:
     return argv
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="video")
-def main(cfg: DictConfig) -> None:
-    from bc.drive.video import VideoError, make_video
+def make(cfg: DictConfig) -> None:
+    from bc.drive.video import make_video
 
     if OmegaConf.is_missing(cfg, "folder"):
-        print("video.py: error: no folder; usage: python scripts/video.py <folder> [fps=60] "
-              "[overlay=true]", file=sys.stderr, flush=True)
-        sys.exit(EXIT_USAGE)
-    try:
-        output = make_video(str(cfg.folder), float(cfg.fps), cfg.output, bool(cfg.overlay))
-    except (VideoError, OSError) as error:
-        print(f"video.py: error: {error}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_USAGE)
+        raise ConfigError(f"folder: missing; usage: {USAGE}")
+    output = make_video(str(cfg.folder), cfg.fps, cfg.output, cfg.overlay)
     print(f"wrote {output}", flush=True)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="video")
+def main(cfg: DictConfig) -> None:
+    run("video.py", lambda: make(cfg))
 
 
 if __name__ == "__main__":

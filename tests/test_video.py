@@ -10,8 +10,9 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 
-from bc.drive.recorder import FrameRecorder
+from bc.drive.frames import FrameRecorder
 from bc.drive.video import VideoError, make_video
+from bc.images import ImageError
 from unity_client import make_jpeg
 
 VIDEO_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "video.py"
@@ -21,11 +22,11 @@ FRAMES = 12
 @pytest.fixture
 def run_folder(tmp_path) -> Path:
     """A folder as ``drive.py image_folder=...`` leaves it: frames + drive_log.csv."""
-    recorder = FrameRecorder(tmp_path / "my run")  # a space: the positional argument is quoted
-    for index in range(FRAMES):
-        steering = (index - FRAMES / 2) / FRAMES
-        recorder.record(make_jpeg(index), steering=steering, throttle=0.3, speed=9.0)
-    recorder.close()
+    # A space in the name: the positional argument is quoted.
+    with FrameRecorder(tmp_path / "my run", overwrite=False) as recorder:
+        for index in range(FRAMES):
+            steering = (index - FRAMES / 2) / FRAMES
+            recorder.record(make_jpeg(index), steering=steering, throttle=0.3, speed=9.0)
     return tmp_path / "my run"
 
 
@@ -61,11 +62,19 @@ def test_video_script_accepts_folder_override_and_reports_errors(tmp_path):
     empty.mkdir()
     result = subprocess.run([sys.executable, str(VIDEO_SCRIPT), f"folder={empty}"],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert result.returncode == 2 and "has no .jpg frames" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 2 and result.stderr.strip() == f"video.py: error: {empty} has no .jpg frames"
+    no_folder = subprocess.run([sys.executable, str(VIDEO_SCRIPT)], capture_output=True,
+                               text=True, timeout=120, cwd=tmp_path)
+    assert no_folder.returncode == 2
+    assert no_folder.stderr.startswith("video.py: error: folder: missing; usage:")
+    (empty / "a.jpg").write_bytes(make_jpeg(0))
     with pytest.raises(VideoError, match="overlay=true needs"):
-        (empty / "a.jpg").write_bytes(make_jpeg(0))
-        make_video(empty, overlay=True)
+        make_video(empty, fps=10, overlay=True)
+    (empty / "b.jpg").write_bytes(make_jpeg(0)[:-300])  # a cut-off frame names its file
+    with pytest.raises(ImageError, match="b.jpg.*truncated"):
+        make_video(empty, fps=10, output=tmp_path / "cut.mp4")
+    with pytest.raises(VideoError, match="fps: expected a number > 0"):
+        make_video(empty, fps=0)
 
 
 def test_positional_folder_is_rewritten_to_a_quoted_override():

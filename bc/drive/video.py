@@ -1,8 +1,8 @@
 """An mp4 of a saved inference run (``image_folder`` of the drive server), optionally with the
 predicted steering drawn on each frame.
 
-Frames come in the order of ``drive_log.csv`` when the folder has one (the recorder writes it),
-else in file-name order (the names are UTC timestamps). Written with imageio's ffmpeg plugin
+Frames come in the order of ``drive_log.csv`` when the folder has one (`bc.drive.frames`
+writes it), else in file-name order (the names are UTC timestamps). Written with imageio's ffmpeg plugin
 (imageio-ffmpeg ships its own ffmpeg binary; H.264, yuv420p: plays everywhere).
 """
 
@@ -15,12 +15,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bc.drive.frames import CSV_COLUMNS, CSV_NAME, FRAME_SUFFIX
 from bc.errors import BcError
-from bc.drive.recorder import CSV_COLUMNS, CSV_NAME, FRAME_SUFFIX
+from bc.images import read_rgb
 
 LOG = logging.getLogger(__name__)
 
-DEFAULT_FPS = 60.0  # the reference video.py's default
 BAR_HEIGHT = 8
 BAR_MARGIN = 6
 TEXT_SCALE = 0.45
@@ -67,14 +67,6 @@ def frame_list(folder: Path) -> list[tuple[Path, dict[str, str] | None]]:
     return [(path, None) for path in images]
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """An image file as RGB uint8 (errors name the file)."""
-    bgr = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise VideoError(f"{path}: not a readable image")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def draw_overlay(rgb: np.ndarray, row: dict[str, str]) -> np.ndarray:
     """Steering / throttle / speed text and a steering bar (centre = straight, full width =
     full lock) on a copy of ``rgb``."""
@@ -100,29 +92,32 @@ def draw_overlay(rgb: np.ndarray, row: dict[str, str]) -> np.ndarray:
     return out
 
 
-def make_video(folder: Path | str, fps: float = DEFAULT_FPS, output: Path | str | None = None,
+def make_video(folder: Path | str, fps: float, output: Path | str | None = None,
                overlay: bool = False) -> Path:
     """Write the frames of ``folder`` to ``output`` (default ``<folder>.mp4``); returns it."""
     import imageio.v2 as imageio
 
     folder = Path(folder)
-    if fps <= 0:
-        raise VideoError(f"fps: expected > 0, got {fps}")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < float("inf"):
+        raise VideoError(f"fps: expected a number > 0, got {fps!r}")
     frames = frame_list(folder)
     if overlay and frames[0][1] is None:
         raise VideoError(
             f"overlay=true needs {folder / CSV_NAME} (written by drive.py image_folder=...)")
     output = Path(output) if output else folder.parent / f"{folder.resolve().name}.mp4"
     first_shape = None
-    with imageio.get_writer(str(output), format="FFMPEG", mode="I", fps=fps, codec="libx264",
-                            pixelformat="yuv420p", macro_block_size=16) as writer:
-        for path, row in frames:
-            rgb = read_rgb(path)
-            if first_shape is None:
-                first_shape = rgb.shape
-            elif rgb.shape != first_shape:
-                raise VideoError(f"{path}: size {rgb.shape[1]}x{rgb.shape[0]} differs from the "
-                                 f"first frame's {first_shape[1]}x{first_shape[0]}")
-            writer.append_data(draw_overlay(rgb, row) if overlay else rgb)
+    try:
+        with imageio.get_writer(str(output), format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                pixelformat="yuv420p", macro_block_size=16) as writer:
+            for path, row in frames:
+                rgb = read_rgb(path)
+                if first_shape is None:
+                    first_shape = rgb.shape
+                elif rgb.shape != first_shape:
+                    raise VideoError(f"{path}: size {rgb.shape[1]}x{rgb.shape[0]} differs from "
+                                     f"the first frame's {first_shape[1]}x{first_shape[0]}")
+                writer.append_data(draw_overlay(rgb, row) if overlay else rgb)
+    except OSError as error:
+        raise VideoError(f"cannot write {output}: {error.strerror or error}") from None
     LOG.debug("wrote %d frames at %g fps to %s", len(frames), fps, output)
     return output
