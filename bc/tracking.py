@@ -71,12 +71,6 @@ class LoadedModel:
     spec: Preprocess
     source: str
 
-    def predict(self, batch: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        with torch.inference_mode():
-            return self.net(batch)
-
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """The tracking URI to use: the argument, else ``MLFLOW_TRACKING_URI``, else the embedded

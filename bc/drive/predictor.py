@@ -1,43 +1,42 @@
 """From the simulator's base64 JPEG to a steering value, exactly as in training.
 
-One base64 decode, one JPEG decode (the simulator encodes **RGB** frames; OpenCV decodes to
-BGR, so we convert back), one ``bc.preprocess.preprocess`` pass with the spec stored with
-the model, one forward under ``torch.inference_mode``. Every way a frame can be bad raises
-``BadFrame`` with a one-line reason, so the server can answer and carry on.
+One base64 decode, one JPEG decode (`bc.images`, RGB), the model's own `Preprocess` (the
+object it was trained with, which also knows the camera frame size it was trained on), one
+forward pass under ``torch.inference_mode``. Every way a frame can be bad raises a `BcError`
+with a one-line reason (`BadFrame`, `bc.images.ImageError`, `bc.preprocess.FrameSizeError`),
+so the server can answer and carry on.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 import torch
 
-from bc.errors import BcError
-from bc.preprocess import to_tensor
+from bc import images
+from bc.errors import BcError, ConfigError
+from bc.preprocess import FrameSizeError, to_tensor
 
 if TYPE_CHECKING:  # pragma: no cover
     from bc.tracking import LoadedModel
 
-FRAME_WIDTH = 320
-FRAME_HEIGHT = 160
-JPEG_SOI = b"\xff\xd8"
-JPEG_EOI = b"\xff\xd9"
-# Encoders may pad after the end-of-image marker; look for it in this many trailing bytes.
-JPEG_EOI_SEARCH = 32
+LOG = logging.getLogger("bc.drive")
+
 # Batch-1 inference of these small nets gains ~25 % from a second intra-op thread, but when
 # the cores are shared (the simulator renders on the same machine) a thread that is not
 # scheduled stalls every forward pass at the OpenMP barrier: p99 went from ~5 ms to ~130 ms
 # on a busy 2-core machine. So one thread unless the machine has cores to spare.
 CORES_PER_EXTRA_THREAD = 8
-WARMUP_CALLS = 3
 MAX_DEFAULT_THREADS = 2
+WARMUP_CALLS = 3
 
 
 class BadFrame(BcError, ValueError):
@@ -54,6 +53,21 @@ def default_num_threads() -> int:
     return 1 if cores < CORES_PER_EXTRA_THREAD else MAX_DEFAULT_THREADS
 
 
+def configure_torch(num_threads: int | None) -> int:
+    """Set torch's thread counts for single-frame inference (``None``: the default above);
+    returns the intra-op count."""
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
+                                    or num_threads < 1):
+        raise ConfigError(f"num_threads: expected an integer >= 1 or null, got {num_threads!r}")
+    threads = num_threads or default_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set (or inter-op work already started) in this process
+        pass
+    return threads
+
+
 def decode_base64(text: object) -> bytes:
     """The bytes of a strict (standard alphabet, no whitespace) base64 string."""
     if not isinstance(text, str):
@@ -64,31 +78,11 @@ def decode_base64(text: object) -> bytes:
         raise BadFrame(f"image: not valid base64 ({error})") from None
 
 
-def decode_jpeg(data: bytes, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT) -> np.ndarray:
-    """A complete ``width`` x ``height`` JPEG to an RGB uint8 array.
-
-    libjpeg "decodes" a truncated file by filling the rest with grey and only prints a
-    warning, so completeness is checked from the markers before decoding.
-    """
-    if not data.startswith(JPEG_SOI):
-        raise BadFrame(f"image: not a JPEG (starts with {data[:4]!r}, expected {JPEG_SOI!r})")
-    if JPEG_EOI not in data[-JPEG_EOI_SEARCH:]:
-        raise BadFrame(f"image: truncated JPEG ({len(data)} bytes, no end-of-image marker)")
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise BadFrame(f"image: corrupt JPEG ({len(data)} bytes could not be decoded)")
-    if bgr.shape[:2] != (height, width):
-        raise BadFrame(f"image: expected {width}x{height}, got {bgr.shape[1]}x{bgr.shape[0]}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 @dataclass
 class Predictor:
-    """A loaded model and its preprocessing, turning simulator frames into steering."""
+    """A loaded model turning camera frames of its own frame size into steering."""
 
     model: "LoadedModel"
-    frame_width: int = FRAME_WIDTH
-    frame_height: int = FRAME_HEIGHT
 
     def __post_init__(self) -> None:
         self.model.net.eval()
@@ -97,50 +91,74 @@ class Predictor:
     def source(self) -> str:
         return self.model.source
 
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) of the camera frames the model was trained on."""
+        return self.model.spec.frame_size
+
+    def decode(self, jpeg: bytes) -> np.ndarray:
+        """A JPEG frame to RGB. A header declaring any other size than the model's frame size
+        is refused before decoding (a 766 KB JPEG can declare 14000 x 14000 pixels)."""
+        problem = images.jpeg_problem(jpeg)
+        if problem:
+            raise BadFrame(f"image: {problem}")
+        width, height = self.frame_size
+        got_width, got_height = images.jpeg_size(jpeg)
+        if (got_width, got_height) != (width, height):
+            raise FrameSizeError(f"image: this model expects {width}x{height} frames, got "
+                                 f"{got_width}x{got_height}")
+        return images.decode_jpeg(jpeg, max_pixels=width * height)
+
+    def model_input(self, rgb: np.ndarray) -> torch.Tensor:
+        """The exact 1 x C x H x W float tensor the net receives for one RGB frame."""
+        self.model.spec.check_frame(rgb)
+        return to_tensor(self.model.spec(rgb))
+
     def predict_rgb(self, rgb: np.ndarray) -> float:
         """Raw (unclamped) steering for one RGB frame; NaN/inf are reported as ``BadFrame``."""
-        batch = to_tensor(self.model.spec(rgb))
-        value = float(self.model.predict(batch).reshape(-1)[0])
+        with torch.inference_mode():
+            value = float(self.model.net(self.model_input(rgb)).reshape(-1)[0])
         if not math.isfinite(value):
             raise BadFrame(f"model output is {value} for this frame")
         return value
 
-    def predict_jpeg(self, data: bytes) -> tuple[float, np.ndarray]:
-        """Steering for a JPEG frame, with the decoded RGB frame."""
-        rgb = decode_jpeg(data, self.frame_width, self.frame_height)
-        return self.predict_rgb(rgb), rgb
+    def predict_jpeg(self, jpeg: bytes) -> float:
+        """Raw steering for one JPEG frame."""
+        return self.predict_rgb(self.decode(jpeg))
 
     def warm_up(self) -> None:
-        """A few forward passes, so the first real frames do not pay for lazy initialisation
-        (TorchScript's profiling executor optimises the graph on the second call)."""
-        blank = np.zeros((self.frame_height, self.frame_width, 3), np.uint8)
+        """A few forward passes on a blank frame of the model's size, so the first real frames
+        do not pay for lazy initialisation (TorchScript optimises the graph on the second call)."""
+        width, height = self.frame_size
+        blank = np.zeros((height, width, 3), np.uint8)
         for _ in range(WARMUP_CALLS):
             self.predict_rgb(blank)
 
 
-def configure_torch(num_threads: int | None = None) -> int:
-    """Set torch's thread counts for single-frame inference; returns the intra-op count."""
-    threads = int(num_threads) if num_threads else default_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set (or inter-op work already started) in this process
-        pass
-    return threads
-
-
-def load_model(run_id: str | None = None, model_path: str | None = None, experiment: str = "bc",
-               metric: str = "val/loss", mode: str = "min",
-               tracking_uri: str | None = None) -> "LoadedModel":
-    """The model to serve: an exported file (``model_path``, MLflow never imported), the run
-    ``run_id``, or with ``run_id="best"`` the best finished run of ``experiment``."""
+def choose_model(*, run_id: str | None, model_path: str | None, experiment_name: str,
+                 metric: str, mode: str, tracking_uri: str | None) -> "LoadedModel":
+    """The model to serve: an exported file (``model_path``; MLflow is never imported) or the
+    run ``run_id`` names (a run id, a run name, ``latest`` or ``best``; see `tracking.find_run`)."""
     from bc import tracking
 
-    if bool(run_id) == bool(model_path):
-        raise tracking.TrackingError(
-            "give exactly one of run_id=<MLflow run id>|best or model_path=<exported model.ts>"
-            f" (got run_id={run_id!r}, model_path={model_path!r})")
-    if model_path:
+    if (run_id is None) == (model_path is None):
+        raise ConfigError("give exactly one of run_id=<run id|run name|latest|best> or "
+                          f"model_path=<exported model.ts> (got run_id={run_id!r}, "
+                          f"model_path={model_path!r})")
+    if model_path is not None:
         return tracking.load_exported(model_path)
-    return tracking.load_model(tracking.find_run(str(run_id), experiment, metric, mode, tracking_uri),
-                               tracking_uri)
+    run = tracking.find_run(str(run_id), experiment_name, metric, mode, tracking_uri)
+    return tracking.load_model(run, tracking_uri)
+
+
+def serving_predictor(model: "LoadedModel", num_threads: int | None) -> Predictor:
+    """The predictor scripts/drive.py serves: torch threads set, forward passes warmed up."""
+    started = time.perf_counter()
+    threads = configure_torch(num_threads)
+    predictor = Predictor(model)
+    predictor.warm_up()
+    width, height = predictor.frame_size
+    LOG.info("loaded %s for %dx%d frames (preprocess %s), warmed up in %.2f s, %d torch thread(s)",
+             model.source, width, height, model.spec.to_dict(), time.perf_counter() - started,
+             threads)
+    return predictor
