@@ -21,18 +21,19 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import yaml
+from hydra.utils import instantiate
 
-from bc import tracking
+from bc import images, tracking
+from bc.cli import bc_error_in
 from bc.drive.launch import DRIVE_SCRIPT, drive_server
 from bc.preprocess import to_tensor
+from conftest import compose_config
 from unity_client import UnityClient, make_jpeg, telemetry
 
 with warnings.catch_warnings():  # socketio 4.6.1 imports eventlet, which announces its deprecation
     warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated", category=Warning)
     import socketio
 
-REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "drive-test"
 MAX_MESSAGE_BYTES = 100_000
 TRANSPORT_LIMIT = 4 * MAX_MESSAGE_BYTES  # bc.drive.server.TRANSPORT_LIMIT_FACTOR
@@ -44,7 +45,7 @@ COAST = "0.000000"
 
 def train_small_net(seed: int, target: float) -> tuple[torch.nn.Module, dict]:
     """A SmallNet (conf/model/small.yaml) after a few optimizer steps on random frames."""
-    config = yaml.safe_load((REPO / "conf/model/small.yaml").read_text())
+    config = compose_config("train", ["model=small"]).model
     torch.manual_seed(seed)
     net = tracking.build_model(config)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
@@ -60,23 +61,25 @@ def train_small_net(seed: int, target: float) -> tuple[torch.nn.Module, dict]:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """An MLflow sqlite store with two finished runs with models (B has the better val/loss),
-    a finished run without a model, and an empty experiment."""
+    """An MLflow sqlite store with a finished run without a model, then two finished runs with
+    models named "run-a" and "run-b" (B is the latest and has the better val/loss), and an
+    empty experiment."""
     root = tmp_path_factory.mktemp("drive-store")
     uri = f"sqlite:///{root}/mlruns/mlflow.db"
     experiment = tracking.get_or_create_experiment(EXPERIMENT, uri)
     tracking.get_or_create_experiment("empty", uri)
     client = tracking.client(uri)
     runs, nets = {}, {}
+    runs["no_model"] = client.create_run(experiment, run_name="no-model").info.run_id
+    client.set_terminated(runs["no_model"])
     for name, seed, target, val_loss in (("a", 0, 0.3, 0.5), ("b", 1, -0.2, 0.2)):
         net, config = train_small_net(seed, target)
-        run_id = client.create_run(experiment).info.run_id
+        time.sleep(0.01)  # distinct start times: "latest" is well defined
+        run_id = client.create_run(experiment, run_name=f"run-{name}").info.run_id
         client.log_metric(run_id, "val/loss", val_loss)
         tracking.log_model(run_id, net, config, uri)
         client.set_terminated(run_id)
         runs[name], nets[name] = run_id, net
-    runs["no_model"] = client.create_run(experiment).info.run_id
-    client.set_terminated(runs["no_model"])
     return {"root": root, "uri": uri, "runs": runs, "nets": nets}
 
 
@@ -94,9 +97,10 @@ def server_log(server) -> str:
     return server["log"].read_text(errors="replace")
 
 
-def decode_rgb(jpeg: bytes) -> np.ndarray:
-    bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+def expected_steering(net: torch.nn.Module, jpeg: bytes) -> float:
+    """What the trained module itself says for this frame."""
+    with torch.inference_mode():
+        return float(net(to_tensor(net.preprocess_spec(images.decode_jpeg(jpeg)))))
 
 
 def assert_valid_steer(reply) -> tuple[float, float]:
@@ -118,7 +122,7 @@ def test_socketio_and_engineio_pins_match_the_simulator():
 def test_unity_client_never_sends_40_and_gets_steer_for_every_telemetry(server, store):
     with UnityClient(server["port"]) as client:
         assert client.handshake["upgrades"] == []
-        assert client.connect_reply == ("steer", {"steering_angle": "0", "throttle": "0"})
+        assert client.connect_reply == ("steer", {"steering_angle": SAFE_STEER, "throttle": COAST})
         for seed, speed in enumerate((0.0, 4.5, 9.0, 12.0, 30.0)):
             assert_valid_steer(client.send_telemetry(telemetry(make_jpeg(seed), speed=speed)))
         assert client.send_telemetry({}) == ("manual", {})
@@ -138,7 +142,7 @@ def test_server_steers_exactly_like_the_trained_module(server, store):
         for seed in range(4):
             jpeg = make_jpeg(100 + seed)
             steering, _ = assert_valid_steer(client.send_telemetry(telemetry(jpeg)))
-            rgb = decode_rgb(jpeg)
+            rgb = images.decode_jpeg(jpeg)
             with torch.inference_mode():
                 expected = float(net(to_tensor(spec(rgb))))
                 swapped = float(net(to_tensor(spec(rgb[..., ::-1].copy()))))
@@ -176,7 +180,7 @@ def test_python_socketio_client_gets_steer_and_manual(server):
     client.on("manual", lambda data=None: replies.put(("manual", data)))
     client.connect(f"http://127.0.0.1:{server['port']}", transports=["websocket"])
     try:
-        assert replies.get(timeout=10) == ("steer", {"steering_angle": "0", "throttle": "0"})
+        assert replies.get(timeout=10) == ("steer", {"steering_angle": SAFE_STEER, "throttle": COAST})
         for seed in range(3):
             client.emit("telemetry", telemetry(make_jpeg(seed)))
             assert_valid_steer(replies.get(timeout=10))
@@ -199,13 +203,16 @@ def _png() -> bytes:
 
 
 GOOD = make_jpeg(7)
+_SCAN = GOOD.index(b"\xff\xda") + 40  # well inside the entropy-coded data
+CORRUPT = GOOD[:_SCAN] + bytes(len(GOOD) - _SCAN - 2) + b"\xff\xd9"  # header fine, body zeroed
 # name -> (raw text frame the client sends, expected throttle of the safe reply, log words)
 BAD_INPUTS = {
     "bad_base64": (_with_image("not*base64!"), BRAKE, "base64"),
     "truncated_jpeg": (_with_image(_b64(GOOD[: len(GOOD) // 2])), BRAKE, "truncated"),
     "not_a_jpeg": (_with_image(_b64(_png())), BRAKE, "not a JPEG"),
-    "corrupt_jpeg": (_with_image(_b64(b"\xff\xd8" + bytes(500) + b"\xff\xd9")), BRAKE, "corrupt"),
-    "wrong_size": (_with_image(_b64(make_jpeg(1, width=64, height=32))), BRAKE, "expected 320x160"),
+    "corrupt_jpeg": (_with_image(_b64(CORRUPT)), BRAKE, "corrupt"),
+    "wrong_size": (_with_image(_b64(make_jpeg(1, width=64, height=32))), BRAKE,
+                   "this model expects 320x160 frames, got 64x32"),
     "image_not_string": (_with_image(12345), BRAKE, "image"),
     "missing_image": ({"speed": "20.0", "throttle": "0.1"}, BRAKE, "image: missing"),
     "missing_speed": ({"image": _b64(GOOD)}, COAST, "speed: missing"),
@@ -238,6 +245,62 @@ def test_malformed_packet_is_answered_and_the_next_frame_steers(server):
     assert "not a valid Socket.IO packet" in server_log(server)
 
 
+def _good_packet() -> str:
+    return "42" + json.dumps(["telemetry", telemetry(GOOD)], separators=(",", ":"))
+
+
+# Websocket frames that are not a usable telemetry event; the Unity client waits in lockstep
+# for a reply to each message it sends, so each must get exactly one safe reply.
+JUNK_FRAMES = {
+    "unknown_event": '42["hello",{"speed":"20.0"}]',
+    "other_namespace": "42/other," + _good_packet()[2:],
+    "event_without_data": "42",
+    "empty_event_array": "42[]",
+    "event_name_not_a_string": "42[7,{}]",
+    "event_not_an_array": '42{"telemetry":{}}',
+    "ack_packet": '43["telemetry"]',
+    "error_packet": '44"oops"',
+    "unknown_socketio_packet_type": "49[]",
+    "empty_socketio_message": "4",
+    "binary_placeholder": '451-["telemetry",{"_placeholder":true,"num":0}]',
+    "empty_text_frame": "",
+    "unknown_engineio_packet": "7hello",
+    "engineio_open_from_the_client": "0{}",
+    "binary_frame": b"\x04junk",
+    "empty_binary_frame": b"",
+}
+
+
+@pytest.mark.parametrize("name", sorted(JUNK_FRAMES))
+def test_junk_gets_exactly_one_safe_reply_and_the_next_frame_steers(server, store, name):
+    frame = JUNK_FRAMES[name]
+    with UnityClient(server["port"]) as client:
+        if isinstance(frame, bytes):
+            client.ws.send_binary(frame)
+        else:
+            client.ws.send(frame)
+        assert client.wait_reply() == ("steer", {"steering_angle": SAFE_STEER, "throttle": COAST})
+        # A second reply to the junk would be taken for this frame's reply.
+        steering, _ = assert_valid_steer(client.send_telemetry(telemetry(GOOD)))
+        assert steering == pytest.approx(expected_steering(store["nets"]["a"], GOOD), abs=2e-6)
+
+
+def test_binary_placeholder_does_not_swallow_the_next_frame(server, store):
+    with UnityClient(server["port"]) as client:
+        client.send_text('451-["telemetry",{"_placeholder":true,"num":0}]')
+        client.send_text(_good_packet())  # python-socketio 4 took this for the attachment
+        assert client.wait_reply() == ("steer", {"steering_angle": SAFE_STEER, "throttle": COAST})
+        steering, _ = assert_valid_steer(client.wait_reply())
+    assert steering == pytest.approx(expected_steering(store["nets"]["a"], GOOD), abs=2e-6)
+    assert "binary Socket.IO packet" in server_log(server)
+
+
+def test_jpeg_with_trailing_bytes_is_served(server, store):
+    with UnityClient(server["port"]) as client:
+        steering, _ = assert_valid_steer(client.send_telemetry(telemetry(GOOD + bytes(64))))
+    assert steering == pytest.approx(expected_steering(store["nets"]["a"], GOOD), abs=2e-6)
+
+
 def test_frame_over_the_transport_limit_closes_only_that_connection(server):
     client = UnityClient(server["port"]).connect()
     try:
@@ -257,47 +320,50 @@ def _csv_rows(folder: Path) -> list[dict[str, str]]:
 
 def test_received_frames_are_saved_as_sent_with_a_csv(server, store):
     folder = store["root"] / "frames"
-    before = len(_csv_rows(folder))
     jpegs = [make_jpeg(200 + index) for index in range(5)]
     with UnityClient(server["port"]) as client:
         replies = [client.send_telemetry(telemetry(jpeg, speed=7.5)) for jpeg in jpegs]
-    deadline = time.monotonic() + 10
-    while len(rows := _csv_rows(folder)) < before + len(jpegs) and time.monotonic() < deadline:
+
+    def saved(row: dict[str, str]) -> bytes:
+        path = folder / row["image"]
+        return path.read_bytes() if path.is_file() else b""
+
+    deadline = time.monotonic() + 10  # files are written by a background thread
+    while time.monotonic() < deadline:
+        rows = _csv_rows(folder)
+        if len(rows) >= len(jpegs) and saved(rows[-1]) == jpegs[-1]:
+            break
         time.sleep(0.05)
-    new = rows[before:]
-    assert len(new) == len(jpegs)
+    new = rows[-len(jpegs):]
     for row, jpeg, (_, data) in zip(new, jpegs, replies):
         assert FRAME_NAME.match(row["image"]), row["image"]
-        assert (folder / row["image"]).read_bytes() == jpeg  # bytes as received, no re-encode
+        assert saved(row) == jpeg  # bytes as received, no re-encode
         assert row["steering"] == data["steering_angle"] and row["throttle"] == data["throttle"]
         assert float(row["speed"]) == 7.5
     assert len(list(folder.glob("*.jpg"))) == len(rows)  # bad frames are not saved
 
 
-@pytest.fixture(scope="module")
-def compose_drive():
-    """conf/drive.yaml with overrides, as scripts/drive.py would see it."""
-    from hydra import compose, initialize_config_dir
+def test_run_is_chosen_by_id_name_latest_or_best(store, compose):
+    def chosen(*overrides: str) -> str:
+        cfg = compose("drive", [f"experiment_name={EXPERIMENT}", f"tracking_uri={store['uri']}",
+                                *overrides])
+        return instantiate(cfg.predictor.model).source
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        yield lambda *overrides: compose("drive", overrides=list(overrides))
+    runs = store["runs"]
+    assert chosen(f"run_id={runs['a']}") == f"runs:/{runs['a']}/model"
+    assert chosen("run_id=run-a") == f"runs:/{runs['a']}/model"
+    assert chosen("run_id=latest") == f"runs:/{runs['b']}/model"
+    assert chosen("run_id=best", "metric=val/loss", "mode=min") == f"runs:/{runs['b']}/model"
+    assert chosen("run_id=best", "mode=max") == f"runs:/{runs['a']}/model"
 
 
-def test_run_id_best_picks_the_best_finished_run(store, compose_drive):
-    from bc.drive.predictor import Predictor
-    from bc.drive.server import load_from_config
-
-    cfg = compose_drive("run_id=best", f"experiment_name={EXPERIMENT}", "metric=val/loss",
-                        "mode=min", f"tracking_uri={store['uri']}")
-    loaded = load_from_config(cfg)
-    assert loaded.source == f"runs:/{store['runs']['b']}/model"
-    net = store["nets"]["b"]
-    with torch.inference_mode():
-        expected = float(net(to_tensor(net.preprocess_spec(decode_rgb(GOOD)))))
-    assert Predictor(loaded).predict_jpeg(GOOD)[0] == pytest.approx(expected, abs=1e-6)
-    worst = load_from_config(compose_drive("run_id=best", f"experiment_name={EXPERIMENT}",
-                                           "mode=max", f"tracking_uri={store['uri']}"))
-    assert worst.source == f"runs:/{store['runs']['a']}/model"
+def test_served_model_steers_like_the_chosen_run(store, compose):
+    cfg = compose("drive", ["run_id=best", f"experiment_name={EXPERIMENT}",
+                            f"tracking_uri={store['uri']}"])
+    predictor = instantiate(cfg.predictor)
+    assert predictor.frame_size == (320, 160)
+    assert predictor.predict_jpeg(GOOD) == pytest.approx(
+        expected_steering(store["nets"]["b"], GOOD), abs=1e-6)
 
 
 def _closed_port() -> int:
@@ -310,6 +376,15 @@ def _uri(store: dict) -> str:
     return f"tracking_uri={store['uri']}"
 
 
+def _copied_recording(root: Path) -> Path:
+    """A simulator recording (driving_log.csv + IMG/) copied into ``root``."""
+    folder = root / "recording"
+    (folder / "IMG").mkdir(parents=True, exist_ok=True)
+    (folder / "driving_log.csv").write_text("IMG/center_2016_12_01_13_30_48_287.jpg,,,0,0,0,0\n")
+    (folder / "IMG" / "center_2016_12_01_13_30_48_287.jpg").write_bytes(GOOD)
+    return folder
+
+
 # name -> (drive.py overrides for the module's store, expected words of the error)
 ERROR_CASES = {
     "unknown_run_id": (lambda s: [f"run_id={'0' * 31}f", _uri(s)], "no MLflow run"),
@@ -317,8 +392,10 @@ ERROR_CASES = {
                           "has no logged model"),
     "empty_experiment": (lambda s: ["run_id=best", "experiment_name=empty", _uri(s)],
                          "has no finished run"),
-    "missing_experiment": (lambda s: ["run_id=best", "experiment_name=nope", _uri(s)],
+    "missing_experiment": (lambda s: ["run_id=latest", "experiment_name=nope", _uri(s)],
                            "no MLflow experiment named 'nope'"),
+    "unknown_run_name": (lambda s: ["run_id=run-z", f"experiment_name={EXPERIMENT}", _uri(s)],
+                         "no finished run named 'run-z'"),
     "unreachable_server": (lambda s: ["run_id=best",
                                       f"tracking_uri=http://127.0.0.1:{_closed_port()}"],
                            "unreachable"),
@@ -330,8 +407,12 @@ ERROR_CASES = {
                          "not a TorchScript model exported by bc"),
     "non_empty_image_folder": (lambda s: [f"model_path={s['root'] / 'nope.ts'}",
                                           f"image_folder={s['root'] / 'mlruns'}"], "is not empty"),
+    "copied_recording_as_image_folder": (
+        lambda s: [f"model_path={s['root'] / 'nope.ts'}", "overwrite=true",
+                   f"image_folder={_copied_recording(s['root'])}"],
+        "holds IMG, driving_log.csv, which drive.py did not write"),
     "bad_port": (lambda s: ["port=http", f"model_path={s['root'] / 'nope.ts'}"],
-                 "port: expected an integer, got 'http'"),
+                 "port: expected an integer in 0..65535, got 'http'"),
     "bad_set_speed": (lambda s: ["set_speed=50", f"model_path={s['root'] / 'nope.ts'}"],
                       "set_speed: expected 0..30"),
 }
@@ -342,20 +423,21 @@ def _with_free_port(overrides: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("name", sorted(ERROR_CASES))
-def test_bad_model_choice_raises_a_clear_error(store, compose_drive, name):
-    from hydra.errors import InstantiationException
-
-    from bc.drive.recorder import FolderNotEmptyError
+def test_bad_settings_raise_a_one_line_bc_error_before_anything_is_deleted(store, compose, name):
     from bc.drive.server import run_from_config
 
     overrides, message = ERROR_CASES[name]
-    expected = (tracking.TrackingError, FolderNotEmptyError, ValueError, InstantiationException)
-    with pytest.raises(expected, match=re.escape(message)):
-        run_from_config(compose_drive(*_with_free_port(overrides(store))))
+    with pytest.raises(Exception) as raised:
+        run_from_config(compose("drive", _with_free_port(overrides(store))))
+    error = bc_error_in(raised.value)  # what scripts/drive.py prints as its one line
+    assert error is not None and message in str(error), raised.value
+    assert (store["root"] / "mlruns" / "mlflow.db").is_file()
+    assert sorted(p.name for p in _copied_recording(store["root"]).iterdir()) == [
+        "IMG", "driving_log.csv"]
 
 
-CLI_ERROR_CASES = ("unknown_run_id", "unreachable_server", "non_empty_image_folder",
-                   "bad_set_speed")
+CLI_ERROR_CASES = ("unknown_run_id", "unreachable_server", "copied_recording_as_image_folder",
+                   "bad_port", "bad_set_speed")
 
 
 @pytest.fixture(scope="module")
@@ -373,7 +455,7 @@ def cli_errors(store):
 
 
 @pytest.mark.parametrize("name", CLI_ERROR_CASES)
-def test_drive_script_errors_are_one_line_and_a_nonzero_exit(cli_errors, name):
+def test_drive_script_errors_are_one_line_and_exit_2(cli_errors, name):
     process, stdout, stderr = cli_errors[name]
     assert process.returncode == 2, (stdout, stderr)
     errors = [line for line in stderr.splitlines() if line.strip()]
@@ -384,19 +466,23 @@ def test_drive_script_errors_are_one_line_and_a_nonzero_exit(cli_errors, name):
 
 def test_drive_imports_neither_lightning_nor_albumentations_nor_mlflow_pytorch(store, tmp_path):
     exported = tmp_path / "model"
-    config = yaml.safe_load((REPO / "conf/model/small.yaml").read_text())
-    tracking.save_model(store["nets"]["a"], config, exported)
+    tracking.save_model(store["nets"]["a"], compose_config("train", ["model=small"]).model,
+                        exported)
     code = f"""
 import json, runpy, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
 runpy.run_path({str(DRIVE_SCRIPT)!r}, run_name="drive")
 import bc.drive.server
-from bc.drive.predictor import load_model
+from hydra.utils import instantiate
+from conftest import compose_config
 heavy = ("lightning", "pytorch_lightning", "albumentations", "mlflow.pytorch")
 def loaded(names):
     return sorted(m for m in sys.modules if any(m == n or m.startswith(n + ".") for n in names))
-load_model(model_path={str(exported / 'model.ts')!r})
+def serve_model(*overrides):
+    instantiate(compose_config("drive", list(overrides)).predictor)
+serve_model("model_path={exported / 'model.ts'}")
 by_path = loaded(heavy + ("mlflow",))
-load_model(run_id={store['runs']['a']!r}, tracking_uri={store['uri']!r})
+serve_model("run_id={store['runs']['a']}", "tracking_uri={store['uri']}")
 print(json.dumps({{"by_path": by_path, "by_run": loaded(heavy)}}))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -404,3 +490,4 @@ print(json.dumps({{"by_path": by_path, "by_run": loaded(heavy)}}))
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert found == {"by_path": [], "by_run": []}
+

@@ -13,15 +13,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import yaml
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 
-from bc import tracking
+from bc import images, tracking
 from bc.drive.controller import PIController, SpeedController
-from bc.drive.predictor import BadFrame, Predictor, decode_base64, decode_jpeg
-from bc.drive.recorder import CSV_NAME, FolderNotEmptyError, FrameRecorder, frame_stem
+from bc.drive.frames import CSV_NAME, FolderNotEmptyError, FrameRecorder, frame_stem
+from bc.drive.predictor import BadFrame, Predictor, decode_base64
+from bc.cli import bc_error_in
+from bc.errors import ConfigError
+from bc.preprocess import FrameSizeError, to_tensor
 from unity_client import make_jpeg, telemetry
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def simulate(controller: SpeedController, steps: int, steering: float = 0.0, speed: float = 0.0,
@@ -80,23 +83,40 @@ def test_slow_in_bends_lowers_the_target_speed():
 @pytest.mark.parametrize("bad", [{"set_speed": 31.0}, {"set_speed": -1.0}, {"bend_slowdown": 1.5},
                                  {"max_throttle": 0.0}, {"kp": "abc"}, {"ki": float("nan")}])
 def test_speed_controller_rejects_bad_settings(bad):
-    with pytest.raises(ValueError, match=next(iter(bad))):
+    with pytest.raises(ConfigError, match=next(iter(bad))):
         SpeedController(**bad)
 
 
-def test_jpeg_decoding_is_rgb_and_rejects_bad_frames():
+def small_net(compose, **frame_size: int) -> torch.nn.Module:
+    """An untrained SmallNet (conf/model/small.yaml), optionally for another camera frame size."""
+    config = compose("train", ["model=small", *(f"model.preprocess.{key}={value}"
+                                                 for key, value in frame_size.items())]).model
+    return tracking.build_model(config).eval()
+
+
+def loaded(net: torch.nn.Module) -> tracking.LoadedModel:
+    return tracking.LoadedModel(net=net, spec=net.preprocess_spec, source="test")
+
+
+@pytest.fixture
+def predictor(compose) -> Predictor:
+    return Predictor(loaded(small_net(compose)))
+
+
+def test_predictor_decodes_rgb_and_rejects_bad_frames(predictor):
     rgb = np.zeros((160, 320, 3), np.uint8)
     rgb[..., 0] = 200  # pure red in RGB
     jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
-    decoded = decode_jpeg(jpeg)
+    decoded = predictor.decode(jpeg)
     assert decoded.shape == (160, 320, 3)
     assert decoded[..., 0].mean() > 190 and decoded[..., 2].mean() < 40  # still red, not blue
+    assert np.array_equal(predictor.decode(jpeg + bytes(100)), decoded)  # trailing bytes are fine
     with pytest.raises(BadFrame, match="truncated"):
-        decode_jpeg(jpeg[:-100])
+        predictor.decode(jpeg[:-100])
     with pytest.raises(BadFrame, match="not a JPEG"):
-        decode_jpeg(b"GIF89a" + jpeg)
-    with pytest.raises(BadFrame, match="expected 320x160, got 64x32"):
-        decode_jpeg(make_jpeg(0, width=64, height=32))
+        predictor.decode(b"GIF89a" + jpeg)
+    with pytest.raises(FrameSizeError, match="expects 320x160 frames, got 64x32"):
+        predictor.decode(make_jpeg(0, width=64, height=32))
     with pytest.raises(BadFrame, match="base64"):
         decode_base64("abc$")
     with pytest.raises(BadFrame, match="expected a base64 string"):
@@ -104,15 +124,45 @@ def test_jpeg_decoding_is_rgb_and_rejects_bad_frames():
     assert decode_base64(base64.b64encode(jpeg).decode()) == jpeg
 
 
-@pytest.fixture(scope="module")
-def drive():
+def test_a_frame_bigger_than_the_model_frame_is_refused_before_decoding(predictor, monkeypatch):
+    # 14000 x 14000 declared in the header; decoding it would take ~600 MB.
+    bomb = cv2.imencode(".jpg", np.zeros((14000, 14000), np.uint8),
+                        [cv2.IMWRITE_JPEG_QUALITY, 10, cv2.IMWRITE_JPEG_OPTIMIZE, 1])[1].tobytes()
+    assert len(bomb) < 800_000  # base64 of it fits the 1 MiB message limit
+    decoded = []
+    monkeypatch.setattr(images, "decode_jpeg", lambda *a, **k: decoded.append(a))
+    with pytest.raises(FrameSizeError, match="expects 320x160 frames, got 14000x14000"):
+        predictor.decode(bomb)
+    assert decoded == []
+
+
+def test_predictor_serves_the_model_frame_size(compose):
+    """A model trained on 96x96 frames (another simulator) takes 96x96 frames, nothing else."""
+    net = small_net(compose, frame_width=96, frame_height=96, crop_top=0, crop_bottom=12)
+    predictor = Predictor(loaded(net))
+    assert predictor.frame_size == (96, 96)
+    predictor.warm_up()
+    jpeg = make_jpeg(4, width=96, height=96)
+    rgb = images.decode_jpeg(jpeg)
+    model_input = predictor.model_input(rgb)
+    assert model_input.shape == (1, *net.input_shape) and model_input.dtype == torch.float32
+    assert torch.equal(model_input, to_tensor(net.preprocess_spec(rgb)))
+    with torch.inference_mode():
+        expected = float(net(model_input))
+    assert predictor.predict_jpeg(jpeg) == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(FrameSizeError, match="expects 96x96 frames, got 320x160"):
+        predictor.predict_jpeg(make_jpeg(4))
+    with pytest.raises(FrameSizeError):
+        predictor.model_input(images.decode_jpeg(make_jpeg(4)))
+
+
+@pytest.fixture
+def drive(compose):
     """The protocol logic with a real (untrained) SmallNet."""
     from bc.drive.server import DriveServer
 
-    config = yaml.safe_load((REPO / "conf/model/small.yaml").read_text())
-    net = tracking.build_model(config).eval()
-    model = tracking.LoadedModel(net=net, spec=net.preprocess_spec, source="test")
-    return DriveServer(Predictor(model), SpeedController(), max_message_bytes=100_000)
+    return DriveServer(Predictor(loaded(small_net(compose))), SpeedController(),
+                       max_message_bytes=100_000)
 
 
 def test_telemetry_replies_are_strings_and_bad_input_gets_the_safe_reply(drive):
@@ -127,16 +177,16 @@ def test_telemetry_replies_are_strings_and_bad_input_gets_the_safe_reply(drive):
     assert moving.data == {"steering_angle": "0.000000", "throttle": "-0.500000"}  # brake
     still = drive.handle_telemetry({"speed": "1.0", "image": "%%%"})
     assert still.data == {"steering_angle": "0.000000", "throttle": "0.000000"}  # no reversing
+    assert drive.bad_messages == 2
     # Unity writes "N4" numbers with the machine's decimal separator.
     comma = dict(telemetry(make_jpeg(3)), speed="25,0000")
     assert float(drive.handle_telemetry(comma).data["throttle"]) < 0
 
 
 def test_recorder_saves_bytes_as_received_and_a_csv(tmp_path):
-    recorder = FrameRecorder(tmp_path / "run")
     jpegs = [make_jpeg(seed) for seed in range(3)]
-    names = [recorder.record(jpeg, 0.1 * i, 0.2, 9.0) for i, jpeg in enumerate(jpegs)]
-    recorder.close()
+    with FrameRecorder(tmp_path / "run", overwrite=False) as recorder:
+        names = [recorder.record(jpeg, 0.1 * i, 0.2, 9.0) for i, jpeg in enumerate(jpegs)]
     assert len(set(names)) == 3  # unique even within one millisecond
     for name, jpeg in zip(names, jpegs):
         assert re.fullmatch(r"\d{4}(_\d{2}){5}_\d{3}(_\d+)?\.jpg", name)
@@ -153,23 +203,40 @@ def test_frame_names_follow_the_reference_format():
     assert frame_stem(when) == "2016_12_01_13_30_48_287"
 
 
-def test_recorder_refuses_a_non_empty_folder_unless_overwrite(tmp_path, monkeypatch):
+def test_overwrite_deletes_only_an_earlier_drive(tmp_path):
     folder = tmp_path / "run"
-    folder.mkdir()
-    (folder / "keep.txt").write_text("precious")
+    with FrameRecorder(folder, overwrite=False) as recorder:
+        recorder.record(make_jpeg(0), 0.0, 0.1, 5.0)
     with pytest.raises(FolderNotEmptyError, match="not empty.*overwrite=true"):
-        FrameRecorder(folder)
-    assert (folder / "keep.txt").exists()
-    FrameRecorder(folder, overwrite=True).close()
-    assert sorted(p.name for p in folder.iterdir()) == [CSV_NAME]
-    (tmp_path / "x").write_text("x")
+        FrameRecorder(folder, overwrite=False)
+    with FrameRecorder(folder, overwrite=True) as recorder:  # an earlier drive: replaced
+        name = recorder.record(make_jpeg(1), 0.0, 0.1, 5.0)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([CSV_NAME, name])
+
+
+def test_overwrite_refuses_a_folder_holding_anything_else(tmp_path, monkeypatch):
+    recording = tmp_path / "recording"  # a copied simulator recording
+    (recording / "IMG").mkdir(parents=True)
+    (recording / "driving_log.csv").write_text("center,left,right,0,0,0,0\n")
+    (recording / "IMG" / "center_2016_12_01_13_30_48_287.jpg").write_bytes(make_jpeg(0))
+    before = sorted(recording.rglob("*"))
+    with pytest.raises(FolderNotEmptyError, match="driving_log.csv.*drive.py did not write"):
+        FrameRecorder(recording, overwrite=True)
+    assert sorted(recording.rglob("*")) == before
+    # A drive's frames beside one foreign file: nothing is deleted either.
+    mixed = tmp_path / "mixed"
+    with FrameRecorder(mixed, overwrite=False) as recorder:
+        recorder.record(make_jpeg(0), 0.0, 0.1, 5.0)
+    (mixed / "notes.txt").write_text("precious")
+    with pytest.raises(FolderNotEmptyError, match="notes.txt"):
+        FrameRecorder(mixed, overwrite=True)
+    assert len(list(mixed.iterdir())) == 3
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FolderNotEmptyError, match="working directory"):
-        FrameRecorder(Path("."), overwrite=True)
-    assert (tmp_path / "x").exists()
+    with pytest.raises(FolderNotEmptyError, match="did not write"):
+        FrameRecorder(".", overwrite=True)
 
 
-def test_fast_websocket_unmasking_matches_the_rfc(tmp_path):
+def test_fast_websocket_unmasking_matches_the_rfc():
     from bc.drive.server import xor_unmask
 
     rng = np.random.default_rng(0)
@@ -187,3 +254,33 @@ def test_default_torch_threads_leave_cores_for_the_simulator():
 
     cores = len(os.sched_getaffinity(0))
     assert default_num_threads() == (1 if cores < 8 else 2)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("port=http", "port: expected an integer in 0..65535, got 'http'"),
+    ("port=70000", "port: expected an integer in 0..65535, got 70000"),
+    ("idle_timeout_s=0", "idle_timeout_s: expected a number of seconds > 0"),
+    ("host=''", "host: expected an address"),
+])
+def test_listener_settings_are_checked_where_the_listener_is_built(compose, override, message):
+    with pytest.raises(InstantiationException) as raised:
+        instantiate(compose("drive", [override]).listener)
+    assert message in str(bc_error_in(raised.value))  # what scripts/drive.py prints
+
+
+def test_drive_config_builds_its_objects(compose, tmp_path):
+    from bc.drive.server import DriveServer, Listener
+
+    cfg = compose("drive", ["port=0", "set_speed=12", f"image_folder={tmp_path / 'run'}",
+                            "max_message_bytes=5000"])
+    listener = instantiate(cfg.listener)
+    assert isinstance(listener, Listener) and listener.idle_timeout_s == 60
+    controller = instantiate(cfg.controller)
+    assert controller.set_speed == 12.0
+    recorder = instantiate(cfg.frames)
+    assert recorder.folder == tmp_path / "run" and not recorder.folder.exists()  # not yet made
+    server = instantiate(cfg.server)(predictor=None, controller=controller, recorder=recorder)
+    assert isinstance(server, DriveServer) and server.max_message_bytes == 5000
+    with pytest.raises(ConfigError, match="max_message_bytes: expected an integer >= 1"):
+        instantiate(compose("drive", ["max_message_bytes=0"]).server)(predictor=None,
+                                                                      controller=controller)

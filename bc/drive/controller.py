@@ -16,10 +16,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from bc import udacity
+from bc.errors import ConfigError
+
 REFERENCE_KP = 0.1
 REFERENCE_KI = 0.002
 DEFAULT_SET_SPEED_MPH = 9.0
-SIM_TOP_SPEED_MPH = 30.0
 # Below this speed a negative throttle would reverse the car instead of braking it
 # (the simulator's CarController brakes only above ~5 units of speed).
 DEFAULT_BRAKE_MIN_SPEED_MPH = 5.0
@@ -38,7 +40,7 @@ class PIController:
 
     def __post_init__(self) -> None:
         if self.output_min > self.output_max:
-            raise ValueError(f"output_min {self.output_min} > output_max {self.output_max}")
+            raise ConfigError(f"output_min {self.output_min} > output_max {self.output_max}")
 
     def reset(self) -> None:
         """Forget the accumulated error (a new car / a new connection)."""
@@ -86,17 +88,17 @@ class SpeedController:
             try:
                 number = float(value)
             except (TypeError, ValueError):
-                raise ValueError(f"{name}: expected a number, got {value!r}") from None
+                raise ConfigError(f"{name}: expected a number, got {value!r}") from None
             if not math.isfinite(number):
-                raise ValueError(f"{name}: expected a finite number, got {value!r}")
+                raise ConfigError(f"{name}: expected a finite number, got {value!r}")
             setattr(self, name, number)
-        if not 0.0 <= self.set_speed <= SIM_TOP_SPEED_MPH:
-            raise ValueError(
-                f"set_speed: expected 0..{SIM_TOP_SPEED_MPH} mph, got {self.set_speed}")
+        if not 0.0 <= self.set_speed <= udacity.TOP_SPEED_MPH:
+            raise ConfigError(
+                f"set_speed: expected 0..{udacity.TOP_SPEED_MPH} mph, got {self.set_speed}")
         if not 0.0 <= self.bend_slowdown <= 1.0:
-            raise ValueError(f"bend_slowdown: expected 0..1, got {self.bend_slowdown}")
+            raise ConfigError(f"bend_slowdown: expected 0..1, got {self.bend_slowdown}")
         if not 0.0 < self.max_throttle <= 1.0:
-            raise ValueError(f"max_throttle: expected in (0, 1], got {self.max_throttle}")
+            raise ConfigError(f"max_throttle: expected in (0, 1], got {self.max_throttle}")
         self.pi = PIController(kp=self.kp, ki=self.ki, set_point=self.set_speed,
                                output_min=-1.0 if self.allow_brake else 0.0,
                                output_max=self.max_throttle)

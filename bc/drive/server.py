@@ -1,33 +1,43 @@
-"""The drive server: answers the simulator's ``telemetry`` with ``steer`` (see
-``shared/design/PROTOCOL.md``).
+"""The drive server: answers the simulator's ``telemetry`` with ``steer`` (docs/PROTOCOL.md
+section 2).
 
 Stack: Flask + python-socketio 4.6.1 / python-engineio 3.13.2 on eventlet's WSGI server,
-the only combination the Unity client talks to. That client opens a websocket straight to
-``/socket.io/?EIO=4&transport=websocket`` and never sends the namespace connect packet
-``40``; python-socketio 4.x connects every Engine.IO session to the default namespace by
-itself (``Server._handle_eio_connect``), so its events reach the handlers below.
+the only combination the Unity client talks to (docs/PROTOCOL.md section 3). That client
+opens a websocket straight to ``udacity.SOCKET_PATH`` and never sends the namespace connect
+packet ``40``; python-socketio 4.x connects every Engine.IO session to the default namespace
+by itself, so its events reach us.
 
-Protocol rules kept here: exactly one reply per telemetry (the simulator waits for it),
-values as JSON *strings* (a number makes the Unity parser throw and the car stall), steering
-clamped to [-1, 1]. ``null`` / ``{}`` telemetry means the user drives: reply ``manual``.
+Protocol rules kept here: exactly one reply per message the client sends (it waits for it in
+lockstep), values as JSON *strings* (`udacity.steer_payload`), steering clamped to [-1, 1].
+``null`` / ``{}`` telemetry means the user drives: reply ``manual``.
 
-Bad input (non-object payload, missing / non-numeric ``speed``, missing / non-string /
-oversized / non-base64 ``image``, non-JPEG, truncated or wrongly sized JPEG, a packet that is
-not valid Socket.IO JSON) never stops the server: one warning line, then the **safe reply**
-``steer`` with steering 0 and a brake (throttle ``SAFE_BRAKE_THROTTLE``) when the car is
-known to move faster than ``BRAKE_MIN_SPEED``, else throttle 0 (a negative throttle at a
+Bad input never stops the server: one warning line, then the **safe reply** ``steer`` with
+steering 0 and a brake (throttle ``SAFE_BRAKE_THROTTLE``) when the car is known to move
+faster than the controller's ``brake_min_speed``, else throttle 0 (a negative throttle at a
 standstill reverses the car). ``manual`` was not chosen: it makes the car keep its last
-command, which for a stream of bad frames means driving blind.
+command, which for a stream of bad frames means driving blind. Bad input is anything but a
+usable telemetry event: bad fields, frames of another size than the model's, websocket
+frames that are not Engine.IO packets, Socket.IO packets that are not a default-namespace
+event (acks, errors, other namespaces, binary placeholders, unknown events).
 
-Adjustments to the stack (``create_app`` / ``listen``): eventlet unmasks websocket frames one
-byte at a time in Python (~5 ms per camera frame), replaced by one big-integer XOR; eventlet's
-default ``SO_REUSEPORT`` is turned off (a second server on 4567 fails instead of sharing it);
-websocket frames are capped at ``TRANSPORT_LIMIT_FACTOR`` x ``max_message_bytes``; handlers run
-inline (``async_handlers=False``: lockstep needs no task per message).
+Adjustments to the stack (`create_app`, `serve`):
+- eventlet unmasks websocket frames one byte at a time in Python (~5 ms per camera frame),
+  replaced by one big-integer XOR;
+- websocket frames are capped at ``TRANSPORT_LIMIT_FACTOR`` x ``max_message_bytes``;
+- handlers run inline (``async_handlers=False``: lockstep needs no task per message);
+- binary Socket.IO packets are refused instead of waiting for attachments (python-socketio
+  would otherwise take the next frame as the attachment and swallow it);
+- a connection reset while eventlet answers a bad request no longer leaks its descriptor
+  (`_ClosingProtocol`); running out of descriptors makes ``accept`` wait and retry
+  instead of ending the server (`_PatientListener`); connections idle for
+  ``idle_timeout_s`` before their websocket upgrade are closed;
+- eventlet's default ``SO_REUSEPORT`` is off (a second server on 4567 fails instead of
+  sharing the port).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -39,16 +49,15 @@ import time
 import warnings
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable
 
-from bc.errors import BcError
-from bc.drive.controller import DEFAULT_BRAKE_MIN_SPEED_MPH, SpeedController
-from bc.drive.predictor import BadFrame, Predictor, decode_base64
-from bc.drive.recorder import FrameRecorder
+from omegaconf import DictConfig
 
-if TYPE_CHECKING:  # pragma: no cover
-    from bc.tracking import LoadedModel
+from bc import udacity
+from bc.drive.controller import SpeedController
+from bc.drive.frames import FrameRecorder
+from bc.drive.predictor import Predictor, decode_base64
+from bc.errors import EXIT_INTERRUPTED, BcError, ConfigError
 
 # eventlet's green DNS resolver (dnspython, ~0.13 s of startup) is not needed: we resolve
 # at most the listening host, once.
@@ -61,28 +70,35 @@ with warnings.catch_warnings():
     import eventlet.wsgi
     import socketio
     from flask import Flask
+    from socketio import packet as sio_packet
 
 LOG = logging.getLogger("bc.drive")
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 4567
+PROG = "drive.py"
 MAX_PORT = 65535
-# A simulator frame is ~10-30 KB of base64; anything near this limit is not a camera frame.
-DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
-# Messages up to this many times the limit are read and answered with the safe reply;
-# larger websocket frames are refused by the transport (connection closed) so memory stays
-# bounded. The server itself keeps running either way.
+# Messages up to this many times max_message_bytes are read and answered with the safe
+# reply; larger websocket frames are refused by the transport (connection closed) so memory
+# stays bounded. The server itself keeps running either way.
 TRANSPORT_LIMIT_FACTOR = 4
 SAFE_BRAKE_THROTTLE = -0.5
-BRAKE_MIN_SPEED = DEFAULT_BRAKE_MIN_SPEED_MPH
-STEER_DECIMALS = 6
-STEER_EVENT = "steer"
-MANUAL_EVENT = "manual"
-TELEMETRY_EVENT = "telemetry"
+# Engine.IO packet types a client may send that need no reply: ping (answered by
+# engine.io), close, pong, upgrade, noop. "4" (message) carries Socket.IO packets.
+ENGINEIO_CONTROL = frozenset("12356")
+ENGINEIO_MESSAGE = "4"
+# accept() errors: out of descriptors or memory -> wait and retry; a connection that died
+# in the backlog -> retry at once. Anything else is a real error.
+ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_TRANSIENT = frozenset({errno.ECONNABORTED, errno.ECONNRESET, errno.EPROTO, errno.EPIPE,
+                              errno.ENOTCONN, errno.ESHUTDOWN, errno.EINTR})
+ACCEPT_BACKOFF_S = (0.01, 1.0)  # first and longest wait between accept retries
 
 
 class BadTelemetry(BcError, ValueError):
-    """A telemetry message that cannot be used; the message names the field."""
+    """A message that cannot be used; the message names the field or packet."""
+
+
+class ListenError(BcError, OSError):
+    """The server cannot listen on its address."""
 
 
 @dataclass(frozen=True)
@@ -94,13 +110,11 @@ class Reply:
 
 
 def steer_reply(steering: float, throttle: float) -> Reply:
-    """A ``steer`` reply; numbers become fixed-point strings (no exponent for Unity's parser)."""
-    return Reply(STEER_EVENT, {"steering_angle": f"{steering:.{STEER_DECIMALS}f}",
-                               "throttle": f"{throttle:.{STEER_DECIMALS}f}"})
+    return Reply(udacity.STEER_EVENT, udacity.steer_payload(steering, throttle))
 
 
-MANUAL_REPLY = Reply(MANUAL_EVENT, {})
-CONNECT_REPLY = Reply(STEER_EVENT, {"steering_angle": "0", "throttle": "0"})
+MANUAL_REPLY = Reply(udacity.MANUAL_EVENT, {})
+CONNECT_REPLY = steer_reply(0.0, 0.0)
 
 
 def parse_number(data: dict[str, Any], field: str) -> float:
@@ -126,12 +140,6 @@ def parse_number(data: dict[str, Any], field: str) -> float:
     return number
 
 
-def safe_reply(speed: float | None) -> Reply:
-    """Steering 0, braking only when the car is known to be moving (see module doc)."""
-    moving = speed is not None and speed > BRAKE_MIN_SPEED
-    return steer_reply(0.0, SAFE_BRAKE_THROTTLE if moving else 0.0)
-
-
 def _describe(payload: object) -> str:
     text = repr(payload)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -140,15 +148,15 @@ def _describe(payload: object) -> str:
 class DriveServer:
     """Protocol logic, independent of the socket: telemetry in, ``Reply`` out."""
 
-    def __init__(self, predictor: Predictor, controller: SpeedController,
-                 recorder: FrameRecorder | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
-        if max_message_bytes < 1:
-            raise ValueError(f"max_message_bytes: expected >= 1, got {max_message_bytes}")
+    def __init__(self, predictor: Predictor, controller: SpeedController, max_message_bytes: int,
+                 recorder: FrameRecorder | None = None) -> None:
+        if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int) \
+                or max_message_bytes < 1:
+            raise ConfigError(f"max_message_bytes: expected an integer >= 1, got {max_message_bytes!r}")
         self.predictor = predictor
         self.controller = controller
         self.recorder = recorder
-        self.max_message_bytes = int(max_message_bytes)
+        self.max_message_bytes = max_message_bytes
         self.messages = 0
         self.bad_messages = 0
 
@@ -157,16 +165,21 @@ class DriveServer:
         self.controller.reset()
         return CONNECT_REPLY
 
+    def safe_reply(self, speed: float | None) -> Reply:
+        """Steering 0, braking only when the car is known to be moving (see module doc)."""
+        moving = speed is not None and speed > self.controller.brake_min_speed
+        return steer_reply(0.0, SAFE_BRAKE_THROTTLE if moving else 0.0)
+
     def bad_input(self, reason: str, speed: float | None = None) -> Reply:
         """Log one warning line for unusable input and return the safe reply."""
         self.bad_messages += 1
-        reply = safe_reply(speed)
+        reply = self.safe_reply(speed)
         LOG.warning("bad telemetry: %s -> replied steer 0, throttle %s",
                     reason, reply.data["throttle"])
         return reply
 
     def handle_telemetry(self, data: object = None) -> Reply:
-        """The one reply to one telemetry message; never raises."""
+        """The one reply to one telemetry payload; never raises."""
         self.messages += 1
         if data is None or data == {}:
             return MANUAL_REPLY
@@ -189,13 +202,13 @@ class DriveServer:
             if speed_error is not None:
                 raise speed_error
             jpeg = decode_base64(image)
-            raw_steering, _ = self.predictor.predict_jpeg(jpeg)
-        except (BadTelemetry, BadFrame) as error:
+            raw_steering = self.predictor.predict_jpeg(jpeg)
+        except BcError as error:
             return self.bad_input(str(error), speed)
         except Exception as error:  # a bug, not bad input: still answer, keep the car safe
             LOG.exception("unexpected error handling telemetry: %s", error)
             self.bad_messages += 1
-            return safe_reply(speed)
+            return self.safe_reply(speed)
         steering = min(1.0, max(-1.0, raw_steering))
         throttle = self.controller.throttle(speed, steering)
         if self.recorder is not None:
@@ -203,31 +216,89 @@ class DriveServer:
         return steer_reply(steering, throttle)
 
 
+def engineio_frame_problem(frame: str | bytes | None) -> str | None:
+    """Why a websocket frame is not an Engine.IO packet this server handles (None if it is,
+    or if it is the end of the connection)."""
+    if frame is None:
+        return None
+    if isinstance(frame, bytes):
+        return f"binary websocket frame of {len(frame)} bytes (the simulator sends text only)"
+    if not frame:
+        return "empty websocket frame"
+    if frame[0] not in ENGINEIO_CONTROL and frame[0] != ENGINEIO_MESSAGE:
+        return f"not an Engine.IO packet: {_describe(frame)}"
+    return None
+
+
+class _JunkFrameFilter:
+    """The websocket as python-engineio reads it, minus frames that are not Engine.IO
+    packets: each of those is answered through ``on_junk`` instead (engine.io would drop
+    some silently and end the connection on others)."""
+
+    def __init__(self, ws: Any, on_junk: Callable[[str], None]) -> None:
+        self._ws = ws
+        self._on_junk = on_junk
+
+    def wait(self) -> str | bytes | None:
+        while True:
+            frame = self._ws.wait()
+            problem = engineio_frame_problem(frame)
+            if problem is None:
+                return frame
+            self._on_junk(problem)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ws, name)
+
+
 class _GuardedSocketIO(socketio.Server):
-    """A Socket.IO server that answers messages it cannot even parse (or that are over the
-    size limit) with the safe reply instead of dropping them, which would stop the
-    simulator's lockstep loop."""
+    """A Socket.IO server whose every message gets exactly one reply: telemetry events go to
+    ``DriveServer``, everything else (see module doc) gets the safe reply."""
 
     def __init__(self, drive: DriveServer, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.drive = drive
 
-    def _answer(self, sid: str, reply: Reply) -> None:
+    def answer(self, sid: str, reply: Reply) -> None:
         self.emit(reply.event, reply.data, room=sid)
 
     def _handle_eio_message(self, sid: str, data: Any) -> None:
         size = len(data) if isinstance(data, (str, bytes)) else 0
         if size > self.drive.max_message_bytes:
-            self._answer(sid, self.drive.bad_input(
+            self.answer(sid, self.drive.bad_input(
                 f"message of {size} bytes is over the max_message_bytes limit of "
                 f"{self.drive.max_message_bytes}"))
             return
         try:
-            super()._handle_eio_message(sid, data)
-        except Exception as error:  # noqa: BLE001 - malformed packet from the client
-            self._answer(sid, self.drive.bad_input(
-                f"not a valid Socket.IO packet ({type(error).__name__}: {error}): "
-                f"{_describe(data)}"))
+            pkt = _parse_packet(data)
+        except BadTelemetry as error:
+            self.answer(sid, self.drive.bad_input(str(error)))
+            return
+        default_namespace = pkt.namespace in (None, "/")
+        if pkt.packet_type in (sio_packet.CONNECT, sio_packet.DISCONNECT) and default_namespace:
+            super()._handle_eio_message(sid, data)  # a connect gets the connect reply
+            return
+        event = pkt.data if pkt.packet_type == sio_packet.EVENT and default_namespace else None
+        if isinstance(event, list) and event and event[0] == udacity.TELEMETRY_EVENT:
+            self.answer(sid, self.drive.handle_telemetry(event[1] if len(event) > 1 else None))
+        else:
+            self.answer(sid, self.drive.bad_input(f"not a telemetry event: {_describe(data)}"))
+
+
+def _parse_packet(data: Any) -> sio_packet.Packet:
+    """A Socket.IO packet from an Engine.IO message; binary packets (placeholders waiting for
+    attachments) are refused, so no later frame is taken for an attachment."""
+    if not isinstance(data, str):
+        raise BadTelemetry(f"not a text Socket.IO packet: {_describe(data)}")
+    try:
+        pkt = sio_packet.Packet(encoded_packet=data)
+    except Exception as error:  # noqa: BLE001 - whatever the client sent
+        raise BadTelemetry(f"not a valid Socket.IO packet ({type(error).__name__}: {error}): "
+                           f"{_describe(data)}") from None
+    if pkt.packet_type in (sio_packet.BINARY_EVENT, sio_packet.BINARY_ACK):
+        raise BadTelemetry(f"binary Socket.IO packet (the simulator sends text only): "
+                           f"{_describe(data)}")
+    return pkt
 
 
 def xor_unmask(data: bytes, mask: tuple[int, ...] | bytes, length: int | None = None,
@@ -253,22 +324,28 @@ def create_app(drive: DriveServer) -> tuple[socketio.Server, Callable]:
         always_connect=True,  # send "40" before our connect-time steer (python clients like it)
         async_handlers=False,  # lockstep: handle in the reader, no task per message
         max_http_buffer_size=drive.max_message_bytes)
-    # python-engineio 3.x applies max_http_buffer_size to HTTP polling only; bound websocket
-    # frames too (the driver table is shared by all servers, so copy it).
-    sio.eio._async = dict(sio.eio._async, websocket=partial(
-        sio.eio._async["websocket"],
-        max_frame_length=drive.max_message_bytes * TRANSPORT_LIMIT_FACTOR))
+    websocket_app = sio.eio._async["websocket"]
+
+    def filtered_websocket(handler: Callable) -> Any:
+        """python-engineio's websocket app for one session (``handler`` is the bound
+        ``_websocket_handler`` of its engine.io socket), reading through the junk filter;
+        python-engineio 3.x bounds only HTTP polling by max_http_buffer_size, so the
+        websocket frame size is bounded here."""
+        sid = handler.__self__.sid
+
+        def on_junk(reason: str) -> None:
+            sio.answer(sid, drive.bad_input(reason))
+
+        return websocket_app(lambda ws: handler(_JunkFrameFilter(ws, on_junk)),
+                             max_frame_length=drive.max_message_bytes * TRANSPORT_LIMIT_FACTOR)
+
+    # The driver table is shared by all servers, so replace it with a copy.
+    sio.eio._async = dict(sio.eio._async, websocket=filtered_websocket)
 
     @sio.on("connect")
     def connect(sid: str, environ: dict) -> None:
         LOG.info("simulator connected (%s)", environ.get("REMOTE_ADDR", "?"))
-        reply = drive.on_connect()
-        sio.emit(reply.event, reply.data, room=sid)
-
-    @sio.on(TELEMETRY_EVENT)
-    def telemetry(sid: str, data: object = None, *extra: object) -> None:
-        reply = drive.handle_telemetry(data)
-        sio.emit(reply.event, reply.data, room=sid)
+        sio.answer(sid, drive.on_connect())
 
     @sio.on("disconnect")
     def disconnect(sid: str) -> None:
@@ -283,22 +360,106 @@ def create_app(drive: DriveServer) -> tuple[socketio.Server, Callable]:
     return sio, socketio.WSGIApp(sio, flask_app)
 
 
-def listen(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> socket.socket:
-    """A listening socket on ``host``:``port`` (port 0 picks a free one); a clear
-    ``OSError`` when the address is in use."""
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host``:``port`` (port 0 picks a free one); ``ListenError``
+    when the address is in use."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         # eventlet sets SO_REUSEPORT by default: a forgotten server on 4567 would then share
         # the port silently and the simulator would reach either one.
         return eventlet.listen((host, port), family=family, reuse_port=False)
     except OSError as error:
-        raise OSError(f"cannot listen on {host}:{port}: {error.strerror or error} "
-                      "(is another drive server or program using the port?)") from None
+        raise ListenError(f"cannot listen on {host}:{port}: {error.strerror or error} "
+                          "(is another drive server or program using the port?)") from None
+
+
+@dataclass(frozen=True)
+class Listener:
+    """Where the server listens and how long a connection may idle before its websocket
+    upgrade (conf/drive.yaml ``host``, ``port``, ``idle_timeout_s``)."""
+
+    host: str
+    port: int
+    idle_timeout_s: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError(f"host: expected an address such as 127.0.0.1, got {self.host!r}")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) \
+                or not 0 <= self.port <= MAX_PORT:
+            raise ConfigError(f"port: expected an integer in 0..{MAX_PORT}, got {self.port!r}")
+        timeout = self.idle_timeout_s
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                or not 0 < timeout < math.inf:
+            raise ConfigError(f"idle_timeout_s: expected a number of seconds > 0, got {timeout!r}")
+
+    def check_free(self) -> None:
+        """Fail now if the port is taken, without keeping it: tools (and the simulator) take
+        an open port to mean "serving", so it is opened for real only when ready."""
+        if self.port:
+            listen(self.host, self.port).close()
+
+    def open(self) -> socket.socket:
+        return listen(self.host, self.port)
+
+
+class _PatientListener:
+    """The listening socket as eventlet's WSGI server sees it, with an ``accept`` that waits
+    and retries when the process is out of descriptors (eventlet would re-raise ``EMFILE``
+    and end the server) or a connection died in the backlog (eventlet would stop serving)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._exhausted_since: float | None = None
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        delay, longest = ACCEPT_BACKOFF_S
+        while True:
+            try:
+                accepted = self._sock.accept()
+            except OSError as error:
+                if error.errno in ACCEPT_TRANSIENT:
+                    continue
+                if error.errno not in ACCEPT_EXHAUSTED:
+                    raise
+                if self._exhausted_since is None:
+                    self._exhausted_since = time.monotonic()
+                    LOG.warning("cannot accept connections (%s); retrying while connected "
+                                "clients are served", error.strerror or error)
+                eventlet.sleep(delay)
+                delay = min(2 * delay, longest)
+                continue
+            if self._exhausted_since is not None:
+                LOG.warning("accepting connections again after %.1f s",
+                            time.monotonic() - self._exhausted_since)
+                self._exhausted_since = None
+            return accepted
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _ClosingProtocol(eventlet.wsgi.HttpProtocol):
+    """eventlet's HTTP protocol, but a connection reset while a reply is still buffered
+    (a 400 to a cut-off request, say) closes the connection: eventlet's ``finish`` stops at
+    the failed flush and leaves the read side open, one leaked descriptor per reset."""
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            for stream in (self.wfile, self.rfile):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+            self.connection.close()
 
 
 def _stop_on_signals(drive: DriveServer) -> None:
-    """SIGINT / SIGTERM: flush the recorder and exit at once. (eventlet's server would
-    otherwise wait for the simulator to hang up before returning.)"""
+    """SIGINT / SIGTERM: flush the recorder and exit at once (eventlet's server would
+    otherwise wait for the simulator to hang up). Ctrl-C ends like every bc script (one
+    line, exit 130); SIGTERM is a requested stop (exit 0)."""
     if threading.current_thread() is not threading.main_thread():
         return
 
@@ -308,93 +469,58 @@ def _stop_on_signals(drive: DriveServer) -> None:
             drive.recorder.close()
         logging.shutdown()
         sys.stdout.flush()
+        if signum == signal.SIGINT:
+            print(f"{PROG}: interrupted", file=sys.stderr)
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(EXIT_INTERRUPTED if signum == signal.SIGINT else 0)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stop)
 
 
-def serve(drive: DriveServer, listener: socket.socket,
+def serve(drive: DriveServer, listener: socket.socket, idle_timeout_s: float,
           announce: Callable[[str], None] = partial(print, flush=True)) -> None:
-    """Announce ``serving <source> on http://host:port`` (the port is open by then) and
-    serve until interrupted; the recorder is flushed on the way out."""
+    """Announce ``serving <source> on http://host:port for WxH frames`` (the port is open by
+    then) and serve until stopped; the recorder is flushed on the way out."""
     _, app = create_app(drive)
     host, port = listener.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
+    width, height = drive.predictor.frame_size
     _stop_on_signals(drive)
-    announce(f"serving {drive.predictor.source} on http://{shown_host}:{port}")
+    announce(f"serving {drive.predictor.source} on http://{shown_host}:{port} "
+             f"for {width}x{height} frames")
     try:
-        eventlet.wsgi.server(listener, app, log_output=False, debug=False)
+        eventlet.wsgi.server(_PatientListener(listener), app, log_output=False, debug=False,
+                             protocol=_ClosingProtocol, socket_timeout=idle_timeout_s,
+                             keepalive=idle_timeout_s)
     finally:
         if drive.recorder is not None:
             drive.recorder.close()
 
 
-def load_from_config(cfg: Mapping[str, Any]) -> "LoadedModel":
-    """The model chosen by ``run_id`` / ``model_path`` / ``experiment_name`` / ``metric`` /
-    ``mode`` / ``tracking_uri`` of conf/drive.yaml (``TrackingError`` says what is wrong)."""
-    from bc.drive.predictor import load_model
-
-    return load_model(run_id=cfg.get("run_id"), model_path=cfg.get("model_path"),
-                      experiment=cfg.get("experiment_name", "bc"),
-                      metric=cfg.get("metric", "val/loss"), mode=cfg.get("mode", "min"),
-                      tracking_uri=cfg.get("tracking_uri"))
-
-
-def _int_setting(cfg: Mapping[str, Any], name: str, default: int | None,
-                 minimum: int = 0, maximum: int | None = None) -> int | None:
-    """An integer config value (``None`` stays ``None`` when that is the default)."""
-    value = cfg.get(name, default)
-    if value is None and default is None:
-        return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected an integer, got {value!r}") from None
-    if number < minimum or (maximum is not None and number > maximum):
-        bounds = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
-        raise ValueError(f"{name}: expected {bounds}, got {number}")
-    return number
-
-
-def run_from_config(cfg: Mapping[str, Any]) -> None:
-    """What ``scripts/drive.py`` does: check the settings, the image folder and the port,
-    load the model, then listen and serve. Fails early (``TrackingError``,
-    ``FolderNotEmptyError``, ``OSError``, ``ValueError``) with one-line messages, before
+def run_from_config(cfg: DictConfig) -> None:
+    """What scripts/drive.py does with conf/drive.yaml: build the listener, the speed
+    controller and the frame recorder (checking settings, port and folder), load the model,
+    then empty the folder, listen and serve. Every bad setting is a `BcError` raised before
     anything is deleted."""
     from hydra.utils import instantiate
 
-    from bc.drive.predictor import configure_torch
-    from bc.drive.recorder import check_folder
-
-    if cfg.get("image_folder"):
-        check_folder(Path(cfg["image_folder"]), bool(cfg.get("overwrite")))
-    port = _int_setting(cfg, "port", DEFAULT_PORT, maximum=MAX_PORT)
-    max_message_bytes = _int_setting(cfg, "max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES, 1)
-    num_threads = _int_setting(cfg, "num_threads", None, 1)
-    host = str(cfg.get("host") or DEFAULT_HOST)
-    controller = instantiate(cfg["controller"])
-    if port:
-        # Fail before the model loads if the port is taken, but open it for real only when
-        # ready: tools (and the simulator) take an open port to mean "serving".
-        listen(host, port).close()
-    started = time.perf_counter()
-    model = load_from_config(cfg)
-    threads = configure_torch(num_threads)
-    predictor = Predictor(model)
-    predictor.warm_up()
-    LOG.info("loaded %s (preprocess %s) in %.2f s, %d torch thread(s)", model.source,
-             model.spec.to_dict(), time.perf_counter() - started, threads)
-    recorder = None
-    if cfg.get("image_folder"):
-        recorder = FrameRecorder(Path(cfg["image_folder"]), bool(cfg.get("overwrite")))
-        LOG.info("saving frames and %s in %s", "drive_log.csv", recorder.folder)
-    drive = DriveServer(predictor, controller, recorder, max_message_bytes)
+    listener: Listener = instantiate(cfg.listener)
+    listener.check_free()
+    controller: SpeedController = instantiate(cfg.controller)
+    recorder: FrameRecorder | None = None
+    if cfg.frames.folder is not None:
+        recorder = instantiate(cfg.frames)
+    predictor: Predictor = instantiate(cfg.predictor)
+    drive: DriveServer = instantiate(cfg.server)(predictor=predictor, controller=controller,
+                                                 recorder=recorder)
+    if recorder is not None:
+        recorder.start()
+        LOG.info("saving frames and their log in %s", recorder.folder)
     try:
-        listener = listen(host, port)
-    except OSError:
+        sock = listener.open()
+    except ListenError:
         if recorder is not None:
             recorder.close()
         raise
-    serve(drive, listener)
+    serve(drive, sock, listener.idle_timeout_s)
