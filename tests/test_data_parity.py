@@ -25,7 +25,9 @@ def recording(tmp_path_factory):
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_a_validation_sample_equals_the_predictors_model_input(model, recording, tmp_path, compose):
+def test_train_serve_parity(model, recording, tmp_path, compose):
+    """A validation sample of the real datamodule equals (bit for bit) what the drive
+    predictor feeds the net for the same JPEG."""
     cfg = compose(
         "train",
         [
