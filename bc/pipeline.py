@@ -21,7 +21,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
-from bc.errors import BcError, ConfigError
+from bc.data.settings import flag, integer, number, setting
+from bc.errors import BcError
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 LOG_TAIL_CHARS = 3000  # of a failed step's log, shown in the error
@@ -85,15 +86,21 @@ class Pipeline:
     step_logs: bool = False  # true: each step's output in <out>/seed<n>/<step>.log
 
     def __post_init__(self) -> None:
-        if not self.seeds:
-            raise ConfigError("seeds: expected at least one training seed, got none")
+        self.seeds = setting("seeds", self.seeds, lambda seeds: [integer(s) for s in seeds],
+                             bool, "a list of training seeds (integers)")
+        self.random_tracks = setting("random_tracks", self.random_tracks,
+                                     lambda seeds: [integer(s) for s in seeds], lambda _: True,
+                                     "a list of random track seeds (integers)")
         for name in ("record_laps", "eval_laps", "speed_mph", "set_speed"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name}: expected > 0, got {getattr(self, name)}")
-        if self.epochs < 1:
-            raise ConfigError(f"epochs: expected >= 1, got {self.epochs}")
-        self.seeds = [int(seed) for seed in self.seeds]
-        self.random_tracks = [int(n) for n in self.random_tracks]
+            setattr(self, name, setting(name, getattr(self, name), number, lambda v: v > 0,
+                                        "a number > 0"))
+        self.other_laps = setting("other_laps", self.other_laps, number, lambda v: v >= 0,
+                                  "a number >= 0 (0: no unseen tracks)")
+        self.epochs = setting("epochs", self.epochs, integer, lambda v: v >= 1, "an integer >= 1")
+        self.eval_seed = setting("eval_seed", self.eval_seed, integer, lambda _: True,
+                                 "an integer")
+        for name in ("slow_in_bends", "video", "keep_data", "step_logs"):
+            setattr(self, name, flag(name, getattr(self, name)))
 
     # -- what is driven -----------------------------------------------------------------------
     def unseen_tracks(self) -> list[str]:

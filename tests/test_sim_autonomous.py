@@ -280,7 +280,9 @@ def test_configured_run_writes_metrics_pictures_video_and_logs_to_mlflow(fresh, 
 
 
 @pytest.mark.parametrize("setting, value", [("laps", 0), ("dt", 0.0), ("reply_timeout_s", -1.0),
-                                            ("max_steps", 0), ("stall_timeout_s", float("nan"))])
+                                            ("max_steps", 0), ("stall_timeout_s", float("nan")),
+                                            ("max_steps", "x"), ("port", 70000),
+                                            ("realtime", "yes")])
 def test_bad_settings_are_config_errors_naming_the_field(setting, value):
     with pytest.raises(ConfigError, match=rf"^{setting}: expected"):
         AutonomousDrive(**{setting: value})

@@ -227,6 +227,7 @@ def test_simulate_script_records_and_reports_bad_tracks(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (["dt=0"], "simulate.py: error: dt: expected a simulation step > 0 s, got 0"),
     (["max_rows=-5"], "simulate.py: error: max_rows: expected a number of samples >= 1"),
+    (["laps=abc"], "simulate.py: error: laps: expected a number > 0, got 'abc'"),
     (["mode=autonomous", "dt=0"], "simulate.py: error: dt: expected > 0, got 0"),
 ])
 def test_bad_settings_are_one_line_errors_before_anything_is_written(tmp_path, overrides,

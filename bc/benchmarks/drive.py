@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from bc.errors import ConfigError
+from bc.data.settings import integer, optional, setting
 
 DISTINCT_FRAMES = 32
 WARMUP_FRAMES = 50
@@ -78,7 +78,7 @@ def round_trips(client: Any, messages: list[str], indices: range) -> list[float]
     return times
 
 
-@dataclass(frozen=True)
+@dataclass
 class DriveBenchmark:
     """`frames` round trips through scripts/drive.py serving an untrained `model` (the
     conf/model group's config), `num_threads` torch threads (None: the server's default)."""
@@ -88,10 +88,9 @@ class DriveBenchmark:
     num_threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.frames < 1:
-            raise ConfigError(f"frames: expected >= 1, got {self.frames}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ConfigError(f"num_threads: expected >= 1 (or null), got {self.num_threads}")
+        self.frames = setting("frames", self.frames, integer, lambda n: n >= 1, ">= 1")
+        self.num_threads = setting("num_threads", self.num_threads, optional(integer),
+                                   lambda n: n is None or n >= 1, ">= 1 (or null)")
 
     def export(self, folder: Path) -> Path:
         """The untrained model as a TorchScript file, as training exports it."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from bc.errors import ConfigError
+from bc.data.settings import integer, setting
 
 TARGET_RATIO = 1.5
 MODEL_WARMUP_STEPS = 3
@@ -29,7 +29,7 @@ def _epoch(loader: Any) -> tuple[int, float]:
     return count, time.perf_counter() - started
 
 
-@dataclass(frozen=True)
+@dataclass
 class LoaderBenchmark:
     """The training loader built from `data` + `augmentation` (with `workers` DataLoader
     workers each) on ~`samples` generated samples, against `model_steps` training steps of
@@ -43,13 +43,13 @@ class LoaderBenchmark:
     model_steps: int = 30
 
     def __post_init__(self) -> None:
-        if self.samples < 3:
-            raise ConfigError(f"samples: expected >= 3 (one row is 3 samples), got {self.samples}")
-        if not self.workers or min(self.workers) < 0:
-            raise ConfigError(f"workers: expected DataLoader worker counts >= 0, got "
-                              f"{list(self.workers)}")
-        if self.model_steps < 1:
-            raise ConfigError(f"model_steps: expected >= 1, got {self.model_steps}")
+        self.samples = setting("samples", self.samples, integer, lambda n: n >= 3,
+                               ">= 3 (one row is 3 samples)")
+        self.workers = setting("workers", self.workers, lambda counts: [integer(n) for n in counts],
+                               lambda counts: counts and min(counts) >= 0,
+                               "a list of DataLoader worker counts >= 0")
+        self.model_steps = setting("model_steps", self.model_steps, integer, lambda n: n >= 1,
+                                   ">= 1")
 
     def loader_throughput(self, folder: Path, cache_dir: Path, workers: int) -> dict[str, float]:
         """Samples/s of the training loader: setup + first epoch (cold cache) and second

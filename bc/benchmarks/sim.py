@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from bc.errors import ConfigError
+from bc.data.settings import integer, optional, setting
 from bc.sim.car import Car, CarState
 from bc.udacity import CAMERAS, IMAGE_DIR, IMAGE_SUFFIX
 
@@ -51,7 +51,7 @@ def one_core() -> None:
         pass
 
 
-@dataclass(frozen=True)
+@dataclass
 class SimBenchmark:
     """Camera frames/s of `frames` renders of `track`, then recorded samples/s (`samples`,
     None: frames / 5, at least 30)."""
@@ -61,10 +61,9 @@ class SimBenchmark:
     samples: int | None = None
 
     def __post_init__(self) -> None:
-        if self.frames < 1:
-            raise ConfigError(f"frames: expected >= 1, got {self.frames}")
-        if self.samples is not None and self.samples < 1:
-            raise ConfigError(f"samples: expected >= 1 (or null), got {self.samples}")
+        self.frames = setting("frames", self.frames, integer, lambda n: n >= 1, ">= 1")
+        self.samples = setting("samples", self.samples, optional(integer),
+                               lambda n: n is None or n >= 1, ">= 1 (or null)")
 
     def run(self) -> dict[str, Any]:
         """Measure, print and return the numbers."""

@@ -38,7 +38,8 @@ import numpy as np
 import websocket
 
 from bc import images
-from bc.errors import BcError, ConfigError
+from bc.data.settings import flag, integer, number, optional, setting
+from bc.errors import BcError
 from bc.sim.car import MPS_PER_MPH, Car, CarState
 from bc.udacity import (MANUAL_EVENT, MAX_STEERING_DEG, PORT, SAMPLE_PERIOD_S, SOCKET_PATH,
                         STEER_EVENT, STEER_FIELDS, TELEMETRY_EVENT, TELEMETRY_FIELDS,
@@ -404,7 +405,7 @@ def default_max_steps(track_length: float, laps: float, dt: float) -> int:
     return int(math.ceil(laps * track_length / MIN_MEAN_SPEED_MPS / dt)) + 1
 
 
-@dataclass(frozen=True)
+@dataclass
 class AutonomousDrive:
     """The simulator in autonomous mode against the drive server at host:port (settings as in
     conf/simulate.yaml `autonomous`, checked here): `drive(track)` is the closed loop,
@@ -436,16 +437,20 @@ class AutonomousDrive:
     tracking_uri: str | None = None
 
     def __post_init__(self) -> None:
-        positive = {"laps": self.laps, "dt": self.dt, "reply_timeout_s": self.reply_timeout_s,
-                    "stall_timeout_s": self.stall_timeout_s}
-        for name, value in positive.items():
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"{name}: expected > 0, got {value}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps: expected >= 1 (or null: as many as the laps need), "
-                              f"got {self.max_steps}")
-        if self.max_manual_in_a_row < 0:
-            raise ConfigError(f"max_manual_in_a_row: expected >= 0, got {self.max_manual_in_a_row}")
+        for name in ("laps", "dt", "reply_timeout_s", "stall_timeout_s"):
+            setattr(self, name, setting(name, getattr(self, name), number, lambda v: v > 0, "> 0"))
+        self.start_speed_mph = setting("start_speed_mph", self.start_speed_mph, number,
+                                       lambda speed: speed >= 0, ">= 0")
+        self.max_steps = setting("max_steps", self.max_steps, optional(integer),
+                                 lambda steps: steps is None or steps >= 1,
+                                 ">= 1 (or null: as many as the laps need)")
+        self.max_manual_in_a_row = setting("max_manual_in_a_row", self.max_manual_in_a_row,
+                                           integer, lambda count: count >= 0, ">= 0")
+        self.port = setting("port", self.port, integer, lambda port: 0 <= port < 65536,
+                            "a TCP port")
+        self.seed = setting("seed", self.seed, integer, lambda seed: True, "an integer")
+        for name in ("realtime", "progress", "video"):
+            setattr(self, name, flag(name, getattr(self, name)))
 
     def drive(self, track: Any, frames_callback: ProgressCallback | None = None,
               video_path: str | Path | None = None) -> DriveResult:

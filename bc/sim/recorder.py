@@ -9,7 +9,6 @@ disk, so an interrupted recording leaves a valid log; re-recording appends.
 from __future__ import annotations
 
 import csv
-import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,6 +18,7 @@ from typing import Any, Mapping
 from tqdm import tqdm
 
 from bc import images
+from bc.data.settings import flag, integer, number, optional, setting
 from bc.errors import ConfigError
 from bc.sim.camera import Renderer
 from bc.sim.car import Car, CarState
@@ -75,7 +75,7 @@ def _ends_with_newline(path: Path) -> bool:
         return fh.read(1) in (b"\n", b"\r")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Recorder:
     """How the expert records: `laps` laps (or `max_rows` samples) at `speed_mph`, every `dt`.
 
@@ -96,15 +96,22 @@ class Recorder:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.dt) and self.dt > 0):
-            raise ConfigError(f"dt: expected a simulation step > 0 s, got {self.dt}")
-        if self.max_rows is not None and self.max_rows < 1:
-            raise ConfigError(f"max_rows: expected a number of samples >= 1 (or null to record "
-                              f"`laps` laps), got {self.max_rows}")
-        if self.max_rows is None and not (math.isfinite(self.laps) and self.laps > 0):
-            raise ConfigError(f"laps: expected > 0, got {self.laps}")
-        if not 0 <= self.jpeg_quality <= 100:
-            raise ConfigError(f"jpeg_quality: expected 0..100, got {self.jpeg_quality}")
+        def positive(value: float) -> bool:
+            return value > 0
+
+        self.dt = setting("dt", self.dt, number, positive, "a simulation step > 0 s")
+        self.max_rows = setting("max_rows", self.max_rows, optional(integer),
+                                lambda rows: rows is None or rows >= 1,
+                                "a number of samples >= 1 (or null to record `laps` laps)")
+        self.laps = setting("laps", self.laps, number,
+                            lambda laps: laps > 0 or self.max_rows is not None, "a number > 0")
+        self.speed_mph = setting("speed_mph", self.speed_mph, number, positive, "a number > 0")
+        self.seed = setting("seed", self.seed, integer, lambda seed: True, "an integer")
+        self.start_s = setting("start_s", self.start_s, number, lambda s: True, "a number (m)")
+        self.jpeg_quality = setting("jpeg_quality", self.jpeg_quality, integer,
+                                    lambda quality: 0 <= quality <= 100, "an integer in 0..100")
+        self.progress = flag("progress", self.progress)
+        ActionNoise(self.noise, self.recovery)  # checks the noise and recovery settings now
 
     def record(self, track: Track, out: str | Path, renderer: Renderer | None = None) -> Path:
         """Drive the expert on `track` and write (or append to) the Unity recording in `out`;
