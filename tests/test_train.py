@@ -208,15 +208,11 @@ def test_ctrl_c_leaves_a_killed_run_with_its_best_model(tmp_path: Path, recordin
         assert torch.allclose(loaded.net(batch), best(batch), atol=1e-6)
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("optimizer.lr=-0.01", "optimizer.lr: Invalid learning rate: -0.01"),
-    ("data.val_fraction=abc", "data.val_fraction: expected a finite number, got 'abc'"),
-])
-def test_bad_value_on_the_command_line_is_one_line(tmp_path: Path, recording: Path, override: str,
-                                                   message: str) -> None:
-    result = run_script(tmp_path, override, *data_overrides(recording, tmp_path / "cache"))
+def test_bad_value_on_the_command_line_is_one_line(tmp_path: Path, recording: Path) -> None:
+    result = run_script(tmp_path, "data.val_fraction=abc", *data_overrides(recording, tmp_path / "cache"))
     assert result.returncode == 2, result.stderr[-3000:]
-    assert result.stderr.strip().splitlines()[-1] == f"train.py: error: {message}"
+    assert result.stderr.strip().splitlines()[-1] == (
+        "train.py: error: data.val_fraction: expected a finite number, got 'abc'")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / DB).exists()  # refused before any MLflow run was started
 
