@@ -40,8 +40,8 @@ def build_group(group: str, node: Any, make: Callable[[DictConfig], T], required
     if node is None and not required:
         return None
     if not isinstance(node, DictConfig) or "_target_" not in node:
-        raise ConfigError(f"{group}: expected a config with a _target_ (choose one with {group}=...), "
-                          f"got {node!r}")
+        choose = "" if "." in group else f" (choose one with {group}=...)"
+        raise ConfigError(f"{group}: expected a config with a _target_{choose}, got {node!r}")
     _check_numbers(group, node)
     try:
         return make(node)

@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from bc import tracking
@@ -263,8 +264,8 @@ class MlflowRun(MLFlowLogger, Callback):
             self._log_results(trainer, pl_module)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        """Ctrl-C keeps what exists (best checkpoint, model) and closes the run KILLED."""
-        if not isinstance(exception, KeyboardInterrupt) or not trainer.is_global_zero:
+        """Ctrl-C (or SIGTERM) keeps what exists (best checkpoint, model) and closes the run KILLED."""
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or not trainer.is_global_zero:
             return
         self.interrupted = True
         try:

@@ -17,7 +17,8 @@ from bc.mlflow_run import MlflowRun
 from bc.models import MODELS, build_model
 from bc.models.base import SteeringModel
 from bc.module import SteeringModule
-from bc.train import build, instantiate_group
+from bc.instantiators import instantiate_group
+from bc.train import build
 from conftest import CONF_DIR
 
 NO_GPU_OVERRIDES = ["trainer.accelerator=cpu", "trainer.devices=1"]  # gpu/ddp: composed, built on CPU
