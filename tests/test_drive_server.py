@@ -253,6 +253,10 @@ def _good_packet() -> str:
 # for a reply to each message it sends, so each must get exactly one safe reply.
 JUNK_FRAMES = {
     "unknown_event": '42["hello",{"speed":"20.0"}]',
+    "unknown_event_with_ack_id": '421["hello",{}]',
+    "server_event_from_the_client": '42["steer",{"steering_angle":"0","throttle":"0"}]',
+    "connect_to_other_namespace": "40/other",
+    "disconnect_from_other_namespace": "41/other",
     "other_namespace": "42/other," + _good_packet()[2:],
     "event_without_data": "42",
     "empty_event_array": "42[]",
@@ -266,6 +270,7 @@ JUNK_FRAMES = {
     "empty_text_frame": "",
     "unknown_engineio_packet": "7hello",
     "engineio_open_from_the_client": "0{}",
+    "base64_binary_engineio_packet": "b4AAECAw==",
     "binary_frame": b"\x04junk",
     "empty_binary_frame": b"",
 }
