@@ -1,5 +1,7 @@
 """A raw-websocket client that behaves exactly like the Udacity simulator's Unity client
-(PROTOCOL.md section 2), for tests of any drive server.
+(docs/PROTOCOL.md section 2), for tests of any drive server. Unlike bc.sim's UnityClient
+(which only ever sends what the simulator sends) it also gives tests the raw websocket, to
+send the junk a drive server must survive.
 
 - connects straight to ``ws://HOST:PORT/socket.io/?EIO=4&transport=websocket`` (no polling),
 - never sends the namespace connect packet ``40`` (it ignores the server's ``40`` too),
@@ -8,8 +10,10 @@
 - sends only text frames ``42["telemetry",{...}]`` whose values are all strings,
 - works in lockstep: one telemetry, then wait for the ``steer`` / ``manual`` reply.
 
-Also: ``make_jpeg`` / ``telemetry`` build real 320x160 RGB JPEG telemetry payloads.
-Only websocket-client, numpy and OpenCV are used, nothing from ``bc``.
+Also: ``make_jpeg`` / ``telemetry`` build real RGB JPEG telemetry payloads (320x160 unless
+told otherwise). The wire format is spelled out here rather than taken from ``bc``, so the
+tests check the server against the protocol, not against itself; JPEGs come from
+``bc.images`` (the one JPEG encoder).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Any
 import cv2
 import numpy as np
 import websocket
+
+from bc.images import encode_jpeg
 
 OPEN, CLOSE, PING, PONG, MESSAGE = "0", "1", "2", "3", "4"
 SIO_CONNECT, SIO_EVENT = "0", "2"
@@ -49,12 +55,8 @@ def make_frame(seed: int = 0, width: int = 320, height: int = 160) -> np.ndarray
 
 
 def make_jpeg(seed: int = 0, width: int = 320, height: int = 160, quality: int = 90) -> bytes:
-    """JPEG bytes of ``make_frame`` (the simulator encodes RGB frames; OpenCV wants BGR)."""
-    rgb = make_frame(seed, width, height)
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                            [cv2.IMWRITE_JPEG_QUALITY, quality])
-    assert ok
-    return data.tobytes()
+    """JPEG bytes (holding RGB, like the simulator's) of ``make_frame``."""
+    return encode_jpeg(make_frame(seed, width, height), quality)
 
 
 def telemetry(jpeg: bytes, speed: float = 8.0, steering_deg: float = 0.0,
@@ -73,7 +75,6 @@ class UnityClient:
         self.ws: websocket.WebSocket | None = None
         self.handshake: dict[str, Any] = {}
         self.sent: list[str] = []
-        self.received: list[str] = []
         self.connect_reply: tuple[str, dict] | None = None
         self.pongs = 0
         self.ping_interval = 25.0
@@ -118,7 +119,6 @@ class UnityClient:
         frame = self.ws.recv()
         if isinstance(frame, bytes):
             raise AssertionError(f"server sent a binary frame ({len(frame)} bytes)")
-        self.received.append(frame)
         return frame
 
     def wait_reply(self) -> tuple[str, dict]:
