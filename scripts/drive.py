@@ -1,6 +1,7 @@
 """Serve a trained steering model to the Udacity simulator (autonomous mode).
 
-    python scripts/drive.py run_id=<id>|<run name>|latest|best [experiment_name=bc metric=val/loss mode=min]
+    python scripts/drive.py run_id=<id>|<run name>|latest|best [experiment_name=bc]
+    python scripts/drive.py run_id=best [metric=val/loss mode=min]
     python scripts/drive.py model_path=model.ts [image_folder=run1] [set_speed=12]
 
 Prints ``serving <source> on http://127.0.0.1:4567 for <W>x<H> frames`` once the port is

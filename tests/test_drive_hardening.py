@@ -117,7 +117,8 @@ def test_reset_handshakes_leak_no_descriptor(server, model):
 def test_out_of_descriptors_the_server_waits_and_serves_again(server, model):
     held = []
     try:
-        while open_descriptors(server["pid"]) < DESCRIPTOR_LIMIT and len(held) < 2 * DESCRIPTOR_LIMIT:
+        while (open_descriptors(server["pid"]) < DESCRIPTOR_LIMIT
+               and len(held) < 2 * DESCRIPTOR_LIMIT):
             connection = socket.socket()
             connection.setblocking(False)
             connection.connect_ex(("127.0.0.1", server["port"]))
@@ -145,8 +146,10 @@ def test_a_connection_that_never_finishes_its_request_is_closed(server):
 
 
 def peak_memory_mb(pid: int) -> float:
+    """Peak resident memory of process ``pid`` so far."""
     status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 1024
+    kilobytes = next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]
+    return int(kilobytes) / 1024
 
 
 def test_a_decompression_bomb_is_refused_before_decoding(server, model):

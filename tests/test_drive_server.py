@@ -180,7 +180,8 @@ def test_python_socketio_client_gets_steer_and_manual(server):
     client.on("manual", lambda data=None: replies.put(("manual", data)))
     client.connect(f"http://127.0.0.1:{server['port']}", transports=["websocket"])
     try:
-        assert replies.get(timeout=10) == ("steer", {"steering_angle": SAFE_STEER, "throttle": COAST})
+        assert replies.get(timeout=10) == (
+            "steer", {"steering_angle": SAFE_STEER, "throttle": COAST})
         for seed in range(3):
             client.emit("telemetry", telemetry(make_jpeg(seed)))
             assert_valid_steer(replies.get(timeout=10))

@@ -8,7 +8,6 @@ import csv
 import os
 import re
 from datetime import datetime, timezone
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,10 +17,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from bc import images, tracking
+from bc.cli import bc_error_in
 from bc.drive.controller import PIController, SpeedController
 from bc.drive.frames import CSV_NAME, FolderNotEmptyError, FrameRecorder, frame_stem
 from bc.drive.predictor import BadFrame, Predictor, decode_base64
-from bc.cli import bc_error_in
 from bc.errors import ConfigError
 from bc.preprocess import FrameSizeError, to_tensor
 from unity_client import make_jpeg, telemetry

@@ -62,7 +62,8 @@ def test_video_script_accepts_folder_override_and_reports_errors(tmp_path):
     empty.mkdir()
     result = subprocess.run([sys.executable, str(VIDEO_SCRIPT), f"folder={empty}"],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert result.returncode == 2 and result.stderr.strip() == f"video.py: error: {empty} has no .jpg frames"
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"video.py: error: {empty} has no .jpg frames"
     no_folder = subprocess.run([sys.executable, str(VIDEO_SCRIPT)], capture_output=True,
                                text=True, timeout=120, cwd=tmp_path)
     assert no_folder.returncode == 2

@@ -63,8 +63,8 @@ def recorded_files(folder: Path, overwrite: bool) -> list[Path]:
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise FolderNotEmptyError(
-            f"image_folder {folder} holds {shown}, which drive.py did not write; "
-            f"overwrite=true only deletes a drive's {CSV_NAME} and frames, so choose another folder")
+            f"image_folder {folder} holds {shown}, which drive.py did not write; overwrite=true "
+            f"only deletes a drive's {CSV_NAME} and frames, so choose another folder")
     return entries
 
 

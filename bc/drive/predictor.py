@@ -56,8 +56,8 @@ def default_num_threads() -> int:
 def configure_torch(num_threads: int | None) -> int:
     """Set torch's thread counts for single-frame inference (``None``: the default above);
     returns the intra-op count."""
-    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
-                                    or num_threads < 1):
+    if num_threads is not None and (isinstance(num_threads, bool)
+                                    or not isinstance(num_threads, int) or num_threads < 1):
         raise ConfigError(f"num_threads: expected an integer >= 1 or null, got {num_threads!r}")
     threads = num_threads or default_num_threads()
     torch.set_num_threads(threads)

@@ -152,7 +152,8 @@ class DriveServer:
                  recorder: FrameRecorder | None = None) -> None:
         if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int) \
                 or max_message_bytes < 1:
-            raise ConfigError(f"max_message_bytes: expected an integer >= 1, got {max_message_bytes!r}")
+            raise ConfigError(
+                f"max_message_bytes: expected an integer >= 1, got {max_message_bytes!r}")
         self.predictor = predictor
         self.controller = controller
         self.recorder = recorder

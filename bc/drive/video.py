@@ -2,8 +2,8 @@
 predicted steering drawn on each frame.
 
 Frames come in the order of ``drive_log.csv`` when the folder has one (`bc.drive.frames`
-writes it), else in file-name order (the names are UTC timestamps). Written with imageio's ffmpeg plugin
-(imageio-ffmpeg ships its own ffmpeg binary; H.264, yuv420p: plays everywhere).
+writes it), else in file-name order (the names are UTC timestamps). Written with imageio's
+ffmpeg plugin (imageio-ffmpeg ships its own ffmpeg binary; H.264, yuv420p: plays everywhere).
 """
 
 from __future__ import annotations
