@@ -164,7 +164,7 @@ def drive(compose):
                        max_message_bytes=100_000)
 
 
-def test_telemetry_replies_are_strings_and_bad_input_gets_the_safe_reply(drive):
+def test_telemetry_replies_are_strings_and_bad_input_gets_the_safe_reply(drive, caplog):
     from bc.drive.server import MANUAL_REPLY
 
     reply = drive.handle_telemetry(telemetry(make_jpeg(3), speed=8.0))
@@ -176,7 +176,8 @@ def test_telemetry_replies_are_strings_and_bad_input_gets_the_safe_reply(drive):
     assert moving.data == {"steering_angle": "0.000000", "throttle": "-0.500000"}  # brake
     still = drive.handle_telemetry({"speed": "1.0", "image": "%%%"})
     assert still.data == {"steering_angle": "0.000000", "throttle": "0.000000"}  # no reversing
-    assert drive.bad_messages == 2
+    warnings = [r.getMessage() for r in caplog.records if r.name == "bc.drive"]
+    assert len(warnings) == 2 and all("image: not valid base64" in w for w in warnings)
     # Unity writes "N4" numbers with the machine's decimal separator.
     comma = dict(telemetry(make_jpeg(3)), speed="25,0000")
     assert float(drive.handle_telemetry(comma).data["throttle"]) < 0

@@ -158,8 +158,6 @@ class DriveServer:
         self.controller = controller
         self.recorder = recorder
         self.max_message_bytes = max_message_bytes
-        self.messages = 0
-        self.bad_messages = 0
 
     def on_connect(self) -> Reply:
         """A new simulator connection: forget the old speed error, send steer 0/0."""
@@ -173,7 +171,6 @@ class DriveServer:
 
     def bad_input(self, reason: str, speed: float | None = None) -> Reply:
         """Log one warning line for unusable input and return the safe reply."""
-        self.bad_messages += 1
         reply = self.safe_reply(speed)
         LOG.warning("bad telemetry: %s -> replied steer 0, throttle %s",
                     reason, reply.data["throttle"])
@@ -181,7 +178,6 @@ class DriveServer:
 
     def handle_telemetry(self, data: object = None) -> Reply:
         """The one reply to one telemetry payload; never raises."""
-        self.messages += 1
         if data is None or data == {}:
             return MANUAL_REPLY
         speed: float | None = None
@@ -208,7 +204,6 @@ class DriveServer:
             return self.bad_input(str(error), speed)
         except Exception as error:  # a bug, not bad input: still answer, keep the car safe
             LOG.exception("unexpected error handling telemetry: %s", error)
-            self.bad_messages += 1
             return self.safe_reply(speed)
         steering = min(1.0, max(-1.0, raw_steering))
         throttle = self.controller.throttle(speed, steering)
