@@ -4,9 +4,9 @@ The Unity simulator (docs/PROTOCOL.md section 2) opens a raw websocket to
 ``/socket.io/?EIO=4&transport=websocket``, never sends the namespace connect ``40``, pings
 every ``pingInterval``, emits ``42["telemetry",{...}]`` with every value a string and waits for
 one ``steer`` or ``manual`` per telemetry (lockstep). `UnityClient` is that wire behaviour;
-`drive` is the closed loop around it: render the center camera, send it, apply the reply,
-step the car, count interventions and laps; `AutonomousDrive` holds its settings, checked
-once. Whatever drives this client drives the real simulator too.
+`AutonomousDrive.drive` is the closed loop around it: render the center camera, send it,
+apply the reply, step the car, count interventions and laps (`run` also reports). Whatever
+drives this client drives the real simulator too.
 
 Interventions (as in NVIDIA's simulator test): when the car's centre leaves the road
 (|cte| > width / 2) it is counted and the car is put back on the nearest centreline point,
