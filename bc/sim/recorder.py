@@ -18,6 +18,7 @@ from typing import Any, Mapping
 from tqdm import tqdm
 
 from bc import images
+from bc.data.log import file_name_from_log_path
 from bc.data.settings import flag, integer, number, optional, setting
 from bc.errors import ConfigError
 from bc.sim.camera import Renderer
@@ -35,7 +36,7 @@ MAX_STEPS_PER_LAP_FACTOR = 10  # safety stop if the car makes no progress
 
 def parse_stamp(name: str) -> datetime | None:
     """Timestamp of a Unity-style image file name (any folder / separator), or None."""
-    m = _STAMP.search(name.replace("\\", "/").rsplit("/", 1)[-1])
+    m = _STAMP.search(file_name_from_log_path(name))
     if not m:
         return None
     milliseconds = timedelta(milliseconds=int(m.group(2)))
