@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
-from bc.data.settings import flag, integer, number, setting
+from bc.settings import flag, integer, number, setting
 from bc.errors import BcError
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"

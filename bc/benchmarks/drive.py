@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from bc.data.settings import integer, optional, setting
+from bc.settings import integer, optional, setting
 
 DISTINCT_FRAMES = 32
 WARMUP_FRAMES = 50

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from bc.data.settings import integer, setting
+from bc.settings import integer, setting
 
 TARGET_RATIO = 1.5
 MODEL_WARMUP_STEPS = 3

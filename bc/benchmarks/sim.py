@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from bc.data.settings import integer, optional, setting
+from bc.settings import integer, optional, setting
 from bc.sim.car import Car, CarState
 from bc.udacity import CAMERAS, IMAGE_DIR, IMAGE_SUFFIX
 

@@ -33,7 +33,7 @@ from bc.data.log import (
     read_driving_logs,
     summarize,
 )
-from bc.data.settings import flag, integer, number, optional, setting
+from bc.settings import flag, integer, number, optional, setting
 from bc.data.split import SPLITS, block_rows_for, split_rows
 from bc.errors import ConfigError
 from bc.preprocess import Preprocess

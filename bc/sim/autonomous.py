@@ -38,7 +38,7 @@ import numpy as np
 import websocket
 
 from bc import images
-from bc.data.settings import flag, integer, number, optional, setting
+from bc.settings import flag, integer, number, optional, setting
 from bc.errors import BcError
 from bc.sim.car import MPS_PER_MPH, Car, CarState
 from bc.udacity import (MANUAL_EVENT, MAX_STEERING_DEG, PORT, SAMPLE_PERIOD_S, SOCKET_PATH,

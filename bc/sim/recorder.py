@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from bc import images
 from bc.data.log import file_name_from_log_path
-from bc.data.settings import flag, integer, number, optional, setting
+from bc.settings import flag, integer, number, optional, setting
 from bc.errors import ConfigError
 from bc.sim.camera import Renderer
 from bc.sim.car import Car, CarState
