@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from bc.sim.camera import Renderer
+from bc.sim.camera import Renderer, renderer_for
 from bc.sim.car import CarState
 from bc.sim.track import load_track
 from bc.udacity import CAMERAS, FRAME_HEIGHT, FRAME_WIDTH
@@ -22,7 +22,13 @@ def lake():
 
 @pytest.fixture(scope="module")
 def renderer(lake):
-    return Renderer(lake, seed=0)
+    return renderer_for(lake, seed=0)
+
+
+def test_renderers_are_shared_per_world_and_lighting(renderer, lake):
+    """Painting a world takes a second or two: every env on (track, seed) shares one."""
+    assert renderer_for(load_track("lake"), 0) is renderer  # the same geometry, another object
+    assert isinstance(renderer, Renderer) and renderer.seed == 0
 
 
 def _state(track, s: float, offset: float = 0.0, yaw_error: float = 0.0) -> CarState:

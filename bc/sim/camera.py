@@ -16,6 +16,7 @@ from the texture and one from the panorama: no per-pixel Python, ~1 ms per frame
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import cv2
@@ -46,6 +47,8 @@ HOOD_SHIFT_PX = 70  # side cameras see the bonnet shifted towards the car's cent
 INNER_BAND_FRACTION = 0.9  # on the inside of a bend paint at most this fraction of its radius
 CENTER, LEFT, RIGHT = CAMERAS
 MOUNT_SIDE = {CENTER: 0.0, LEFT: 1.0, RIGHT: -1.0}  # side cameras: left (+) / right (-) of centre
+_ZERO = np.int32(0)
+RENDERER_CACHE_SIZE = 2  # painting a track's world takes a second or two; drives repeat tracks
 
 
 @dataclass
@@ -57,7 +60,8 @@ class _Group:
     fx: np.ndarray  # ground hit, car frame, forward (in level texels)
     fy: np.ndarray  # ground hit, car frame, left (in level texels)
     level: int
-    fog: np.ndarray | None  # (n, 1) fog factor where the band blends with haze
+    keep: np.ndarray | None  # (n, 1) 1 - fog factor where the band blends with haze
+    haze: np.ndarray | None  # (n, 4) the haze's share: haze colour * fog factor
 
 
 def _smooth_noise(shape: tuple[int, int], cell_px: float, rng: np.random.Generator) -> np.ndarray:
@@ -270,12 +274,16 @@ class Renderer:
         for _ in range(MIP_LEVELS - 1):
             mips.append(cv2.pyrDown(mips[-1]))
         self._mip_shape = [m.shape[:2] for m in mips]
+        # largest texel index per level as int32 scalars: np.clip with Python ints costs
+        # ~4x more per call (dtype resolution), a noticeable share of a 0.3 ms frame
+        self._mip_last = [(np.int32(h - 1), np.int32(w - 1)) for h, w in self._mip_shape]
         self._mip_flat = [_pack(m).ravel() for m in mips]
         del mips, world
 
         rng = np.random.default_rng(self.seed + 7919)
         self._build_rays()
-        self._panorama = _pack(self._build_panorama(rng))
+        # azimuth-major, so a frame's sky gathers whole contiguous columns
+        self._panorama = np.ascontiguousarray(_pack(self._build_panorama(rng)).T)
         self._haze = self._haze_colour()
         self._haze4 = np.append(self._haze, 0.0).astype(np.float32)
         self._cameras = {cam: self._build_camera(cam) for cam in CAMERAS}
@@ -379,12 +387,14 @@ class Renderer:
             level = int(row_lod[r])
             inv = 1.0 / (self.texel * (1 << level))
             sl = slice(r * FRAME_WIDTH, end * FRAME_WIDTH)
+            band_fog = fog.ravel()[sl][:, None].astype(np.float32) if row_fog[r] else None
             groups.append(_Group(
                 start=sl.start, stop=sl.stop,
                 fx=(self._gx.ravel()[sl] * inv).astype(np.float32),
                 fy=(self._gy.ravel()[sl] * inv).astype(np.float32),
                 level=level,
-                fog=fog.ravel()[sl][:, None].astype(np.float32) if row_fog[r] else None,
+                keep=None if band_fog is None else 1 - band_fog,
+                haze=None if band_fog is None else self._haze4 * band_fog,
             ))
             r = end
         hood_pix = np.flatnonzero(hood).astype(np.int32)
@@ -415,23 +425,48 @@ class Renderer:
         out = cam["base"].copy()
         for g in cam["groups"]:
             inv = 1.0 / (self.texel * (1 << g.level))
-            h, w = self._mip_shape[g.level]
+            last_y, last_x = self._mip_last[g.level]
             ox, oy = (cx - self._x0) * inv, (cy - self._y0) * inv
             ix = (c * g.fx - s * g.fy + ox).astype(np.int32)
             iy = (s * g.fx + c * g.fy + oy).astype(np.int32)
-            np.clip(ix, 0, w - 1, out=ix)
-            np.clip(iy, 0, h - 1, out=iy)
-            iy *= w
+            np.clip(ix, _ZERO, last_x, out=ix)
+            np.clip(iy, _ZERO, last_y, out=iy)
+            iy *= last_x + 1
             iy += ix
             colour = self._mip_flat[g.level][iy]
-            if g.fog is not None:
-                rgba = colour.view(np.uint8).reshape(-1, 4) * (1 - g.fog) + self._haze4 * g.fog
+            if g.keep is not None:
+                rgba = colour.view(np.uint8).reshape(-1, 4) * g.keep
+                rgba += g.haze
                 colour = rgba.astype(np.uint8).view(np.uint32).ravel()
             out[g.start:g.stop] = colour
         out[cam["hood_pix"]] = cam["hood_val"]
         img = out.reshape(FRAME_HEIGHT, FRAME_WIDTH)
         if self._sky_rows:
             az = np.floor((yaw + self._col_azimuth) * (PANORAMA_COLUMNS / (2 * math.pi)))
-            img[: self._sky_rows] = self._panorama[:, np.mod(az.astype(np.int64), PANORAMA_COLUMNS)]
+            img[: self._sky_rows] = self._panorama[np.mod(az.astype(np.int64),
+                                                          PANORAMA_COLUMNS)].T
         rgba = img.view(np.uint8).reshape(FRAME_HEIGHT, FRAME_WIDTH, 4)
         return cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
+
+
+_renderers: "OrderedDict[tuple, Renderer]" = OrderedDict()
+
+
+def _track_key(track: Track) -> tuple:
+    """What a rendered world depends on: the geometry and the theme, not the object."""
+    points = np.asarray(track.control_points, dtype=np.float64)
+    return (str(track.name), float(track.width), points.tobytes(), repr(track.theme))
+
+
+def renderer_for(track: Track, seed: int = 0) -> Renderer:
+    """A Renderer for (track, lighting seed), reused while it is among the last
+    RENDERER_CACHE_SIZE asked for."""
+    key = (_track_key(track), int(seed))
+    renderer = _renderers.get(key)
+    if renderer is not None:
+        _renderers.move_to_end(key)
+        return renderer
+    renderer = _renderers[key] = Renderer(track, seed=seed)
+    while len(_renderers) > RENDERER_CACHE_SIZE:
+        _renderers.popitem(last=False)
+    return renderer
