@@ -3,21 +3,25 @@ built-in simulator over the real Socket.IO protocol, and log the driving metrics
 pictures back to the same MLflow run.
 
 Offline validation loss is known to predict driving poorly; these metrics
-(`eval/<track>/autonomy`, `eval/<track>/mean_abs_cte`, ...) are what `drive.py
-run_id=best metric=eval/lake/autonomy mode=max` can select on.
+(`eval/<track>/autonomy`, `eval/<track>/pace_pct`, `eval/<track>/mean_abs_cte`, ...) are what
+`drive.py run_id=best metric=eval/lake/autonomy mode=max` can select on. As Unity runs it, the
+server's latency costs simulated time (`realtime`), and the lap time is reported beside the
+expert's on the same track, direction and car (`pace_pct`, bc/sim/metrics.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from bc.drive.launch import drive_server
 from bc.sim.autonomous import AutonomousDrive
+from bc.sim.env import RANDOM_TRACK
 from bc.sim.metrics import metric_label
+
+REVERSE_SUFFIX = "-reverse"  # eval/<track>-reverse/... for drives the other way round
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class TrackSpec:
     @classmethod
     def parse(cls, text: str) -> "TrackSpec":
         text = str(text).strip()
-        match = re.fullmatch(r"random(?:[:-](\d+))?", text)
+        match = RANDOM_TRACK.fullmatch(text)
         if match:
             seed = int(match.group(1) or 0)
             return cls("random", seed, f"random-{seed}")
@@ -43,7 +47,7 @@ def evaluate(run_id: str, tracks: Sequence[str], autonomous: AutonomousDrive, *,
              tracking_uri: str | None = None) -> dict[str, dict]:
     """Serve `run_id`'s model with scripts/drive.py (plus `server_overrides`) and drive each
     track as `autonomous` says; log `eval/<track>/...` metrics and pictures to the run.
-    Returns the metrics per track label."""
+    Returns the metrics per track label (`<track>-reverse` with `autonomous.reverse`)."""
     from bc import tracking
     from bc.sim.track import load_track
 
@@ -57,8 +61,9 @@ def evaluate(run_id: str, tracks: Sequence[str], autonomous: AutonomousDrive, *,
     with drive_server([f"run_id={run_id}", f"tracking_uri={uri}", *server_overrides],
                       out) as server:
         for spec, seed, track in zip(specs, seeds, loaded):
+            label = spec.label + (REVERSE_SUFFIX if autonomous.reverse else "")
             drive = dataclasses.replace(
                 autonomous, host="127.0.0.1", port=server["port"], seed=seed,
-                out=str(out / spec.label), label=spec.label, run_id=run_id, tracking_uri=uri)
-            results[spec.label] = drive.run(track)
+                out=str(out / label), label=label, run_id=run_id, tracking_uri=uri)
+            results[label] = drive.run(track)
     return results

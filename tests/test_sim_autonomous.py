@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 
 import cv2
@@ -13,8 +14,10 @@ from hydra.utils import instantiate
 from sim_servers import DriveServerStub, steer
 
 from bc.errors import ConfigError
-from bc.sim.autonomous import AutonomousDrive, AutonomousError, DriveResult, UnityClient
+from bc.sim.autonomous import AutonomousDrive, AutonomousError, UnityClient
+from bc.sim.car import MPS_PER_MPH
 from bc.sim.expert import Expert
+from bc.sim.metrics import DriveResult, expert_drive, lap_time_s
 from bc.sim.track import load_track
 from bc.udacity import MAX_STEERING_DEG
 
@@ -22,7 +25,8 @@ FAST_TIMEOUT_S = 0.5
 
 
 def drive(track, frames_callback=None, **settings) -> DriveResult:
-    """One closed-loop drive with these AutonomousDrive settings."""
+    """One closed-loop drive with these AutonomousDrive settings (lockstep unless asked)."""
+    settings.setdefault("realtime", False)
     return AutonomousDrive(**settings).drive(track, frames_callback=frames_callback)
 
 
@@ -102,6 +106,19 @@ def test_expert_server_completes_a_lap_without_interventions(fresh, lake):
           f"{result.steps / result.wall_s:.0f} steps/s")
 
 
+def test_expert_answering_over_socketio_drives_the_reference_lap(fresh, lake):
+    """The client loop and the expert's reference drive step the same DrivingEnv: the expert
+    answering in lockstep laps in exactly the reference lap time (pace 100 %)."""
+    expert = Expert(lake)  # its own pace, on the default car
+    shared: dict = {}
+    fresh.handler = lambda data: [steer(*expert.act(shared["state"]))]
+    autonomous = AutonomousDrive(laps=1, port=fresh.port, realtime=False, reply_timeout_s=5)
+    result = autonomous.drive(
+        lake, frames_callback=lambda index, rgb, state: shared.update(state=state))
+    assert result.stop_reason == "laps" and len(result.intervention_steps) == 0
+    assert autonomous.expert_lap_time(result) == pytest.approx(lap_time_s(result), abs=1e-9)
+
+
 def test_zero_steering_records_interventions(fresh, mountain):
     fresh.handler = lambda data: [steer(0.0, 0.5)]
     result = drive(mountain, laps=0.5, port=fresh.port, max_steps=450, reply_timeout_s=5)
@@ -155,7 +172,8 @@ def test_manual_replies_resend_telemetry(fresh, lake):
     assert result.manual_replies == 3
     assert result.steps == 10 and result.frames == 13 == len(fresh.telemetry)
     assert fresh.telemetry[0] == fresh.telemetry[1] == fresh.telemetry[2] == fresh.telemetry[3]
-    assert fresh.telemetry[4]["image"] != fresh.telemetry[3]["image"]  # the car moved
+    # the car moves off (the first command acts one step late: the actuation delay)
+    assert fresh.telemetry[5]["image"] != fresh.telemetry[3]["image"]
 
 
 def test_endless_manual_is_an_error(fresh, lake):
@@ -277,6 +295,50 @@ def test_configured_run_writes_metrics_pictures_video_and_logs_to_mlflow(fresh, 
     artifacts = {a.path for a in client(uri).list_artifacts(run_id, "eval/lake")}
     expected = {f"eval/lake/{name}" for name in ("metrics.json", "trajectory.png", "center.mp4")}
     assert expected <= artifacts
+    assert metrics["lap_time_s"] is None and metrics["pace_pct"] is None  # no whole lap yet
+    assert "eval/lake/pace_pct" not in logged
+
+
+RING_RADIUS_M = 30.0
+
+
+def test_evaluation_reports_lap_time_and_pace_vs_the_expert(fresh, tmp_path, capsys):
+    """A slow driver (constant left steering, 18 mph by the telemetry's speed) laps a ring;
+    the report puts its lap time beside the expert's on the same track and car."""
+    from bc.tracking import client, get_or_create_experiment
+
+    angles = np.linspace(0.0, 2 * np.pi, 17)[:-1]
+    ring = tmp_path / "ring.yaml"
+    ring.write_text(json.dumps({"name": "ring", "width": 10.0, "points": [
+        [round(RING_RADIUS_M * np.cos(a), 3), round(RING_RADIUS_M * np.sin(a), 3)]
+        for a in angles]}))
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    run_id = client(uri).create_run(get_or_create_experiment("bc-pace", uri)).info.run_id
+    fresh.handler = lambda data: [steer(-0.2, float(np.clip(
+        0.5 * (8.0 - float(data["speed"]) * MPS_PER_MPH), -1, 1)))]
+    metrics = AutonomousDrive(laps=1, port=fresh.port, realtime=False, reply_timeout_s=5,
+                              out=str(tmp_path / "eval"), run_id=run_id,
+                              tracking_uri=uri).run(str(ring))
+    expert = lap_time_s(expert_drive(str(ring), 1.0))
+    assert metrics["laps_completed"] == 1 and metrics["interventions"] == 0
+    assert metrics["lap_time_s"] == pytest.approx(metrics["sim_time_s"])
+    assert metrics["expert_lap_time_s"] == pytest.approx(expert)
+    assert metrics["pace_pct"] == pytest.approx(100 * expert / metrics["lap_time_s"])
+    assert metrics["pace_pct"] < 80  # 18 mph is well below what the expert holds here
+    printed = capsys.readouterr().out
+    assert re.search(rf"pace vs expert \(%\) +\| +{metrics['pace_pct']:.1f}\n", printed)
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["pace_pct"] == metrics["pace_pct"] and saved["expert_lap_time_s"] == expert
+    logged = client(uri).get_run(run_id).data.metrics
+    for key in ("lap_time_s", "expert_lap_time_s", "pace_pct", "autonomy", "mean_abs_cte"):
+        assert logged[f"eval/ring/{key}"] == pytest.approx(metrics[key])
+
+
+def test_realtime_is_the_default_for_evaluation(compose):
+    """As Unity runs it: the server's latency costs simulated time unless asked otherwise."""
+    assert AutonomousDrive().realtime
+    assert instantiate(compose("evaluate").autonomous).realtime
+    assert instantiate(compose("simulate").autonomous).realtime
 
 
 @pytest.mark.parametrize("setting, value", [("laps", 0), ("dt", 0.0), ("reply_timeout_s", -1.0),

@@ -1,4 +1,5 @@
-"""Metrics, pictures and MLflow logging of autonomous runs, on hand-built DriveResults."""
+"""Metrics, pictures and MLflow logging of autonomous runs, on hand-built DriveResults, and
+the expert's reference drive (lap time and pace)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 
-from bc.sim.autonomous import DriveResult, write_trajectory_csv
-from bc.sim.metrics import autonomy_pct, compute_metrics, format_table, log_to_mlflow, write_json
+from bc.sim.metrics import (DriveResult, autonomy_pct, compute_metrics, expert_drive,
+                            format_table, lap_time_s, log_to_mlflow, write_json,
+                            write_trajectory_csv)
 from bc.sim.plots import plot_trajectory
 from bc.sim.track import load_track
 
@@ -76,6 +78,32 @@ def test_laps_completed_counts_whole_laps(track):
     result.s = np.linspace(0, -0.5 * track.length, 10)  # backwards: no laps, negative progress
     m = compute_metrics(result)
     assert m["laps_completed"] == 0 and m["progress_laps"] < 0
+
+
+def test_lap_time_and_pace_vs_the_expert(track):
+    result = hand_built(track, np.zeros(100))  # 10 s
+    result.s = np.linspace(0.0, 2.2 * track.length, 100)
+    first_two = int(np.argmax(result.s >= 2 * track.length))
+    assert lap_time_s(result) == pytest.approx(result.t[first_two] / 2)
+    m = compute_metrics(result, expert_lap_time=0.8 * lap_time_s(result))
+    assert m["lap_time_s"] == pytest.approx(lap_time_s(result))
+    assert m["pace_pct"] == pytest.approx(80.0)  # 100 % = the expert's pace
+    assert "pace vs expert (%)" in format_table(m) and "80.0" in format_table(m)
+    result.s = np.linspace(0.0, 0.9 * track.length, 100)  # no whole lap: no lap time, no pace
+    m = compute_metrics(result, expert_lap_time=40.0)
+    assert m["lap_time_s"] is None and m["pace_pct"] is None
+    assert "lap time (s)" in format_table(m)
+
+
+@pytest.mark.parametrize("car", ["kinematic", "dynamic"])
+def test_expert_reference_drive_laps_on_the_road(track, car):
+    result = expert_drive("lake", 1.0, car=car)
+    m = compute_metrics(result)
+    assert result.stop_reason == "laps" and m["laps_completed"] == 1
+    assert m["interventions"] == 0 and m["max_abs_cte"] < track.width / 2
+    assert m["lap_time_s"] == pytest.approx(m["sim_time_s"])  # one lap: the whole drive
+    slower = expert_drive("lake", 1.0, car=car, speed_mph=10.0)
+    assert lap_time_s(slower) > 1.2 * lap_time_s(result)  # its own pace is faster than 10 mph
 
 
 def test_empty_result_is_a_clear_error(track):

@@ -4,18 +4,13 @@ The Unity simulator (docs/PROTOCOL.md section 2) opens a raw websocket to
 ``/socket.io/?EIO=4&transport=websocket``, never sends the namespace connect ``40``, pings
 every ``pingInterval``, emits ``42["telemetry",{...}]`` with every value a string and waits for
 one ``steer`` or ``manual`` per telemetry (lockstep). `UnityClient` is that wire behaviour;
-`AutonomousDrive.drive` is the closed loop around it: render the center camera, send it,
-apply the reply, step the car, count interventions and laps (`run` also reports). Whatever
-drives this client drives the real simulator too.
+`AutonomousDrive.drive` is the small loop that feeds it the DrivingEnv (bc/sim/env.py): send
+the center camera, apply the reply to the env (`run` also reports). Whatever drives this
+client drives the real simulator too. Progress, laps, the off-road rule and interventions
+are the env's.
 
-Interventions (as in NVIDIA's simulator test): when the car's centre leaves the road
-(|cte| > width / 2) it is counted and the car is put back on the nearest centreline point,
-heading along the track, *keeping its speed*: a safety driver steers back onto the road
-without stopping, so the drive server's speed controller sees no jump, and time keeps
-running (the autonomy formula charges 6 s per intervention).
-
-Time: in lockstep (default) every reply advances the car one `dt` step, whatever the server's
-latency. With `realtime` the round trip also passes in the simulation, as in Unity where
+Time: in lockstep every reply advances the car one `dt` step, whatever the server's latency.
+With `realtime` (the default) the round trip also passes in the simulation, as in Unity where
 physics runs on while the server thinks: a reply after latency L advances max(dt, L) (whole
 `dt` steps, the remainder carried over), all but the last step with the previous controls.
 """
@@ -29,8 +24,7 @@ import math
 import select
 import socket
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,7 +34,10 @@ import websocket
 from bc import images
 from bc.settings import flag, integer, number, optional, setting
 from bc.errors import BcError
-from bc.sim.car import MPS_PER_MPH, Car, CarState
+from bc.sim.car import MPS_PER_MPH, CarState
+from bc.sim.env import DrivingEnv, car_model, resolve_track
+from bc.sim.metrics import (DriveResult, compute_metrics, expert_drive, format_table, lap_time_s,
+                            log_to_mlflow, write_json, write_trajectory_csv)
 from bc.udacity import (MANUAL_EVENT, MAX_STEERING_DEG, PORT, SAMPLE_PERIOD_S, SOCKET_PATH,
                         STEER_EVENT, STEER_FIELDS, TELEMETRY_EVENT, TELEMETRY_FIELDS,
                         UNITY_JPEG_QUALITY, format_n4)
@@ -335,69 +332,51 @@ class UnityClient:
             # other events: Unity has no handler for them
 
 
-@dataclass
-class DriveResult:
-    """Everything recorded in one autonomous drive; the arrays hold one entry per physics step."""
-
-    track: Any
-    dt: float
-    laps: float  # laps asked for
-    t: np.ndarray  # simulated time at the end of each step (s)
-    x: np.ndarray
-    y: np.ndarray
-    yaw: np.ndarray
-    speed_mph: np.ndarray
-    steering: np.ndarray  # applied, normalised [-1, 1]
-    throttle: np.ndarray  # applied [-1, 1]
-    cte: np.ndarray  # signed cross-track error before any reset (m, + left)
-    s: np.ndarray  # accumulated arc-length progress (m); backwards driving subtracts
-    odometer: np.ndarray  # distance driven so far (m); reset jumps do not count
-    intervention_steps: np.ndarray  # indices into the per-step arrays
-    intervention_xy: np.ndarray  # (K, 2) where the car left the road
-    frames: int = 0  # telemetry messages sent (re-sends after `manual` included)
-    manual_replies: int = 0
-    greetings: int = 0  # `steer` events before the first telemetry (the connect greeting)
-    stray_steers: int = 0  # later `steer` events that answered no telemetry (ignored)
-    round_trip_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    wall_s: float = 0.0
-    realtime: bool = False
-    stop_reason: str = "laps"  # laps | max_steps | stalled
-
-    @property
-    def steps(self) -> int:
-        return int(len(self.t))
+FramesCallback = Callable[[int, np.ndarray, CarState], None]
 
 
-ProgressCallback = Callable[[int, np.ndarray, CarState], None]
-RENDERER_CACHE_SIZE = 2  # painting a track's world takes seconds; drives often repeat a track
-_renderers: "OrderedDict[tuple, Any]" = OrderedDict()
+class ServerClock:
+    """How many physics steps one reply pays for. Lockstep: one per `steer`, none per `manual`.
+    Realtime (Unity, whose physics runs on while the server thinks): the round trip passes
+    too, in whole `dt` steps (at least one per `steer`), the remainder carried over."""
+
+    def __init__(self, dt: float, realtime: bool) -> None:
+        self.dt, self.realtime, self.owed_s = float(dt), bool(realtime), 0.0
+
+    def steps(self, latency_s: float, manual: bool) -> int:
+        if not self.realtime:
+            return 0 if manual else 1
+        self.owed_s += latency_s if manual else max(self.dt, latency_s)
+        count = max(0 if manual else 1, int(self.owed_s / self.dt))
+        self.owed_s -= count * self.dt
+        return count
 
 
-def _track_key(track: Any) -> tuple:
-    """What a rendered world depends on: the geometry and the theme, not the object."""
-    points = np.asarray(getattr(track, "control_points", track.xy), dtype=np.float64)
-    theme = getattr(track, "theme", None)
-    return (str(track.name), float(track.width), points.tobytes(), repr(theme))
+class Episode:
+    """The env's steps of one drive and when to stop: `laps` done (the env terminates),
+    `max_steps` taken, or standing still for `stall_steps` in a row."""
+
+    def __init__(self, env: DrivingEnv, max_steps: int, stall_steps: int) -> None:
+        self.env, self.max_steps, self.stall_steps = env, max_steps, stall_steps
+        self.frame, self.info = env.reset()
+        self.infos: list[dict[str, Any]] = []
+        self.still_steps = 0
+        self.stop_reason: str | None = None
+
+    def step(self, action: tuple[float, float]) -> None:
+        self.frame, _, terminated, _, self.info = self.env.step(action)
+        self.infos.append(self.info)
+        self.still_steps = self.still_steps + 1 if self.info["speed"] < 1e-3 else 0
+        if terminated:
+            self.stop_reason = "laps"
+        elif len(self.infos) >= self.max_steps:
+            self.stop_reason = "max_steps"
+        elif self.still_steps >= self.stall_steps:
+            self.stop_reason = "stalled"
 
 
-def renderer_for(track: Any, seed: int) -> Any:
-    """A camera Renderer for (track, seed), reused across drives of the same track."""
-    from bc.sim.camera import Renderer
-
-    key = (_track_key(track), int(seed))
-    renderer = _renderers.get(key)
-    if renderer is not None:
-        _renderers.move_to_end(key)
-        return renderer
-    renderer = _renderers[key] = Renderer(track, seed=seed)
-    while len(_renderers) > RENDERER_CACHE_SIZE:
-        _renderers.popitem(last=False)
-    return renderer
-
-
-def _wrap(ds: float, length: float) -> float:
-    """Arc-length difference folded into [-length/2, length/2) (crossing the start line)."""
-    return (ds + 0.5 * length) % length - 0.5 * length
+def _unit(value: float) -> float:
+    return min(1.0, max(-1.0, value))
 
 
 def default_max_steps(track_length: float, laps: float, dt: float) -> int:
@@ -411,10 +390,10 @@ class AutonomousDrive:
     conf/simulate.yaml `autonomous`, checked here): `drive(track)` is the closed loop,
     `run(track)` also writes the metrics and pictures and logs them to MLflow.
 
-    Lockstep: each step renders the center camera, sends telemetry and applies the reply.
-    With `realtime`, the server's round-trip time also passes in the simulation: the car
-    keeps its last controls for whole `dt` steps while the server thinks, as Unity's fixed
-    update would.
+    Each exchange shows the server the center camera of the current state and applies its
+    reply for the steps `ServerClock` says the reply paid for: one in lockstep; with
+    `realtime` (the default, as Unity runs) the server's round trip as well, the car keeping
+    its previous controls meanwhile.
     """
 
     laps: float = 1.0
@@ -422,7 +401,9 @@ class AutonomousDrive:
     port: int = PORT
     seed: int = 0  # lighting and shadows (and the shape of a `random` track)
     dt: float = SAMPLE_PERIOD_S
-    realtime: bool = False
+    realtime: bool = True
+    reverse: bool = False  # drive the track the other way round
+    car: str | None = None  # car model (bc.sim.car.CARS); None: the default (dynamic)
     reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S
     max_steps: int | None = None  # None: the laps at MIN_MEAN_SPEED_MPS
     start_speed_mph: float = 0.0
@@ -449,170 +430,69 @@ class AutonomousDrive:
         self.port = setting("port", self.port, integer, lambda port: 0 <= port < 65536,
                             "a TCP port")
         self.seed = setting("seed", self.seed, integer, lambda seed: True, "an integer")
-        for name in ("realtime", "progress", "video"):
+        for name in ("realtime", "reverse", "progress", "video"):
             setattr(self, name, flag(name, getattr(self, name)))
+        car_model(self.car)  # an unknown car fails now
 
-    def drive(self, track: Any, frames_callback: ProgressCallback | None = None,
+    def make_env(self, track: Any) -> DrivingEnv:
+        """The DrivingEnv this drive runs in (a Track or a track spec)."""
+        return DrivingEnv(track, self.seed, reverse=self.reverse, car=self.car, dt=self.dt,
+                          laps=self.laps, start_speed_mph=self.start_speed_mph)
+
+    def drive(self, track: Any, frames_callback: FramesCallback | None = None,
               video_path: str | Path | None = None) -> DriveResult:
         """Drive `laps` laps of `track` (a Track or a track spec); `frames_callback(index, rgb,
-        state)` sees every frame sent, `video_path` gets them as an mp4."""
-        from bc.sim.track import load_track
-
-        if isinstance(track, (str, Path)):
-            track = load_track(str(track), seed=self.seed)
-        dt = float(self.dt)
-        length = float(track.length)
-        half_width = 0.5 * float(track.width)
-        target = float(self.laps) * length
-        max_steps = (default_max_steps(length, self.laps, dt) if self.max_steps is None
-                     else self.max_steps)
-        stall_steps = max(1, int(math.ceil(self.stall_timeout_s / dt)))
-
-        car = Car()
-        renderer = renderer_for(track, self.seed)
-        x0, y0, h0 = track.pose_at(0.0)
-        speed = max(0.0, self.start_speed_mph) * MPS_PER_MPH
-        state = CarState(float(x0), float(y0), float(h0), speed)
-        s_prev = float(track.locate(state.x, state.y).s)
-
-        rows: list[tuple[float, ...]] = []
-        interventions: list[int] = []
-        intervention_xy: list[tuple[float, float]] = []
+        state)` sees every frame sent, `video_path` gets the distinct ones as an mp4."""
+        env = self.make_env(track)
+        max_steps = self.max_steps or default_max_steps(env.track.length, self.laps, env.dt)
+        episode = Episode(env, max_steps, max(1, math.ceil(self.stall_timeout_s / env.dt)))
+        clock = ServerClock(env.dt, self.realtime)
         round_trips: list[float] = []
-        steering = throttle = 0.0  # the controls the car is executing
-        progress_m = odometer_m = 0.0
-        manual_total = manual_in_a_row = frames = 0
-        still_steps = 0
-        lag_s = 0.0  # realtime: simulated time owed to the server's latency
-        stop_reason = "max_steps"
-
-        writer = None
-        if video_path is not None:
-            from bc.sim.plots import open_video
-
-            writer = open_video(video_path, fps=1.0 / dt)
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=int(round(target)), unit="m", desc=f"autonomous {track.name}")
-
-        def step_once(steer: float, accel: float) -> bool:
-            """One physics step with interventions and laps; True when the drive is done."""
-            nonlocal state, s_prev, progress_m, odometer_m, still_steps, stop_reason
-            speed_before = state.speed
-            state = car.step(state, steer, accel, dt)
-            odometer_m += 0.5 * (speed_before + state.speed) * dt
-            here = track.locate(state.x, state.y)
-            cte = float(here.cte)
-            if abs(cte) > half_width:
-                interventions.append(len(rows))
-                intervention_xy.append((state.x, state.y))
-                state = CarState(float(here.x), float(here.y), float(here.heading), state.speed)
-            s_now = float(here.s)
-            ds = _wrap(s_now - s_prev, length)
-            s_prev = s_now
-            progress_m += ds
-            if bar is not None and progress_m - bar.n >= PROGRESS_BAR_STEP_M:
-                bar.update(int(progress_m) - bar.n)
-            rows.append((state.x, state.y, state.yaw, state.speed / MPS_PER_MPH, steer, accel, cte,
-                         progress_m, odometer_m))
-            still_steps = still_steps + 1 if state.speed < 1e-3 else 0
-            if progress_m >= target:
-                stop_reason = "laps"
-                return True
-            if len(rows) >= max_steps:
-                stop_reason = "max_steps"
-                return True
-            if still_steps >= stall_steps:
-                stop_reason = "stalled"
-                return True
-            return False
-
+        manual = manual_in_a_row = 0
+        controls = (0.0, 0.0)  # what the car is executing
+        message = None  # the telemetry of the current state, once encoded
         started = time.perf_counter()
-        client = UnityClient(self.host, self.port, self.reply_timeout_s)
-        try:
-            client.connect()
-            message = None
-            done = False
-            while not done:
-                if message is None:  # a new state to show the server
-                    rgb = renderer.render(state)  # the center camera, as Unity sends
-                    if frames_callback is not None:
-                        frames_callback(frames, rgb, state)
-                    if writer is not None:
-                        writer.append_data(rgb)
-                    # Unity reports the executed steer angle in degrees and AccelInput in [0, 1]
-                    message = telemetry_message(steering * MAX_STEERING_DEG, max(0.0, throttle),
-                                                state.speed_mph, encode_jpeg_b64(rgb))
-                elif frames_callback is not None:
-                    frames_callback(frames, rgb, state)
+        with UnityClient(self.host, self.port, self.reply_timeout_s) as client, \
+                _Pictures(video_path, env, self.progress) as pictures:
+            while episode.stop_reason is None:
+                if message is None:  # a new state to show: Unity's center camera and gauges
+                    pictures.show(episode)
+                    message = telemetry_message(controls[0] * MAX_STEERING_DEG,
+                                                max(0.0, controls[1]),
+                                                episode.info["speed"] / MPS_PER_MPH,
+                                                encode_jpeg_b64(episode.frame))
+                if frames_callback is not None:
+                    frames_callback(len(round_trips), episode.frame, env.state)
                 sent = time.perf_counter()
-                reply = client.exchange(message, frames)
-                latency = time.perf_counter() - sent
-                frames += 1
-                round_trips.append(latency)
+                reply = client.exchange(message, len(round_trips))
+                round_trips.append(time.perf_counter() - sent)
                 if reply.event == MANUAL_EVENT:
-                    manual_total += 1
-                    manual_in_a_row += 1
-                    if manual_in_a_row > self.max_manual_in_a_row:
-                        raise AutonomousError(
-                            f"drive server answered 'manual' to {manual_in_a_row} telemetry "
-                            f"messages in a row (last: telemetry {frames - 1}); 'manual' is the "
-                            f"reply to an empty telemetry and ours is never empty -- is the server "
-                            f"rejecting the frames?"
-                        )
-                    if self.realtime:  # the car kept driving while the server answered
-                        lag_s += latency
-                        while lag_s >= dt and not done:
-                            lag_s -= dt
-                            done = step_once(steering, throttle)
-                            message = None
-                    continue  # re-send (the same frame when no time passed)
-                manual_in_a_row = 0
-                n_steps = 1
-                if self.realtime:
-                    lag_s += max(dt, latency)
-                    n_steps = max(1, int(lag_s / dt))
-                    lag_s -= n_steps * dt
-                new_steering = min(1.0, max(-1.0, reply.steering))
-                new_throttle = min(1.0, max(-1.0, reply.throttle))
-                for k in range(n_steps):  # old controls while the server was thinking
-                    last = k == n_steps - 1
-                    done = step_once(new_steering if last else steering,
-                                     new_throttle if last else throttle)
-                    if done:
+                    manual, manual_in_a_row = manual + 1, manual_in_a_row + 1
+                    self._check_manual(manual_in_a_row, len(round_trips) - 1)
+                    new = controls
+                else:
+                    manual_in_a_row = 0
+                    new = (_unit(reply.steering), _unit(reply.throttle))
+                count = clock.steps(round_trips[-1], reply.event == MANUAL_EVENT)
+                for index in range(count):  # the old controls while the server was thinking
+                    episode.step(new if index == count - 1 else controls)
+                    message = None
+                    if episode.stop_reason is not None:
                         break
-                steering, throttle = new_steering, new_throttle
-                message = None
-        finally:
-            client.close()
-            if writer is not None:
-                writer.close()
-            if bar is not None:
-                bar.close()
-        wall = time.perf_counter() - started
-
-        data = np.asarray(rows, dtype=np.float64).reshape(-1, 9)
-        return DriveResult(
-            track=track,
-            dt=float(dt),
-            laps=float(self.laps),
-            t=np.arange(1, len(data) + 1, dtype=np.float64) * dt,
-            x=data[:, 0], y=data[:, 1], yaw=data[:, 2], speed_mph=data[:, 3],
-            steering=data[:, 4], throttle=data[:, 5], cte=data[:, 6], s=data[:, 7],
-            odometer=data[:, 8],
-            intervention_steps=np.asarray(interventions, dtype=np.int64),
-            intervention_xy=np.asarray(intervention_xy, dtype=np.float64).reshape(-1, 2),
-            frames=frames,
-            manual_replies=manual_total,
-            greetings=client.greetings,
-            stray_steers=client.stray_steers,
+                controls = new
+        return DriveResult.from_steps(
+            env, episode.infos, self.laps, frames=len(round_trips), manual_replies=manual,
+            greetings=client.greetings, stray_steers=client.stray_steers,
             round_trip_s=np.asarray(round_trips, dtype=np.float64),
-            wall_s=wall,
-            realtime=bool(self.realtime),
-            stop_reason=stop_reason,
-        )
+            wall_s=time.perf_counter() - started, realtime=self.realtime,
+            stop_reason=episode.stop_reason)
+
+    def _check_manual(self, in_a_row: int, index: int) -> None:
+        if in_a_row > self.max_manual_in_a_row:
+            raise AutonomousError(
+                f"drive server answered 'manual' to {in_a_row} telemetry messages in a row "
+                f"(last: telemetry {index}); 'manual' is the reply to an empty telemetry and "
+                f"ours is never empty -- is the server rejecting the frames?")
 
     def output_folder(self, track_name: str) -> Path:
         """`out`, else the Hydra run folder, else outputs/autonomous/<track>-<time>."""
@@ -626,22 +506,29 @@ class AutonomousDrive:
             stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
             return Path("outputs") / "autonomous" / f"{track_name}-{stamp}"
 
+    def expert_lap_time(self, result: DriveResult) -> float | None:
+        """The expert's lap time over the whole laps the drive completed, on the same track,
+        direction, car and step, at its own pace; None before the first whole lap."""
+        laps = math.floor(float(result.s[-1]) / float(result.track.length) + 1e-9)
+        if laps < 1:
+            return None
+        # result.track is the road as driven (already reversed with `reverse`)
+        return lap_time_s(expert_drive(result.track, laps, seed=self.seed, car=self.car,
+                                       dt=self.dt))
+
     def run(self, track: Any) -> dict[str, Any]:
         """Drive `track`, print the metrics table, write metrics.json, trajectory.png/.csv
         (+ center.mp4) and log them to MLflow when `run_id` is set. Returns the metrics."""
-        from bc.sim.metrics import compute_metrics, format_table, log_to_mlflow, write_json
         from bc.sim.plots import plot_trajectory
-        from bc.sim.track import load_track
 
-        if isinstance(track, (str, Path)):
-            track = load_track(str(track), seed=self.seed)
+        track = resolve_track(track, self.seed)
         out = self.output_folder(track.name)
         out.mkdir(parents=True, exist_ok=True)
         video_path = out / "center.mp4" if self.video else None
         result = self.drive(track, video_path=video_path)
-        metrics = compute_metrics(result)
-        print(format_table(metrics, title=f"autonomous drive: track {track.name}, server "
-                                          f"{self.host}:{self.port}"))
+        metrics = compute_metrics(result, self.expert_lap_time(result))
+        print(format_table(metrics, title=f"autonomous drive: track {result.track.name}, "
+                                          f"server {self.host}:{self.port}"))
         if result.stop_reason != "laps":
             log.warning("the drive stopped before %s laps: %s", result.laps, result.stop_reason)
         artifacts = [
@@ -653,20 +540,41 @@ class AutonomousDrive:
             artifacts.append(video_path)
         print(f"wrote {', '.join(str(p) for p in artifacts)}")
         if self.run_id:
-            keys = log_to_mlflow(self.run_id, self.label or track.name, metrics, artifacts,
+            keys = log_to_mlflow(self.run_id, self.label or result.track.name, metrics, artifacts,
                                  self.tracking_uri)
             print(f"logged {len(keys)} metrics ({keys[0].rsplit('/', 1)[0]}/...) and "
                   f"{len(artifacts)} artifacts to MLflow run {self.run_id}")
         return metrics
 
 
-def write_trajectory_csv(result: DriveResult, path: str | Path) -> Path:
-    """The per-step arrays as CSV, for analysis beyond the summary metrics."""
-    path = Path(path)
-    columns = ("t", "x", "y", "yaw", "speed_mph", "steering", "throttle", "cte", "s", "odometer")
-    table = np.column_stack([getattr(result, name) for name in columns])
-    flags = np.zeros((len(table), 1))
-    flags[result.intervention_steps] = 1
-    np.savetxt(path, np.hstack([table, flags]), delimiter=",", fmt="%.6g",
-               header=",".join((*columns, "intervention")), comments="")
-    return path
+class _Pictures:
+    """What a person watching sees: the distinct frames as an mp4, a progress bar in metres."""
+
+    def __init__(self, video_path: str | Path | None, env: DrivingEnv, progress: bool) -> None:
+        self.writer = self.bar = None
+        if video_path is not None:
+            from bc.sim.plots import open_video
+
+            self.writer = open_video(video_path, fps=1.0 / env.dt)
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=int(round(env.laps * env.track.length)), unit="m",
+                            desc=f"autonomous {env.track.name}")
+
+    def show(self, episode: Episode) -> None:
+        if self.writer is not None:
+            self.writer.append_data(episode.frame)
+        if self.bar is not None:
+            metres = int(episode.info["progress"] * episode.env.track.length)
+            if metres - self.bar.n >= PROGRESS_BAR_STEP_M:
+                self.bar.update(metres - self.bar.n)
+
+    def __enter__(self) -> "_Pictures":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.bar is not None:
+            self.bar.close()

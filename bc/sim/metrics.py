@@ -1,8 +1,12 @@
-"""Closed-loop driving metrics of an autonomous run: a table for people, JSON for files, and
-MLflow metrics (``eval/<track>/<name>``) on the run whose model drove.
+"""Closed-loop driving of one episode: its per-step record (`DriveResult`), the expert's
+reference drive, and the metrics: a table for people, JSON for files, and MLflow metrics
+(``eval/<track>/<name>``) on the run whose model drove.
 
 Autonomy follows NVIDIA's "End to End Learning for Self-Driving Cars": every intervention
 costs 6 s of human driving, autonomy = (1 - interventions * 6 s / elapsed s) * 100.
+Pace: the lap time (simulated time per whole lap driven, from the standing start) against
+the expert's lap time on the same track, direction and car at its own pace, driven through
+the same DrivingEnv: pace = expert lap time / lap time * 100 (100 % = the expert's pace).
 """
 
 from __future__ import annotations
@@ -11,12 +15,17 @@ import json
 import math
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from bc.sim.car import MPS_PER_MPH
+from bc.udacity import SAMPLE_PERIOD_S
+
 INTERVENTION_COST_S = 6.0  # NVIDIA's assumed human time per intervention
+EXPERT_MIN_SPEED_MPS = 1.0  # the expert's drive gives up below this mean speed
 CTE_PERCENTILE = 95
 METRIC_PREFIX = "eval"
 
@@ -26,6 +35,9 @@ TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
     ("progress_laps", "progress (laps)", "{:.3f}"),
     ("distance_m", "distance (m)", "{:.1f}"),
     ("sim_time_s", "simulated time (s)", "{:.1f}"),
+    ("lap_time_s", "lap time (s)", "{:.2f}"),
+    ("expert_lap_time_s", "expert lap time (s)", "{:.2f}"),
+    ("pace_pct", "pace vs expert (%)", "{:.1f}"),
     ("interventions", "interventions", "{:d}"),
     ("autonomy", "autonomy (%)", "{:.1f}"),
     ("mean_abs_cte", "mean |cte| (m)", "{:.3f}"),
@@ -49,8 +61,101 @@ def autonomy_pct(interventions: int, elapsed_s: float) -> float:
     return max(0.0, (1.0 - interventions * INTERVENTION_COST_S / elapsed_s) * 100.0)
 
 
-def compute_metrics(result: Any) -> dict[str, Any]:
-    """All metrics of a DriveResult as plain Python numbers (JSON- and MLflow-ready)."""
+@dataclass
+class DriveResult:
+    """One driven episode; the arrays hold one entry per physics step (the info of each
+    DrivingEnv step). The server fields stay empty for drives without one (the expert's)."""
+
+    track: Any
+    dt: float
+    laps: float  # laps asked for
+    t: np.ndarray  # simulated time at the end of each step (s)
+    x: np.ndarray
+    y: np.ndarray
+    yaw: np.ndarray
+    speed_mph: np.ndarray
+    steering: np.ndarray  # applied, normalised [-1, 1]
+    throttle: np.ndarray  # applied [-1, 1]
+    cte: np.ndarray  # signed cross-track error before any reset (m, + left)
+    s: np.ndarray  # accumulated arc-length progress (m); backwards driving subtracts
+    odometer: np.ndarray  # distance driven so far (m); reset jumps do not count
+    intervention_steps: np.ndarray  # indices into the per-step arrays
+    intervention_xy: np.ndarray  # (K, 2) where the car left the road
+    frames: int = 0  # telemetry messages sent (re-sends after `manual` included)
+    manual_replies: int = 0
+    greetings: int = 0  # `steer` events before the first telemetry (the connect greeting)
+    stray_steers: int = 0  # later `steer` events that answered no telemetry (ignored)
+    round_trip_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    wall_s: float = 0.0
+    realtime: bool = False
+    stop_reason: str = "laps"  # laps | max_steps | stalled
+
+    @property
+    def steps(self) -> int:
+        return int(len(self.t))
+
+    @classmethod
+    def from_steps(cls, env: Any, infos: Sequence[Mapping[str, Any]], laps: float,
+                   **server: Any) -> "DriveResult":
+        """The result of the DrivingEnv `env` whose steps returned `infos` (`server`: the
+        fields of a drive against a drive server)."""
+        length = env.track.length
+
+        def column(key: str) -> np.ndarray:
+            return np.array([info[key] for info in infos], dtype=np.float64)
+
+        left = [i for i, info in enumerate(infos) if info["off_road"]]
+        cte = column("cte")
+        cte[left] = [infos[i]["off_road_cte"] for i in left]  # where it left, not where put back
+        return cls(
+            track=env.track, dt=float(env.dt), laps=float(laps), t=column("time"),
+            x=column("x"), y=column("y"), yaw=column("yaw"),
+            speed_mph=column("speed") / MPS_PER_MPH, steering=column("steering"),
+            throttle=column("throttle"), cte=cte, s=column("progress") * length,
+            odometer=column("distance"), intervention_steps=np.asarray(left, dtype=np.int64),
+            intervention_xy=np.array([infos[i]["off_road_xy"] for i in left],
+                                     dtype=np.float64).reshape(-1, 2),
+            **server)
+
+
+def lap_time_s(result: DriveResult) -> float | None:
+    """Simulated seconds per whole lap driven (from the start, standing start included);
+    None before the first whole lap."""
+    laps = math.floor(float(result.s[-1]) / float(result.track.length) + 1e-9) if result.steps else 0
+    if laps < 1:
+        return None
+    done = int(np.argmax(result.s >= laps * float(result.track.length) - 1e-6))
+    return float(result.t[done]) / laps
+
+
+def expert_drive(track: Any, laps: float, *, seed: int = 0, reverse: bool = False,
+                 car: str | None = None, dt: float = SAMPLE_PERIOD_S,
+                 speed_mph: float | None = None) -> DriveResult:
+    """The expert (pure pursuit on the true centreline, no camera, no noise) driving `laps`
+    laps through the DrivingEnv from a standing start, at its own pace (or capped at
+    `speed_mph`): the pace and the |CTE| a network imitating it is measured against."""
+    from bc.sim.env import DrivingEnv
+    from bc.sim.expert import Expert
+
+    env = DrivingEnv(track, seed, reverse=reverse, car=car, dt=dt, laps=laps, obs_type="state")
+    expert = Expert(env.track, speed_mph=speed_mph, car=env.car, dt=env.dt)
+    env.reset()
+    infos: list[dict[str, Any]] = []
+    limit = int(math.ceil(laps * env.track.length / EXPERT_MIN_SPEED_MPS / env.dt))
+    terminated = False
+    while not terminated and len(infos) < limit:
+        _, _, terminated, _, info = env.step(expert.act(env.state))
+        if info["off_road"]:
+            expert.reset()
+        infos.append(info)
+    return DriveResult.from_steps(env, infos, laps,
+                                  stop_reason="laps" if terminated else "max_steps")
+
+
+def compute_metrics(result: DriveResult,
+                    expert_lap_time: float | None = None) -> dict[str, Any]:
+    """All metrics of a DriveResult as plain Python numbers (JSON- and MLflow-ready);
+    `expert_lap_time` (s, from `expert_drive` over the same whole laps) adds the pace."""
     steps = int(len(result.t))
     if steps == 0:
         raise ValueError("compute_metrics: the drive recorded no steps (max_steps=0?)")
@@ -60,12 +165,18 @@ def compute_metrics(result: Any) -> dict[str, Any]:
     progress = float(result.s[-1]) / float(result.track.length)
     round_trip_ms = np.asarray(result.round_trip_s, dtype=np.float64) * 1000.0
     steering = np.asarray(result.steering, dtype=np.float64)
+    lap_time = lap_time_s(result)
+    pace = (100.0 * expert_lap_time / lap_time
+            if lap_time is not None and expert_lap_time is not None else None)
     return {
         "track": str(result.track.name),
         "laps_completed": int(math.floor(max(0.0, progress) + 1e-9)),
         "progress_laps": progress,
         "distance_m": float(result.odometer[-1]),
         "sim_time_s": elapsed,
+        "lap_time_s": lap_time,
+        "expert_lap_time_s": expert_lap_time,
+        "pace_pct": pace,
         "interventions": interventions,
         "autonomy": autonomy_pct(interventions, elapsed),
         "mean_abs_cte": float(abs_cte.mean()),
@@ -86,7 +197,8 @@ def compute_metrics(result: Any) -> dict[str, Any]:
 
 def format_table(metrics: Mapping[str, Any], title: str = "autonomous drive") -> str:
     """A two-column plain-text table of the metrics, for the terminal."""
-    lines = [(label, fmt.format(metrics[key])) for key, label, fmt in TABLE_ROWS if key in metrics]
+    lines = [(label, "-" if metrics[key] is None else fmt.format(metrics[key]))
+             for key, label, fmt in TABLE_ROWS if key in metrics]
     extra = [(k, str(v)) for k, v in metrics.items() if k in ("track", "stop_reason", "realtime")]
     lines = extra + lines
     width_l = max(len(label) for label, _ in lines)
@@ -143,3 +255,15 @@ def log_to_mlflow(run_id: str, track_name: str, metrics: Mapping[str, Any],
             raise FileNotFoundError(f"cannot log artifact {artifact}: no such file")
         mlflow_client.log_artifact(run_id, str(artifact), artifact_path=prefix)
     return [entry.key for entry in entries]
+
+
+def write_trajectory_csv(result: DriveResult, path: str | Path) -> Path:
+    """The per-step arrays as CSV, for analysis beyond the summary metrics."""
+    path = Path(path)
+    columns = ("t", "x", "y", "yaw", "speed_mph", "steering", "throttle", "cte", "s", "odometer")
+    table = np.column_stack([getattr(result, name) for name in columns])
+    flags = np.zeros((len(table), 1))
+    flags[result.intervention_steps] = 1
+    np.savetxt(path, np.hstack([table, flags]), delimiter=",", fmt="%.6g",
+               header=",".join((*columns, "intervention")), comments="")
+    return path
