@@ -147,6 +147,20 @@ def test_recording_is_unity_format_and_appends(tmp_path):
     assert all(Path(p).is_file() for p in frame["center"])
 
 
+def test_recording_drives_the_env_reversed_with_the_chosen_car(tmp_path):
+    """Recording loops over the DrivingEnv: `reverse` records the road the other way round
+    (the same world), `car` picks the model, `speed_mph=None` the expert's own pace."""
+    from bc.sim.env import DrivingEnv
+
+    log = Recorder(max_rows=3, seed=0, progress=False, reverse=True, car="kinematic",
+                   speed_mph=None).record("lake", tmp_path / "reverse")
+    first = cv2.cvtColor(cv2.imread(_rows(log)[0][0], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    backward, _ = DrivingEnv("lake", reverse=True).reset()
+    forward, _ = DrivingEnv("lake").reset()
+    error = np.abs(first.astype(int) - backward).mean()
+    assert error < 4 and np.abs(first.astype(int) - forward).mean() > 4 * error
+
+
 def test_appending_continues_after_a_later_clock(tmp_path):
     """An existing log stamped in the future (another machine's clock) must not collide."""
     folder = tmp_path / "rec"
@@ -229,6 +243,7 @@ def test_simulate_script_records_and_reports_bad_tracks(tmp_path):
     (["max_rows=-5"], "simulate.py: error: max_rows: expected a number of samples >= 1"),
     (["laps=abc"], "simulate.py: error: laps: expected a number > 0, got 'abc'"),
     (["mode=autonomous", "dt=0"], "simulate.py: error: dt: expected > 0, got 0"),
+    (["car=hovercraft"], "simulate.py: error: car: expected one of ['dynamic', 'kinematic']"),
 ])
 def test_bad_settings_are_one_line_errors_before_anything_is_written(tmp_path, overrides,
                                                                      message):

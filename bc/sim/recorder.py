@@ -21,8 +21,8 @@ from bc import images
 from bc.data.log import file_name_from_log_path
 from bc.settings import flag, integer, number, optional, setting
 from bc.errors import ConfigError
-from bc.sim.camera import Renderer
-from bc.sim.car import Car, CarState
+from bc.sim.car import MPS_PER_MPH
+from bc.sim.env import DrivingEnv, car_model
 from bc.sim.expert import ActionNoise, Expert, NoiseConfig, RecoveryConfig
 from bc.sim.track import Track
 from bc.udacity import (CAMERAS, IMAGE_DIR, IMAGE_SUFFIX, IMAGE_TIME_FORMAT, LOG_NAME,
@@ -30,7 +30,6 @@ from bc.udacity import (CAMERAS, IMAGE_DIR, IMAGE_SUFFIX, IMAGE_TIME_FORMAT, LOG
 
 _STAMP = re.compile(rf"(?:{'|'.join(CAMERAS)})_(\d{{4}}(?:_\d{{2}}){{5}})_(\d{{3}})"
                     rf"{re.escape(IMAGE_SUFFIX)}$")  # the IMAGE_TIME_FORMAT part, then milliseconds
-OFF_ROAD_MARGIN_M = 0.5  # beyond the road edge by this much the car is put back on the centreline
 MAX_STEPS_PER_LAP_FACTOR = 10  # safety stop if the car makes no progress
 
 
@@ -78,7 +77,8 @@ def _ends_with_newline(path: Path) -> bool:
 
 @dataclass
 class Recorder:
-    """How the expert records: `laps` laps (or `max_rows` samples) at `speed_mph`, every `dt`.
+    """How the expert records: `laps` laps (or `max_rows` samples) at `speed_mph` (None: its
+    own pace), every `dt`, with the `car` model, the track driven the other way if `reverse`.
 
     `noise`/`recovery` perturb the executed action (None: defaults, False: off, or a mapping
     of NoiseConfig / RecoveryConfig fields); the logged steering/throttle are always the
@@ -87,7 +87,9 @@ class Recorder:
 
     laps: float = 3.0
     seed: int = 0
-    speed_mph: float = 20.0
+    speed_mph: float | None = 20.0
+    car: str | None = None  # bc.sim.car.CARS; None: the default (dynamic)
+    reverse: bool = False
     noise: NoiseConfig | Mapping[str, Any] | bool | None = None
     recovery: RecoveryConfig | Mapping[str, Any] | bool | None = None
     dt: float = SAMPLE_PERIOD_S
@@ -106,26 +108,26 @@ class Recorder:
                                 "a number of samples >= 1 (or null to record `laps` laps)")
         self.laps = setting("laps", self.laps, number,
                             lambda laps: laps > 0 or self.max_rows is not None, "a number > 0")
-        self.speed_mph = setting("speed_mph", self.speed_mph, number, positive, "a number > 0")
+        self.speed_mph = setting("speed_mph", self.speed_mph, optional(number),
+                                 lambda speed: speed is None or speed > 0,
+                                 "a number > 0 (or null: the expert's own pace)")
         self.seed = setting("seed", self.seed, integer, lambda seed: True, "an integer")
         self.start_s = setting("start_s", self.start_s, number, lambda s: True, "a number (m)")
         self.jpeg_quality = setting("jpeg_quality", self.jpeg_quality, integer,
                                     lambda quality: 0 <= quality <= 100, "an integer in 0..100")
         self.progress = flag("progress", self.progress)
+        self.reverse = flag("reverse", self.reverse)
+        car_model(self.car)  # an unknown car fails now, before anything is written
         ActionNoise(self.noise, self.recovery)  # checks the noise and recovery settings now
 
-    def record(self, track: Track, out: str | Path, renderer: Renderer | None = None) -> Path:
-        """Drive the expert on `track` and write (or append to) the Unity recording in `out`;
-        returns the log path. `renderer` reuses a prebuilt Renderer of this track (its seed
-        sets the lighting)."""
-        dt, max_rows = self.dt, self.max_rows
-        car = Car()
-        expert = Expert(track, speed_mph=self.speed_mph, car=car, dt=dt)
-        perturb = ActionNoise(self.noise, self.recovery, dt=dt, seed=self.seed)
-        if renderer is None:
-            renderer = Renderer(track, seed=self.seed)
-        elif renderer.track is not track:
-            raise ValueError("record: the renderer was built for a different track")
+    def record(self, track: Track | str, out: str | Path) -> Path:
+        """Drive the expert on `track` (a Track or a track spec) in the DrivingEnv and write
+        (or append to) the Unity recording in `out`; returns the log path."""
+        env = DrivingEnv(track, self.seed, reverse=self.reverse, cameras=CAMERAS, car=self.car,
+                         dt=self.dt, laps=None if self.max_rows else self.laps,
+                         start_s=self.start_s)
+        expert = Expert(env.track, speed_mph=self.speed_mph, car=env.car, dt=env.dt)
+        perturb = ActionNoise(self.noise, self.recovery, dt=env.dt, seed=self.seed)
         out = Path(out).expanduser().resolve()
         img_dir = out / IMAGE_DIR
         try:
@@ -136,54 +138,46 @@ class Recorder:
 
         clock = datetime.now()
         previous = last_timestamp(out)
-        step = timedelta(seconds=dt)
+        step = timedelta(seconds=env.dt)
         if previous is not None:  # appending: continue after the last name already used
             clock = max(clock, previous + step)
 
-        x, y, heading = track.pose_at(self.start_s)
-        state = CarState(x, y, heading, 0.0)
-        goal = self.laps * track.length
-        expected_steps = goal / max(expert.speed * 0.5, 1.0) / dt
-        max_steps = max_rows if max_rows else int(MAX_STEPS_PER_LAP_FACTOR * expected_steps) + 100
-        travelled = 0.0
-        prev_s = track.locate(state.x, state.y).s
-        resets = 0
-        rows = 0
-        bar = tqdm(total=None if max_rows else round(goal), unit="m" if not max_rows else "row",
-                   disable=not self.progress, desc=f"record {track.name}")
+        goal_m = self.laps * env.track.length
+        expected_steps = goal_m / max(expert.speed * 0.5, 1.0) / env.dt
+        max_steps = self.max_rows or int(MAX_STEPS_PER_LAP_FACTOR * expected_steps) + 100
+        _, info = env.reset()
+        rows, done = 0, False
+        bar = tqdm(total=None if self.max_rows else round(goal_m),
+                   unit="row" if self.max_rows else "m", disable=not self.progress,
+                   desc=f"record {env.track.name}")
         needs_newline = log_path.is_file() and not _ends_with_newline(log_path)
         with open(log_path, "a", newline="", encoding="utf-8") as fh:
             if needs_newline:  # a log cut off mid-line by someone else: never glue our row onto it
                 fh.write("\n")
             writer = csv.writer(fh, lineterminator="\n")
-            while rows < max_steps and (max_rows or travelled < goal):
-                here = track.locate(state.x, state.y)
-                steering, throttle = expert.act(state)
+            while rows < max_steps and not done:
+                steering, throttle = expert.act(env.state)
                 when = clock + rows * step
                 paths = []
                 for camera in CAMERAS:
                     path = img_dir / camera_image_name(camera, when)
-                    images.write_rgb(path, renderer.render(state, camera), self.jpeg_quality)
+                    images.write_rgb(path, info["frames"][camera], self.jpeg_quality)
                     paths.append(str(path))
-                values = (steering, max(0.0, throttle), max(0.0, -throttle), state.speed_mph)
+                values = (steering, max(0.0, throttle), max(0.0, -throttle), info["speed"] /
+                          MPS_PER_MPH)
                 writer.writerow(paths + [_fmt(v) for v in values])
                 fh.flush()
                 rows += 1
 
-                exec_steer, exec_throttle = perturb(steering, throttle, here.cte,
-                                                    track.width / 2, expert.feedforward(here.s))
-                state = car.step(state, exec_steer, exec_throttle, dt)
-                now = track.locate(state.x, state.y)
-                ds = (now.s - prev_s + track.length / 2) % track.length - track.length / 2
-                travelled += ds
-                prev_s = now.s
-                if abs(now.cte) > track.width / 2 + OFF_ROAD_MARGIN_M:
-                    resets += 1  # noise pushed the car off: put it back like an intervention
-                    state = CarState(now.x, now.y, now.heading, state.speed)
+                executed = perturb(steering, throttle, info["cte"], env.track.width / 2,
+                                   expert.feedforward(info["s"]))
+                _, _, done, _, info = env.step(executed)
+                if info["off_road"]:  # noise pushed the car off: the env put it back
                     expert.reset()
-                bar.update(1 if max_rows else max(0, round(travelled) - bar.n))
+                bar.update(1 if self.max_rows else
+                           max(0, round(info["progress"] * env.track.length) - bar.n))
         bar.close()
         if self.progress:
-            print(f"recorded {rows} rows ({travelled:.0f} m, {resets} off-road resets) "
-                  f"to {log_path}")
+            print(f"recorded {rows} rows ({info['progress'] * env.track.length:.0f} m, "
+                  f"{info['interventions']} off-road resets) to {log_path}")
         return log_path
