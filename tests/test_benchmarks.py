@@ -3,6 +3,7 @@ the driving benchmark and the demo are presets of one pipeline."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -75,6 +76,9 @@ def test_sim_benchmark_runs_from_the_command_line(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "camera frames rendered" in done.stdout and "3 rows in" in done.stdout
+    assert re.search(r"env\.step: +\d+\.\d steps/s .*dynamics \+ centreline \+ center camera",
+                     done.stdout)
+    assert "car dynamic" in done.stdout
     bad = subprocess.run([sys.executable, BENCHMARK, "sim", "frames=0"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2

@@ -35,7 +35,7 @@ def simulator_frames(count: int = DISTINCT_FRAMES, track: str = "lake") -> list[
     """`count` center-camera JPEGs along an expert lap, encoded as the Unity client does."""
     from bc import images
     from bc.benchmarks.sim import expert_states
-    from bc.sim.autonomous import renderer_for
+    from bc.sim.camera import renderer_for
     from bc.sim.track import load_track
     from bc.udacity import UNITY_JPEG_QUALITY
 

@@ -31,27 +31,12 @@ METRIC_KEYS = ("autonomy", "mean_abs_cte", "laps_completed", "progress_laps", "i
 
 def expert_reference(track: str, laps: float, speed_mph: float, seed: int = 0) -> dict[str, float]:
     """The expert (pure pursuit on the true centreline, no camera, no noise) driven like the
-    model: a floor for the mean |CTE| a network imitating it can reach."""
-    from bc.evaluate import TrackSpec
-    from bc.sim.car import Car, CarState
-    from bc.sim.expert import Expert
-    from bc.sim.track import load_track
+    model, through the same DrivingEnv: a floor for the mean |CTE| a network imitating it
+    can reach."""
+    from bc.sim.metrics import compute_metrics, expert_drive
 
-    spec = TrackSpec.parse(track)
-    geometry = load_track(spec.spec, seed=seed if spec.seed is None else spec.seed)
-    car = Car()
-    expert = Expert(geometry, speed_mph=speed_mph, car=car)
-    x, y, heading = geometry.pose_at(0.0)
-    state = CarState(x, y, heading, 0.0)
-    previous, travelled, errors = geometry.locate(x, y).s, 0.0, []
-    while travelled < laps * geometry.length:
-        state = car.step(state, *expert.act(state))
-        here = geometry.locate(state.x, state.y)
-        half = geometry.length / 2
-        travelled += (here.s - previous + half) % geometry.length - half
-        previous = here.s
-        errors.append(abs(here.cte))
-    return {"mean_abs_cte": float(np.mean(errors)), "max_abs_cte": float(np.max(errors))}
+    metrics = compute_metrics(expert_drive(track, laps, seed=seed, speed_mph=speed_mph))
+    return {"mean_abs_cte": metrics["mean_abs_cte"], "max_abs_cte": metrics["max_abs_cte"]}
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
