@@ -264,13 +264,19 @@ def test_no_server_is_a_clear_error(lake):
         drive(lake, laps=0.1, port=port, reply_timeout_s=1)
 
 
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory):
+    """One real MLflow store for the module's runs (creating its tables takes seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlruns')}/mlflow.db"
+
+
 def test_configured_run_writes_metrics_pictures_video_and_logs_to_mlflow(fresh, tmp_path,
                                                                          monkeypatch, capsys,
-                                                                         compose):
+                                                                         compose, mlflow_uri):
     from bc.tracking import client, get_or_create_experiment
 
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    uri = mlflow_uri
     run_id = client(uri).create_run(get_or_create_experiment("bc-eval-test", uri)).info.run_id
     fresh.handler = lambda data: [steer(0.02, 0.6)]
     cfg = compose("simulate", [
@@ -302,7 +308,7 @@ def test_configured_run_writes_metrics_pictures_video_and_logs_to_mlflow(fresh, 
 RING_RADIUS_M = 30.0
 
 
-def test_evaluation_reports_lap_time_and_pace_vs_the_expert(fresh, tmp_path, capsys):
+def test_evaluation_reports_lap_time_and_pace_vs_the_expert(fresh, tmp_path, capsys, mlflow_uri):
     """A slow driver (constant left steering, 18 mph by the telemetry's speed) laps a ring;
     the report puts its lap time beside the expert's on the same track and car."""
     from bc.tracking import client, get_or_create_experiment
@@ -312,7 +318,7 @@ def test_evaluation_reports_lap_time_and_pace_vs_the_expert(fresh, tmp_path, cap
     ring.write_text(json.dumps({"name": "ring", "width": 10.0, "points": [
         [round(RING_RADIUS_M * np.cos(a), 3), round(RING_RADIUS_M * np.sin(a), 3)]
         for a in angles]}))
-    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    uri = mlflow_uri
     run_id = client(uri).create_run(get_or_create_experiment("bc-pace", uri)).info.run_id
     fresh.handler = lambda data: [steer(-0.2, float(np.clip(
         0.5 * (8.0 - float(data["speed"]) * MPS_PER_MPH), -1, 1)))]
