@@ -11,14 +11,15 @@ force follows a simplified Pacejka "magic formula" and saturates at the road fri
 (shared with the longitudinal force by a friction circle), yaw inertia, and a steering
 actuator that turns at a limited rate and acts one control step late. Below walking speed,
 where tyre slip angles are undefined, it blends into the kinematic model, so it stands
-still and starts off without jitter. See docs/SIMULATOR.md for the equations.
+still and starts off without jitter.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from bc.errors import ConfigError
 from bc.udacity import MAX_STEERING_DEG, SAMPLE_PERIOD_S, TOP_SPEED_MPH
@@ -40,7 +41,7 @@ SUBSTEPS = 4  # kinematic model: integration sub-steps per control step (exact a
 MASS_KG = 1500.0  # a mid-size saloon with a driver
 YAW_INERTIA_KGM2 = 2700.0  # ~ mass * (half wheelbase)^2: yaw dynamic index about 1
 ROAD_FRICTION = 0.9  # tyre-road friction coefficient (dry asphalt): peak ~0.9 g of grip
-TYRE_STIFFNESS_B = 14.0  # Pacejka B (1/rad): cornering stiffness = B*C*mu*Fz ~ 19 Fz per rad
+TYRE_B_PER_RAD = 14.0  # Pacejka stiffness factor B: cornering stiffness B*C*mu*Fz ~ 19 Fz/rad
 TYRE_SHAPE_C = 1.5  # Pacejka C: peak force at ~7 deg of slip, ~70 % of it when sliding
 LOCK_TO_LOCK_S = 0.75  # fastest full-left to full-right sweep of the front wheels (~67 deg/s)
 ACTUATION_DELAY_STEPS = 1  # a command acts one control step later (67 ms at 15 Hz)
@@ -226,7 +227,7 @@ class DynamicCar(Car):
         mass: float = MASS_KG,
         yaw_inertia: float = YAW_INERTIA_KGM2,
         friction: float = ROAD_FRICTION,
-        tyre_b: float = TYRE_STIFFNESS_B,
+        tyre_b: float = TYRE_B_PER_RAD,
         tyre_c: float = TYRE_SHAPE_C,
         kinematic_below: float = KINEMATIC_BELOW_MPS,
         dynamic_above: float = DYNAMIC_ABOVE_MPS,
@@ -239,13 +240,12 @@ class DynamicCar(Car):
                          delay_steps=delay_steps, **chassis)
         named = {"mass": mass, "yaw_inertia": yaw_inertia, "friction": friction,
                  "tyre_b": tyre_b, "tyre_c": tyre_c}
-        bad = {k: v for k, v in named.items() if not (math.isfinite(v) and v > 0)}
-        if bad or not 0 <= kinematic_below < dynamic_above:
-            raise ConfigError(
-                f"car: expected mass, yaw_inertia, friction, tyre_b, tyre_c > 0 and "
-                f"0 <= kinematic_below < dynamic_above (m/s), got {bad or ''}"
-                f"{'' if bad else f'{kinematic_below}, {dynamic_above}'}"
-            )
+        for key, value in named.items():
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"car: expected {key} > 0, got {value}")
+        if not 0 <= kinematic_below < dynamic_above:
+            raise ConfigError(f"car: expected 0 <= kinematic_below < dynamic_above (m/s), "
+                              f"got {kinematic_below}, {dynamic_above}")
         self.mass = float(mass)
         self.yaw_inertia = float(yaw_inertia)
         self.friction = float(friction)
@@ -329,18 +329,18 @@ class DynamicCar(Car):
         return CarState(x, y, yaw, v, vy, r, wheels, pending)
 
 
-CARS: dict[str, Callable[..., Car]] = {"dynamic": DynamicCar, "kinematic": Car}
+CARS: dict[str, type[Car]] = {"dynamic": DynamicCar, "kinematic": Car}
 DEFAULT_CAR = "dynamic"
 
 
 def make_car(name: str = DEFAULT_CAR, **params: Any) -> Car:
     """The car model called `name` (`dynamic`: tyre-limited, the default; `kinematic`: never
     slides), built with `params` overriding the named constants above."""
-    if isinstance(name, Car):
-        return name
     if name not in CARS:
         raise ConfigError(f"car: expected one of {sorted(CARS)}, got {name!r}")
-    try:
-        return CARS[name](**params)
-    except TypeError as error:  # an unknown parameter name
-        raise ConfigError(f"car={name}: {error}") from None
+    model = CARS[name]
+    known = {p for cls in (model, Car) for p in inspect.signature(cls).parameters} - {"chassis"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ConfigError(f"car={name}: unknown parameters {unknown}; expected {sorted(known)}")
+    return model(**params)
