@@ -4,8 +4,9 @@ A model is saved in its run as artifacts under ``model/``:
 
 - ``weights.pt``: the ``state_dict`` (loaded with ``weights_only=True``: no code unpickled),
 - ``model.yaml``: the model's Hydra config, including its preprocessing spec,
-- ``model.ts``: a TorchScript export with the preprocessing spec embedded, for use
-  outside this package (``load_exported``).
+- ``model.ts``: a TorchScript export with the preprocessing spec and the output names
+  (``[steering]`` or ``[steering, speed]``) embedded, for use outside this package
+  (``load_exported``).
 
 Rebuilding from config + weights is portable and safe: ``_target_`` must name a class in
 the ``bc.models.MODELS`` registry and its arguments must be plain values (``build_model``).
@@ -44,6 +45,7 @@ WEIGHTS_FILE = "weights.pt"
 CONFIG_FILE = "model.yaml"
 TORCHSCRIPT_FILE = "model.ts"
 SPEC_EXTRA_FILE = "preprocess.json"
+OUTPUTS_EXTRA_FILE = "outputs.json"
 TAG_PID, TAG_HOST = "pid", "host"  # the training process that owns a RUNNING run
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -70,6 +72,7 @@ class LoadedModel:
     net: torch.nn.Module
     spec: Preprocess
     source: str
+    outputs: tuple[str, ...] = ("steering",)  # the net's output columns (bc.models.base.OUTPUTS)
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -157,7 +160,8 @@ def save_model(model: torch.nn.Module, model_config: Mapping[str, Any], folder: 
     with _quiet_torchscript():
         traced = torch.jit.trace(model.cpu(), example)
         torch.jit.save(traced, str(folder / TORCHSCRIPT_FILE),
-                       _extra_files={SPEC_EXTRA_FILE: json.dumps(spec.to_dict())})
+                       _extra_files={SPEC_EXTRA_FILE: json.dumps(spec.to_dict()),
+                                     OUTPUTS_EXTRA_FILE: json.dumps(list(model.outputs))})
     model.train(was_training)
     return folder
 
@@ -193,7 +197,8 @@ def load_model_folder(folder: Path, source: str | None = None) -> LoadedModel:
         raise TrackingError(f"{config_path}: {error}") from None
     net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
     net.eval()
-    return LoadedModel(net=net, spec=net.preprocess_spec, source=source or str(folder))
+    return LoadedModel(net=net, spec=net.preprocess_spec, source=source or str(folder),
+                       outputs=net.outputs)
 
 
 def load_model(run_id: str, tracking_uri: str | None = None) -> LoadedModel:
@@ -225,13 +230,16 @@ def load_model(run_id: str, tracking_uri: str | None = None) -> LoadedModel:
 
 
 def load_exported(path: str | Path) -> LoadedModel:
-    """Load a TorchScript export (``model.ts``) and the preprocessing spec embedded in it."""
+    """Load a TorchScript export (``model.ts``) and the preprocessing spec and outputs embedded
+    in it."""
     import torch
+
+    from bc.models.base import DEFAULT_OUTPUTS, check_outputs
 
     path = Path(path)
     if not path.is_file():
         raise TrackingError(f"model file {path} does not exist")
-    extra = {SPEC_EXTRA_FILE: ""}
+    extra = {SPEC_EXTRA_FILE: "", OUTPUTS_EXTRA_FILE: ""}
     try:
         with _quiet_torchscript():
             net = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
@@ -240,8 +248,15 @@ def load_exported(path: str | Path) -> LoadedModel:
     if not extra[SPEC_EXTRA_FILE]:
         raise TrackingError(f"{path} has no embedded {SPEC_EXTRA_FILE}: not exported by bc")
     spec = Preprocess.from_dict(json.loads(extra[SPEC_EXTRA_FILE]))
+    outputs = DEFAULT_OUTPUTS  # exported before the speed output existed
+    if extra[OUTPUTS_EXTRA_FILE]:
+        try:
+            outputs = check_outputs(json.loads(extra[OUTPUTS_EXTRA_FILE]),
+                                    f"{path}: {OUTPUTS_EXTRA_FILE}")
+        except (BcError, ValueError) as error:
+            raise TrackingError(str(error)) from None
     net.eval()
-    return LoadedModel(net=net, spec=spec, source=str(path))
+    return LoadedModel(net=net, spec=spec, source=str(path), outputs=outputs)
 
 
 RUN_SELECTORS = ("latest", "best")

@@ -160,5 +160,6 @@ def build(cfg: DictConfig) -> Job:
                           f"(logger=mlflow), got {[type(item).__name__ for item in loggers]}")
     trainer = build_group("trainer", cfg.get("trainer"),  # the run is a logger and a callback
                           lambda node: instantiate(node, logger=loggers, callbacks=callbacks + runs))
-    module = SteeringModule(net, optimizer=optimizer, scheduler=scheduler, loss=loss)
+    module = SteeringModule(net, optimizer=optimizer, scheduler=scheduler, loss=loss,
+                            speed_loss_weight=cfg.get("speed_loss_weight", 1.0))
     return Job(datamodule, module, trainer, runs[0])

@@ -1,11 +1,14 @@
 """Lightning datamodule: recordings -> split -> balance -> cameras -> cached, augmented batches.
 
 Batches are `(x, y)`: x float32 N x 3 x H x W with values 0..255 in the model's colour
-space (the model normalises), y float32 N x 1 normalised steering (positive = right).
+space (the model normalises), y float32 N x 1 normalised steering (positive = right), or
+N x 2 when the model also predicts speed (`outputs: ${model.outputs}`): the second column is
+the row's `speed` (mph) as a target (`bc.models.base.speed_to_target`, mph / 30).
 Training uses the configured cameras (left label = steering + correction: seen from the
 left camera the car must steer right to get where the centre camera is; right camera
-the opposite) and augmentation; validation uses the centre camera only, unaugmented, and
-is never balanced, so it measures the driving distribution as recorded.
+the opposite; every camera keeps the row's speed) and augmentation (which changes the
+steering only); validation uses the centre camera only, unaugmented, and is never
+balanced, so it measures the driving distribution as recorded.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from bc.data.log import (
 from bc.settings import flag, integer, number, optional, setting
 from bc.data.split import SPLITS, block_rows_for, split_rows
 from bc.errors import ConfigError
+from bc.models.base import DEFAULT_OUTPUTS, check_outputs, speed_to_target
 from bc.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -102,6 +106,7 @@ class DrivingDataModule(pl.LightningDataModule):
         cache_dir: str | os.PathLike | None = None,
         pin_memory: bool = False,
         drop_last: bool = False,
+        outputs: Sequence[str] = DEFAULT_OUTPUTS,
     ) -> None:
         super().__init__()
         paths = _plain(paths)
@@ -190,6 +195,10 @@ class DrivingDataModule(pl.LightningDataModule):
         self.cache_dir = None if cache_dir is None else str(cache_dir)
         self.pin_memory = flag("data.pin_memory", pin_memory)
         self.drop_last = flag("data.drop_last", drop_last)
+        try:
+            self.outputs = check_outputs(_plain(outputs), "data.outputs")
+        except ConfigError as error:  # the config sets it to ${model.outputs}: say so
+            raise ConfigError(f"{error} (data.outputs follows model.outputs)") from None
         self.table = None
         self.frames: FrameStore | None = None
         self.train_set: DrivingDataset | None = None
@@ -262,6 +271,7 @@ class DrivingDataModule(pl.LightningDataModule):
 
         slot_base = self._index_frames(table)
         steering = table["steering"].to_numpy(np.float32)
+        speed = speed_to_target(table["speed"].to_numpy(np.float32))
         sources = (
             table["recording"] + f"/{udacity.LOG_NAME} row " + table["row"].astype(str)
         ).tolist()
@@ -286,6 +296,8 @@ class DrivingDataModule(pl.LightningDataModule):
                 self.spec,
                 augmentation,
                 [f"{sources[row]} ({camera})" for rows, camera in parts for row in rows],
+                np.concatenate([speed[rows] for rows, _ in parts]) if "speed" in self.outputs
+                else None,
             )
 
         self.train_set = dataset("train", self.augmentation)

@@ -217,14 +217,18 @@ class FrameStore:
 
 
 class FrameBatch(NamedTuple):
-    """A ready batch: x float32 N x 3 x H x W in 0..255, y float32 N x 1."""
+    """A ready batch: x float32 N x 3 x H x W in 0..255, y float32 N x 1 (steering) or
+    N x 2 (steering, speed target)."""
 
     x: torch.Tensor
     y: torch.Tensor
 
 
 class DrivingDataset(Dataset):
-    """(frame, steering) samples over a `FrameStore`; augments on the fly, converts colour last.
+    """(frame, steering[, speed]) samples over a `FrameStore`; augments on the fly, converts
+    colour last. `speed` (speed targets, `bc.models.base.speed_to_target`), when given, is a
+    second label column that augmentation leaves alone: a mirrored or shifted frame needs
+    another steering, not another speed.
 
     Supports batched fetching (`__getitems__`), so a DataLoader reads a whole batch from the
     cache in one go; use `collate_frames` as its collate_fn.
@@ -238,14 +242,18 @@ class DrivingDataset(Dataset):
         spec: Preprocess,
         augmentation: Any | None = None,
         sources: Sequence[str] | None = None,
+        speed: np.ndarray | None = None,
     ) -> None:
         if len(frame_index) != len(steering):
             raise ValueError(
                 f"{len(frame_index)} frame indices but {len(steering)} steering labels"
             )
+        if speed is not None and len(speed) != len(steering):
+            raise ValueError(f"{len(steering)} steering labels but {len(speed)} speed labels")
         self.frames = frames
         self.frame_index = np.asarray(frame_index, dtype=np.int64)
         self.steering = np.asarray(steering, dtype=np.float32)
+        self.speed = None if speed is None else np.asarray(speed, dtype=np.float32)
         self.spec = spec
         self.augmentation = (
             None
@@ -283,11 +291,13 @@ class DrivingDataset(Dataset):
             batch = self.spec.color(tall).reshape(len(batch), height, *batch.shape[2:])
         # numpy, single-threaded: torch's threaded permute+float is 10x slower on a busy 2-core box.
         x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)).astype(np.float32))
-        y = torch.from_numpy(labels).reshape(-1, 1)
+        if self.speed is not None:
+            labels = np.stack([labels, self.speed[indices]], axis=1)
+        y = torch.from_numpy(labels).reshape(len(indices), -1)
         return FrameBatch(x, y)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One sample: x float32 3 x H x W (0..255), y float32 shape (1,)."""
+        """One sample: x float32 3 x H x W (0..255), y float32 shape (1,) or (2,)."""
         x, y = self.__getitems__([index])
         return x[0], y[0]
 

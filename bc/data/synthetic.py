@@ -8,6 +8,8 @@ steering = turn right**, and the road appears further right when the car must st
 road as if the car were `CAMERA_OFFSET` steering units further left (so its label is
 steering + correction), the right camera the opposite. A model can therefore learn the
 labels, and the signs of camera corrections and shift augmentation can be checked on it.
+The log's `speed` is that of a driver who slows for bends (`speed_mph`), so a model can
+learn the target speed from the picture too.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ ROAD_RGB = (105, 105, 110)
 LINE_RGB = (235, 235, 235)
 HOOD_RGB = (35, 35, 40)
 NOISE_LEVEL = 6  # +- grey levels of per-pixel noise, so frames differ like real ones
+BEND_SLOWDOWN = 0.6  # share of the top speed the driver gives up at full lock
 WINDOWS_ROOT = r"C:\Users\driver\Desktop\recordings"
 _START = dt.datetime(2016, 12, 1, 13, 30, 48)
 
@@ -87,6 +90,11 @@ def render_frame(
     gain = rng.uniform(0.8, 1.15)
     noise = rng.integers(-NOISE_LEVEL, NOISE_LEVEL + 1, image.shape, dtype=np.int16)
     return np.clip(image * np.float32(gain) + noise, 0, 255).astype(np.uint8)
+
+
+def speed_mph(steering: float) -> float:
+    """The recorded speed at this steering: top speed on a straight, slower in bends."""
+    return udacity.TOP_SPEED_MPH * (1 - BEND_SLOWDOWN * min(1.0, abs(steering)))
 
 
 def steering_sequence(rows: int, seed: int = 0, start: int = 0) -> np.ndarray:
@@ -170,8 +178,7 @@ def write_recording(
             else:
                 paths.append(str((image_dir / name).resolve()))
         throttle = 0.0 if abs(value) > 0.5 else 0.8
-        speed = 30.0 * (1 - 0.3 * abs(value))
-        numbers = [_number(v, variant) for v in (value, throttle, 0.0, speed)]
+        numbers = [_number(v, variant) for v in (value, throttle, 0.0, speed_mph(value))]
         lines.append(separator.join(paths + numbers))
     newline = "\r\n" if variant == "windows" else "\n"  # C#'s WriteLine on Windows
     with open(csv_path, "a" if append else "w", newline="") as handle:

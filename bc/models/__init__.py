@@ -1,4 +1,5 @@
-"""Steering networks: plain `nn.Module`s that map a preprocessed frame to one steering value.
+"""Driving networks: plain `nn.Module`s that map a preprocessed frame to the steering (and, with
+`outputs: [steering, speed]`, the target speed; see `bc.models.base`).
 
 `MODELS` is the explicit registry of the classes a config may name, and `build_model` the
 one way a model is built from config, at training and when a run's stored `model.yaml` is
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from bc.errors import ConfigError
-from bc.models.base import SteeringModel
+from bc.models.base import OUTPUTS, SteeringModel
 from bc.models.commaai import CommaAI
 from bc.models.nvidia import PilotNet
 from bc.models.small import SmallNet
@@ -66,4 +67,4 @@ def build_model(config: Mapping[str, Any]) -> SteeringModel:
         raise ConfigError(f"model: {target}: {error}") from None
 
 
-__all__ = ["MODELS", "SteeringModel", "build_model"]
+__all__ = ["MODELS", "OUTPUTS", "SteeringModel", "build_model"]

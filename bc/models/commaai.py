@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from bc.models.base import SteeringModel
+from bc.models.base import DEFAULT_OUTPUTS, SteeringModel
 from bc.preprocess import Preprocess
 
 
 class CommaAI(SteeringModel):
-    """Conv 16 8x8/4, 32 5x5/2, 64 5x5/2, dropout, FC 512, dropout, FC 1 (ELU throughout)."""
+    """Conv 16 8x8/4, 32 5x5/2, 64 5x5/2, dropout, FC 512, dropout, FC outputs (ELU throughout)."""
 
     def __init__(self, preprocess: Preprocess | Mapping[str, Any], dropout: float = 0.2,
-                 hidden_dropout: float = 0.5) -> None:
-        super().__init__(preprocess)
+                 hidden_dropout: float = 0.5, outputs: Sequence[str] = DEFAULT_OUTPUTS) -> None:
+        super().__init__(preprocess, outputs)
         self.features = nn.Sequential(
             nn.Conv2d(3, 16, 8, stride=4, padding=2), nn.ELU(),
             nn.Conv2d(16, 32, 5, stride=2, padding=2), nn.ELU(),
@@ -27,7 +27,7 @@ class CommaAI(SteeringModel):
             nn.Dropout(dropout), nn.ELU(),
             nn.Linear(self.flat_features(self.features), 512),
             nn.Dropout(hidden_dropout), nn.ELU(),
-            nn.Linear(512, 1),
+            nn.Linear(512, len(self.outputs)),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from bc.models.base import SteeringModel
+from bc.models.base import DEFAULT_OUTPUTS, SteeringModel
 from bc.preprocess import Preprocess
 
 
@@ -15,8 +15,8 @@ class SmallNet(SteeringModel):
     """Three strided 3x3 convs and a two-layer head; `width` scales the channel counts."""
 
     def __init__(self, preprocess: Preprocess | Mapping[str, Any], width: int = 8,
-                 hidden: int = 32) -> None:
-        super().__init__(preprocess)
+                 hidden: int = 32, outputs: Sequence[str] = DEFAULT_OUTPUTS) -> None:
+        super().__init__(preprocess, outputs)
         self.features = nn.Sequential(
             nn.Conv2d(3, width, 3, stride=2), nn.ReLU(),
             nn.Conv2d(width, 2 * width, 3, stride=2), nn.ReLU(),
@@ -25,7 +25,7 @@ class SmallNet(SteeringModel):
         )
         self.head = nn.Sequential(
             nn.Linear(self.flat_features(self.features), hidden), nn.ReLU(),
-            nn.Linear(hidden, 1),
+            nn.Linear(hidden, len(self.outputs)),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
