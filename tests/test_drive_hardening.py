@@ -66,7 +66,7 @@ def open_descriptors(pid: int) -> int:
 
 
 def expected_steering(model: Path, jpeg: bytes) -> float:
-    return Predictor(tracking.load_exported(model)).predict_jpeg(jpeg)
+    return Predictor(tracking.load_exported(model)).predict_jpeg(jpeg).steering
 
 
 def assert_steers_like_the_model(server, model) -> None:

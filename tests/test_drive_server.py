@@ -368,8 +368,8 @@ def test_served_model_steers_like_the_chosen_run(store, compose):
                             f"tracking_uri={store['uri']}"])
     predictor = instantiate(cfg.predictor)
     assert predictor.frame_size == (320, 160)
-    assert predictor.predict_jpeg(GOOD) == pytest.approx(
-        expected_steering(store["nets"]["b"], GOOD), abs=1e-6)
+    assert predictor.predict_jpeg(GOOD) == (pytest.approx(
+        expected_steering(store["nets"]["b"], GOOD), abs=1e-6), None)
 
 
 def _closed_port() -> int:
@@ -421,6 +421,11 @@ ERROR_CASES = {
                  "port: expected an integer in 0..65535, got 'http'"),
     "bad_set_speed": (lambda s: ["set_speed=50", f"model_path={s['root'] / 'nope.ts'}"],
                       "set_speed: expected 0..30"),
+    "bad_speed_source": (lambda s: ["speed_source=lidar", f"model_path={s['root'] / 'nope.ts'}"],
+                         "speed_source: expected one of ['set_speed', 'bends', 'model']"),
+    "speed_source_model_without_speed_output": (
+        lambda s: [f"run_id={s['runs']['a']}", _uri(s), "speed_source=model"],
+        "speed_source: model needs a model with a speed output, but runs:/"),
 }
 
 
@@ -442,9 +447,10 @@ def test_bad_settings_raise_a_one_line_bc_error_before_anything_is_deleted(store
         "IMG", "driving_log.csv"]
 
 
-# One per way the error reaches the script: from MLflow, from a folder check, and from inside
-# Hydra's InstantiationException.
-CLI_ERROR_CASES = ("unknown_run_id", "copied_recording_as_image_folder", "bad_port")
+# One per way the error reaches the script: from MLflow, from a folder check, from inside
+# Hydra's InstantiationException, and from the server refusing a model that cannot give speed.
+CLI_ERROR_CASES = ("unknown_run_id", "copied_recording_as_image_folder", "bad_port",
+                   "speed_source_model_without_speed_output")
 
 
 @pytest.fixture(scope="module")

@@ -27,11 +27,13 @@ from unity_client import make_jpeg, telemetry
 
 
 def simulate(controller: SpeedController, steps: int, steering: float = 0.0, speed: float = 0.0,
-             gain: float = 2.0, drag: float = 0.05) -> tuple[list[float], list[float]]:
-    """A crude car: speed += gain * throttle - drag * speed per step; returns speeds, throttles."""
+             gain: float = 2.0, drag: float = 0.05,
+             predicted: float | None = None) -> tuple[list[float], list[float]]:
+    """A crude car: speed += gain * throttle - drag * speed per step; returns speeds, throttles
+    (`predicted`: the model's target speed at every step)."""
     speeds, throttles = [], []
     for _ in range(steps):
-        throttle = controller.throttle(speed, steering)
+        throttle = controller.throttle(speed, steering, predicted)
         speed = max(0.0, speed + gain * throttle - drag * speed)
         speeds.append(speed)
         throttles.append(throttle)
@@ -79,10 +81,30 @@ def test_slow_in_bends_lowers_the_target_speed():
     assert bend_speeds[-1] == pytest.approx(20.0 * (1 - 0.5 * 0.8), abs=0.2)
 
 
+def test_speed_source_bends_is_slow_in_bends_and_model_follows_the_predicted_speed():
+    bends = SpeedController(set_speed=20.0, speed_source="bends", bend_slowdown=0.5)
+    assert bends.target_speed(0.5) == pytest.approx(15.0)
+    assert SpeedController(set_speed=20.0, slow_in_bends=True).speed_source == "bends"
+    assert SpeedController(set_speed=20.0, speed_source="set_speed").target_speed(1.0, 3.0) == 20.0
+    model = SpeedController(set_speed=9.0, speed_source="model", min_speed=5.0)
+    assert model.target_speed(0.9, 17.5) == 17.5  # neither set_speed nor the steering count
+    assert model.target_speed(0.0, 2.0) == 5.0 and model.target_speed(0.0, 45.0) == 30.0
+    with pytest.raises(ValueError, match="speed_source=model"):
+        model.target_speed(0.0, None)
+    # At 25 mph, a predicted 30 mph accelerates and a predicted 15 mph brakes.
+    assert model.throttle(25.0, 0.0, 30.0) > 0.0
+    model.reset()
+    assert model.throttle(25.0, 0.0, 15.0) < 0.0
+    model_speeds, _ = simulate(model, 3000, predicted=17.5)
+    assert model_speeds[-1] == pytest.approx(17.5, abs=0.2)
+
+
 @pytest.mark.parametrize("bad", [{"set_speed": 31.0}, {"set_speed": -1.0}, {"bend_slowdown": 1.5},
-                                 {"max_throttle": 0.0}, {"kp": "abc"}, {"ki": float("nan")}])
+                                 {"max_throttle": 0.0}, {"kp": "abc"}, {"ki": float("nan")},
+                                 {"speed_source": "lidar"}, {"slow_in_bends": "yes"},
+                                 {"slow_in_bends": True, "speed_source": "model"}])
 def test_speed_controller_rejects_bad_settings(bad):
-    with pytest.raises(ConfigError, match=next(iter(bad))):
+    with pytest.raises(ConfigError, match=rf"^{next(iter(bad))}: "):
         SpeedController(**bad)
 
 
@@ -148,7 +170,7 @@ def test_predictor_serves_the_model_frame_size(compose):
     assert torch.equal(model_input, to_tensor(net.preprocess_spec(rgb)))
     with torch.inference_mode():
         expected = float(net(model_input))
-    assert predictor.predict_jpeg(jpeg) == pytest.approx(expected, abs=1e-6)
+    assert predictor.predict_jpeg(jpeg) == (pytest.approx(expected, abs=1e-6), None)
     with pytest.raises(FrameSizeError, match="expects 96x96 frames, got 320x160"):
         predictor.predict_jpeg(make_jpeg(4))
     with pytest.raises(FrameSizeError):

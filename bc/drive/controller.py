@@ -1,10 +1,15 @@
-"""Speed control for autonomous mode: a PI controller on speed, optionally slowing in bends.
+"""Speed control for autonomous mode: a PI controller towards a target speed.
 
 The reference ``drive.py`` uses ``SimplePIController(Kp=0.1, Ki=0.002)`` towards 9 mph,
 one update per telemetry message (the integral is a per-step sum, not per-second: the
 gains were tuned that way). We keep that, and add what it lacks: a clamped output,
-anti-windup (the integral stops where the output saturates)
-and a target speed that drops with the steering angle.
+anti-windup (the integral stops where the output saturates) and a choice of where the
+target speed comes from (``speed_source``):
+
+- ``set_speed``: the constant ``set_speed`` (the reference's behaviour);
+- ``bends``: ``set_speed`` lowered with the steering angle (``bend_slowdown`` at full lock);
+- ``model``: the target speed the model predicts for each frame (a model trained with
+  ``model.outputs=[steering,speed]``), kept between ``min_speed`` and the top speed.
 
 Throttle semantics in the simulator: positive accelerates; negative brakes while the car
 moves forward, but *reverses* it from a standstill. So braking is only allowed above
@@ -25,6 +30,7 @@ DEFAULT_SET_SPEED_MPH = 9.0
 # Below this speed a negative throttle would reverse the car instead of braking it
 # (the simulator's CarController brakes only above ~5 units of speed).
 DEFAULT_BRAKE_MIN_SPEED_MPH = 5.0
+SPEED_SOURCES = ("set_speed", "bends", "model")
 
 
 @dataclass
@@ -68,10 +74,11 @@ class PIController:
 
 @dataclass
 class SpeedController:
-    """Throttle from the measured speed and the steering: PI towards a target speed that is
-    ``set_speed`` on a straight and lower in bends (``bend_slowdown`` at full lock)."""
+    """Throttle from the measured speed: PI towards the target speed ``speed_source`` gives
+    (module doc). ``slow_in_bends=true`` is the older spelling of ``speed_source=bends``."""
 
     set_speed: float = DEFAULT_SET_SPEED_MPH
+    speed_source: str = "set_speed"
     kp: float = REFERENCE_KP
     ki: float = REFERENCE_KI
     slow_in_bends: bool = False
@@ -99,6 +106,16 @@ class SpeedController:
             raise ConfigError(f"bend_slowdown: expected 0..1, got {self.bend_slowdown}")
         if not 0.0 < self.max_throttle <= 1.0:
             raise ConfigError(f"max_throttle: expected in (0, 1], got {self.max_throttle}")
+        if self.speed_source not in SPEED_SOURCES:
+            raise ConfigError(f"speed_source: expected one of {list(SPEED_SOURCES)}, "
+                              f"got {self.speed_source!r}")
+        if not isinstance(self.slow_in_bends, bool):
+            raise ConfigError(f"slow_in_bends: expected true or false, got {self.slow_in_bends!r}")
+        if self.slow_in_bends:
+            if self.speed_source == "model":
+                raise ConfigError("slow_in_bends: true means speed_source=bends, which "
+                                  "contradicts speed_source=model; drop slow_in_bends")
+            self.speed_source = "bends"
         self.pi = PIController(kp=self.kp, ki=self.ki, set_point=self.set_speed,
                                output_min=-1.0 if self.allow_brake else 0.0,
                                output_max=self.max_throttle)
@@ -106,19 +123,32 @@ class SpeedController:
     def reset(self) -> None:
         self.pi.reset()
 
-    def target_speed(self, steering: float) -> float:
-        """Set speed lowered linearly with |steering| when ``slow_in_bends`` (never below
-        ``min_speed`` unless the set speed itself is lower)."""
-        if not self.slow_in_bends:
+    @property
+    def needs_model_speed(self) -> bool:
+        """Whether every update needs the model's target speed (``speed_source=model``)."""
+        return self.speed_source == "model"
+
+    def target_speed(self, steering: float, predicted: float | None = None) -> float:
+        """The PI's set point (mph): ``set_speed``; with ``bends`` lowered linearly with
+        |steering| (never below ``min_speed`` unless the set speed itself is lower); with
+        ``model`` the model's ``predicted`` target speed within [min_speed, top speed]."""
+        if self.speed_source == "model":
+            if predicted is None or not math.isfinite(predicted):
+                raise ValueError(f"speed_source=model: expected the model's target speed, "
+                                 f"got {predicted}")
+            return min(udacity.TOP_SPEED_MPH, max(self.min_speed, predicted))
+        if self.speed_source == "set_speed":
             return self.set_speed
         reduced = self.set_speed * (1.0 - self.bend_slowdown * min(1.0, abs(steering)))
         return max(min(self.min_speed, self.set_speed), reduced)
 
-    def throttle(self, speed: float, steering: float = 0.0) -> float:
-        """Throttle in [-1, max_throttle] (in [0, max_throttle] without braking)."""
+    def throttle(self, speed: float, steering: float = 0.0,
+                 predicted_speed: float | None = None) -> float:
+        """Throttle in [-1, max_throttle] (in [0, max_throttle] without braking);
+        ``predicted_speed`` is the model's target speed (mph), used with ``speed_source=model``."""
         if not math.isfinite(speed):
             raise ValueError(f"speed: expected a finite number, got {speed}")
-        self.pi.set_point = self.target_speed(steering)
+        self.pi.set_point = self.target_speed(steering, predicted_speed)
         output = self.pi.update(speed)
         if output < 0.0 and speed < self.brake_min_speed:
             output = 0.0  # a negative throttle here would drive backwards

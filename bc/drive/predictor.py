@@ -1,10 +1,11 @@
-"""From the simulator's base64 JPEG to a steering value, exactly as in training.
+"""From the simulator's base64 JPEG to steering (and a target speed), exactly as in training.
 
 One base64 decode, one JPEG decode (`bc.images`, RGB), the model's own `Preprocess` (the
 object it was trained with, which also knows the camera frame size it was trained on), one
-forward pass under ``torch.inference_mode``. Every way a frame can be bad raises a `BcError`
-with a one-line reason (`BadFrame`, `bc.images.ImageError`, `bc.preprocess.FrameSizeError`),
-so the server can answer and carry on.
+forward pass under ``torch.inference_mode``: a `Prediction` of the steering and, for a model
+trained with ``outputs: [steering, speed]``, the target speed in mph (else None). Every way a
+frame can be bad raises a `BcError` with a one-line reason (`BadFrame`,
+`bc.images.ImageError`, `bc.preprocess.FrameSizeError`), so the server can answer and carry on.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 
 from bc import images
 from bc.errors import BcError, ConfigError
+from bc.models.base import target_to_speed
 from bc.preprocess import FrameSizeError, to_tensor
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -78,14 +80,26 @@ def decode_base64(text: object) -> bytes:
         raise BadFrame(f"image: not valid base64 ({error})") from None
 
 
+class Prediction(NamedTuple):
+    """What the model says for one frame."""
+
+    steering: float  # raw normalised steering (unclamped: the server clamps)
+    target_speed: float | None  # mph, for a model with a speed output; else None
+
+
 @dataclass
 class Predictor:
-    """A loaded model turning camera frames of its own frame size into steering."""
+    """A loaded model turning camera frames of its own frame size into steering (and speed)."""
 
     model: "LoadedModel"
 
     def __post_init__(self) -> None:
         self.model.net.eval()
+
+    @property
+    def predicts_speed(self) -> bool:
+        """Whether the model has a target-speed output (``outputs: [steering, speed]``)."""
+        return "speed" in self.model.outputs
 
     @property
     def source(self) -> str:
@@ -114,16 +128,21 @@ class Predictor:
         self.model.spec.check_frame(rgb)
         return to_tensor(self.model.spec(rgb))
 
-    def predict_rgb(self, rgb: np.ndarray) -> float:
-        """Raw (unclamped) steering for one RGB frame; NaN/inf are reported as ``BadFrame``."""
+    def predict_rgb(self, rgb: np.ndarray) -> Prediction:
+        """Raw (unclamped) steering and target speed for one RGB frame; NaN/inf are reported
+        as ``BadFrame``."""
         with torch.inference_mode():
-            value = float(self.model.net(self.model_input(rgb)).reshape(-1)[0])
-        if not math.isfinite(value):
-            raise BadFrame(f"model output is {value} for this frame")
-        return value
+            values = self.model.net(self.model_input(rgb)).reshape(-1).tolist()
+        if len(values) != len(self.model.outputs):
+            raise BadFrame(f"model output has {len(values)} values for this frame, expected "
+                           f"{len(self.model.outputs)} ({', '.join(self.model.outputs)})")
+        if not all(math.isfinite(value) for value in values):
+            raise BadFrame(f"model output is {values} for this frame")
+        speed = target_to_speed(values[1]) if self.predicts_speed else None
+        return Prediction(values[0], speed)
 
-    def predict_jpeg(self, jpeg: bytes) -> float:
-        """Raw steering for one JPEG frame."""
+    def predict_jpeg(self, jpeg: bytes) -> Prediction:
+        """Raw steering and target speed for one JPEG frame."""
         return self.predict_rgb(self.decode(jpeg))
 
     def warm_up(self) -> None:

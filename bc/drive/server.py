@@ -9,6 +9,9 @@ by itself, so its events reach us.
 
 Protocol rules kept here: exactly one reply per message the client sends (it waits for it in
 lockstep), values as JSON *strings* (`udacity.steer_payload`), steering clamped to [-1, 1].
+The throttle comes from the speed controller, towards the target speed of its
+``speed_source`` (the model's predicted speed with ``speed_source=model``); the reply's
+shape never changes.
 ``null`` / ``{}`` telemetry means the user drives: reply ``manual``.
 
 Bad input never stops the server: one warning line, then the **safe reply** ``steer`` with
@@ -154,6 +157,11 @@ class DriveServer:
                 or max_message_bytes < 1:
             raise ConfigError(
                 f"max_message_bytes: expected an integer >= 1, got {max_message_bytes!r}")
+        if controller.needs_model_speed and not predictor.predicts_speed:
+            raise ConfigError(
+                f"speed_source: model needs a model with a speed output, but {predictor.source} "
+                f"predicts only {list(predictor.model.outputs)}; use speed_source=set_speed or "
+                f"bends, or train with model.outputs=[steering,speed]")
         self.predictor = predictor
         self.controller = controller
         self.recorder = recorder
@@ -199,14 +207,14 @@ class DriveServer:
             if speed_error is not None:
                 raise speed_error
             jpeg = decode_base64(image)
-            raw_steering = self.predictor.predict_jpeg(jpeg)
+            prediction = self.predictor.predict_jpeg(jpeg)
         except BcError as error:
             return self.bad_input(str(error), speed)
         except Exception as error:  # a bug, not bad input: still answer, keep the car safe
             LOG.exception("unexpected error handling telemetry: %s", error)
             return self.safe_reply(speed)
-        steering = min(1.0, max(-1.0, raw_steering))
-        throttle = self.controller.throttle(speed, steering)
+        steering = min(1.0, max(-1.0, prediction.steering))
+        throttle = self.controller.throttle(speed, steering, prediction.target_speed)
         if self.recorder is not None:
             self.recorder.record(jpeg, steering, throttle, speed)
         return steer_reply(steering, throttle)
@@ -484,7 +492,7 @@ def serve(drive: DriveServer, listener: socket.socket, idle_timeout_s: float,
     width, height = drive.predictor.frame_size
     _stop_on_signals(drive)
     announce(f"serving {drive.predictor.source} on http://{shown_host}:{port} "
-             f"for {width}x{height} frames")
+             f"for {width}x{height} frames, speed_source={drive.controller.speed_source}")
     try:
         eventlet.wsgi.server(_PatientListener(listener), app, log_output=False, debug=False,
                              protocol=_ClosingProtocol, socket_timeout=idle_timeout_s,
