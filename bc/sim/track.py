@@ -146,27 +146,19 @@ class Track:
         p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
         _, idx = self._tree.query(p)
         n = len(self.xy)
-        best_s = np.empty(len(p))
-        best_cte = np.empty(len(p))
-        best_d = np.full(len(p), np.inf)
-        for a_off in (-1, 0):  # segments (i-1, i) and (i, i+1)
-            a = (idx + a_off) % n
-            b = (a + 1) % n
-            pa, pb = self.xy[a], self.xy[b]
-            ab = pb - pa
-            seg_len2 = np.einsum("ij,ij->i", ab, ab)
-            t = np.clip(np.einsum("ij,ij->i", p - pa, ab) / seg_len2, 0.0, 1.0)
-            proj = pa + t[:, None] * ab
-            d = np.hypot(*(p - proj).T)
-            seg_len = np.sqrt(seg_len2)
-            cross = ab[:, 0] * (p[:, 1] - pa[:, 1]) - ab[:, 1] * (p[:, 0] - pa[:, 0])
-            cte = cross / seg_len  # + = left of a->b
-            s = (self.s[a] + t * seg_len) % self.length
-            better = d < best_d
-            best_d = np.where(better, d, best_d)
-            best_cte = np.where(better, cte, best_cte)
-            best_s = np.where(better, s, best_s)
-        return best_s, best_cte, idx
+        a = np.stack([(idx - 1) % n, idx])  # (2, m): segments (i-1, i) and (i, i+1), at once
+        pa = self.xy[a]
+        ab = self.xy[(a + 1) % n] - pa
+        rel = p - pa
+        seg_len2 = np.einsum("kij,kij->ki", ab, ab)
+        t = np.clip(np.einsum("kij,kij->ki", rel, ab) / seg_len2, 0.0, 1.0)
+        off = rel - t[..., None] * ab
+        d = np.hypot(off[..., 0], off[..., 1])
+        seg_len = np.sqrt(seg_len2)
+        cte = (ab[..., 0] * rel[..., 1] - ab[..., 1] * rel[..., 0]) / seg_len  # + = left of a->b
+        s = (self.s[a] + t * seg_len) % self.length
+        nearer = (d[1] < d[0]).astype(np.intp), np.arange(len(p))  # ties: the first segment
+        return s[nearer], cte[nearer], idx
 
     def locate(self, x: float, y: float) -> TrackPoint:
         """Nearest centreline point to (x, y) with the signed cross-track error."""
