@@ -21,15 +21,15 @@ def simulate(cfg: DictConfig) -> None:
     from hydra.utils import instantiate
 
     from bc.errors import ConfigError
-    from bc.sim.track import load_track
+    from bc.sim.env import resolve_track
 
     if cfg.mode not in MODES:
         raise ConfigError(f"mode: expected one of {MODES}, got {cfg.mode!r}")
     if cfg.mode == "record":
         recorder = instantiate(cfg.recorder)
-        recorder.record(load_track(str(cfg.track), seed=cfg.seed), cfg.out)
+        recorder.record(resolve_track(str(cfg.track), seed=cfg.seed), cfg.out)
     else:
-        instantiate(cfg.autonomous).run(load_track(str(cfg.track), seed=cfg.seed))
+        instantiate(cfg.autonomous).run(resolve_track(str(cfg.track), seed=cfg.seed))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="simulate")
