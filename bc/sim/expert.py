@@ -1,7 +1,10 @@
 """Expert driver for recording training data, and the DART-style noise it drives with.
 
 `Expert.act` is the clean action: pure pursuit on the centreline for steering and a
-proportional-integral speed controller whose target slows for the bends ahead. The
+proportional-integral speed controller towards a speed planned from the track's curvature
+and the tyres' grip: v = sqrt(pace * friction * g / curvature) in a bend, braking early
+enough before it (`speed_profile`). At its default pace it is the fastest driver bc has and
+its lap time the pace reference; `speed_mph` caps it to record at a chosen speed. The
 recorder *executes* `ActionNoise` applied to that action (temporally correlated noise
 plus occasional recovery drifts) but *records* the clean action as the label, so the
 data covers off-centre states labelled with how to get back (Laskey et al., DART).
@@ -16,27 +19,34 @@ from typing import Any, Mapping
 import numpy as np
 
 from bc.errors import ConfigError
-from bc.sim.car import MPS_PER_MPH, Car, CarState, angle_to_steering
+from bc.sim.car import (GRAVITY_MPS2, MPS_PER_MPH, ROAD_FRICTION, Car, CarState,
+                        angle_to_steering, make_car, steering_to_angle)
 from bc.sim.track import Track
 from bc.udacity import SAMPLE_PERIOD_S
 
+PACE = 0.9  # share of the tyres' grip (friction * g) the expert plans to use: a 10 % margin
 LOOKAHEAD_MIN_M = 3.5  # pure-pursuit lookahead at standstill
-LOOKAHEAD_TIME_S = 0.5  # extra lookahead per m/s of speed
+LOOKAHEAD_TIME_S = 0.45  # extra lookahead per m/s of speed
 LOOKAHEAD_MAX_M = 14.0
-MAX_LAT_ACCEL_MPS2 = 3.0  # comfortable cornering: v = sqrt(a / curvature)
-COMFORT_BRAKE_MPS2 = 2.5  # how hard the expert plans to slow before a bend
+BEND_WINDOW_M = 3.0  # a bend's speed limit holds this far either side of its apex
 MIN_SPEED_MPS = 3.0  # never plan slower than this
 SPEED_KP = 0.5  # throttle per m/s of speed error
 SPEED_KI = 0.1  # throttle per m of accumulated speed error
 SPEED_INTEGRAL_LIMIT = 5.0
+FEEDFORWARD_LEAD_S = 0.25  # the wheels' turn takes about this long (rate limit) after the delay
+RECOVERY_REACTION_S = 0.3  # a drift ends early enough for the expert to react this long
+RECOVERY_DECEL_MPS2 = 2.0  # and then cancel the outward slide at this lateral deceleration
 
 
-def speed_profile(track: Track, top_speed: float, max_lat_accel: float = MAX_LAT_ACCEL_MPS2,
-                  brake: float = COMFORT_BRAKE_MPS2) -> np.ndarray:
-    """Highest planned speed (m/s) at every centreline sample: the bend limit, slowed in
-    advance so the car never has to brake harder than `brake` to meet a later bend."""
+def speed_profile(track: Track, top_speed: float, grip: float, brake: float) -> np.ndarray:
+    """Highest planned speed (m/s) at every centreline sample: the bend limit
+    v = sqrt(grip / curvature) (grip in m/s^2), lowered in advance so that the car never
+    needs more than `brake` m/s^2, nor more than the grip the bend leaves (friction circle),
+    to slow down for a later bend."""
     kappa = np.abs(track.curvature)
-    v = np.minimum(top_speed, np.sqrt(max_lat_accel / np.maximum(kappa, 1e-9)))
+    window = max(1, int(round(BEND_WINDOW_M / track.spacing)))
+    kappa = np.max([np.roll(kappa, k) for k in range(-window, window + 1)], axis=0)
+    v = np.minimum(top_speed, np.sqrt(grip / np.maximum(kappa, 1e-9)))
     v = np.maximum(v, MIN_SPEED_MPS)
     ds = track.spacing
     n = len(v)
@@ -44,34 +54,48 @@ def speed_profile(track: Track, top_speed: float, max_lat_accel: float = MAX_LAT
     for _ in range(2):
         for i in range(2 * n - 1, -1, -1):
             j, k = i % n, (i + 1) % n
-            v[j] = min(v[j], math.sqrt(v[k] ** 2 + 2 * brake * ds))
+            lateral = v[k] ** 2 * kappa[k]
+            decel = min(brake, math.sqrt(max(grip * grip - lateral * lateral, 0.0)))
+            v[j] = min(v[j], math.sqrt(v[k] ** 2 + 2 * decel * ds))
     return v
 
 
 class Expert:
-    """Pure pursuit on the centreline with speed control; `act(state)` -> (steering, throttle)."""
+    """Pure pursuit on the centreline with planned speed; `act(state)` -> (steering, throttle).
+
+    The speed plan uses `pace` of the road's grip (friction * g of the car) in bends and
+    for braking, capped at `speed_mph` (None: the car's top speed). The expert knows its
+    car: it steers from where the car will be when the command acts (the actuation delay)."""
 
     def __init__(
         self,
         track: Track,
-        speed_mph: float = 20.0,
+        speed_mph: float | None = None,
+        pace: float = PACE,
         lookahead_min: float = LOOKAHEAD_MIN_M,
         lookahead_time: float = LOOKAHEAD_TIME_S,
         lookahead_max: float = LOOKAHEAD_MAX_M,
-        max_lat_accel: float = MAX_LAT_ACCEL_MPS2,
         car: Car | None = None,
         dt: float = SAMPLE_PERIOD_S,
     ) -> None:
-        if speed_mph <= 0:
-            raise ConfigError(f"speed_mph: expected > 0, got {speed_mph}")
+        if speed_mph is not None and not speed_mph > 0:
+            raise ConfigError(f"speed_mph: expected > 0 (or null: the car's top speed), "
+                              f"got {speed_mph}")
+        if not 0 < pace <= 1:
+            raise ConfigError(f"pace: expected a share of the tyres' grip in (0, 1], got {pace}")
         self.track = track
-        self.car = car or Car()
-        self.speed = min(float(speed_mph) * MPS_PER_MPH, self.car.top_speed)
+        self.car = car if car is not None else make_car()
+        top = self.car.top_speed
+        self.speed = top if speed_mph is None else min(float(speed_mph) * MPS_PER_MPH, top)
+        self.pace = float(pace)
         self.lookahead_min = float(lookahead_min)
         self.lookahead_time = float(lookahead_time)
         self.lookahead_max = float(lookahead_max)
         self.dt = float(dt)
-        self.profile = speed_profile(track, self.speed, max_lat_accel)
+        friction = getattr(self.car, "friction", ROAD_FRICTION)  # the kinematic car never slides
+        self.grip = self.pace * friction * GRAVITY_MPS2  # m/s^2 the plan may use
+        self.profile = speed_profile(track, self.speed, self.grip,
+                                     min(self.grip, self.car.max_brake))
         self._integral = 0.0
 
     def reset(self) -> None:
@@ -98,21 +122,48 @@ class Expert:
         delta = math.atan2(2.0 * self.car.wheelbase * math.sin(alpha), dist)
         return angle_to_steering(delta)
 
-    def throttle(self, state: CarState, s: float) -> float:
-        """PI speed control towards the planned speed; negative values brake."""
-        error = self.target_speed(s) - state.speed
-        integral = self._integral + error * self.dt
-        self._integral = max(-SPEED_INTEGRAL_LIMIT, min(SPEED_INTEGRAL_LIMIT, integral))
-        return max(-1.0, min(1.0, SPEED_KP * error + SPEED_KI * self._integral))
+    def throttle(self, state: CarState, s: float, steering: float | None = None) -> float:
+        """PI speed control towards the planned speed; negative values brake.
+
+        With the `steering` about to be sent, the target is also low enough for the grip to
+        hold the curvature it asks for (a car pushed off its line slows to get back), and
+        the brakes never take more than the grip the bend leaves (friction circle)."""
+        target = self.target_speed(s)
+        if steering is not None:
+            kappa = abs(math.tan(steering_to_angle(steering))) / self.car.wheelbase
+            target = min(target, max(MIN_SPEED_MPS, math.sqrt(self.grip / max(kappa, 1e-9))))
+        error = target - state.speed
+        lateral = state.speed * state.yaw_rate
+        room = math.sqrt(max(0.0, self.grip * self.grip - lateral * lateral))
+        lowest = -min(1.0, room / self.car.max_brake)
+        integral = max(-SPEED_INTEGRAL_LIMIT,
+                       min(SPEED_INTEGRAL_LIMIT, self._integral + error * self.dt))
+        command = SPEED_KP * error + SPEED_KI * integral
+        if lowest <= command <= 1.0:  # integrate only while the pedals are not at a limit
+            self._integral = integral
+        return max(lowest, min(1.0, SPEED_KP * error + SPEED_KI * self._integral))
 
     def feedforward(self, s: float) -> float:
-        """Steering that follows the centreline's curvature at s with no feedback."""
-        return angle_to_steering(math.atan(self.car.wheelbase * self.track.curvature_at(s)))
+        """Steering that follows the centreline's bends with no feedback: the curvature where
+        the car will be (at the planned speed) when a command sent at s has turned the wheels."""
+        lead = self.car.delay_steps * self.dt + FEEDFORWARD_LEAD_S
+        kappa = self.track.curvature_at(s + self.target_speed(s) * lead)
+        return angle_to_steering(math.atan(self.car.wheelbase * kappa))
+
+    def predict(self, state: CarState) -> CarState:
+        """Where the car will be when a command sent now starts to act (after the commands
+        already queued in the actuation delay)."""
+        for _ in range(self.car.delay_steps):
+            held = state.pending[-1] if state.pending else (state.steering, 0.0)
+            state = self.car.step(state, *held, self.dt)
+        return state
 
     def act(self, state: CarState) -> tuple[float, float]:
         """Clean expert action (steering in [-1, 1], + = right; throttle in [-1, 1])."""
-        s = self.track.locate(state.x, state.y).s
-        return self.steering(state, s), self.throttle(state, s)
+        ahead = self.predict(state)
+        s = self.track.locate(ahead.x, ahead.y).s
+        steering = self.steering(ahead, s)
+        return steering, self.throttle(ahead, s, steering)
 
 
 @dataclass
@@ -173,6 +224,7 @@ class ActionNoise:
         self._next_drift = self._schedule()
         self._drift_until = -1.0
         self._drift_side = 0.0
+        self._last_cte = 0.0
 
     def _schedule(self) -> float:
         if self.recovery is None:
@@ -210,12 +262,17 @@ class ActionNoise:
                 self._drift_side = float(self.rng.choice([-1.0, 1.0]))  # + = right
                 self._next_drift = self._schedule() + rec.drift_s
             if self.drifting:
-                # positive steering goes right, i.e. towards negative cte
-                toward = -self._drift_side * cte
+                # stop where the car, still sliding outwards (to either side: a bend can
+                # carry it the other way) until the steering has turned back, would reach
+                # the offset
+                outwards = max(0.0, (abs(cte) - abs(self._last_cte)) / self.dt)
+                toward = (abs(cte) + outwards * RECOVERY_REACTION_S
+                          + outwards ** 2 / (2 * RECOVERY_DECEL_MPS2))
                 if toward >= rec.max_offset * half_width:
                     self._drift_until = self._t  # far enough: let the expert recover
                 else:
                     base = steering if feedforward is None else feedforward
                     steer = base + self._state[0] + self._drift_side * rec.steering
         self._t += self.dt
+        self._last_cte = cte
         return max(-1.0, min(1.0, steer)), max(-1.0, min(1.0, thr))
