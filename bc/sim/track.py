@@ -21,12 +21,12 @@ from scipy.interpolate import splev, splprep
 from scipy.spatial import cKDTree
 
 from bc.errors import BcError
-from bc.sim.car import Car
+from bc.sim.car import make_car
 
 SAMPLE_SPACING_M = 0.25  # dense centreline resolution
 MIN_POINTS = 4
 CLEARANCE_M = 1.0  # grass that must separate two parts of the road (and the inside of a bend)
-MIN_CAR_RADIUS_M = Car().min_turn_radius  # the car cannot follow a tighter bend at full lock
+MIN_CAR_RADIUS_M = make_car().min_turn_radius  # the car cannot follow a tighter bend at full lock
 RANDOM_TRIES = 200  # procedural tracks: attempts before giving up
 RANDOM_MIN_RADIUS_M = 14.0  # procedural tracks keep bends the expert can take at speed
 SHIPPED_TRACKS_PACKAGE = "bc.sim"
