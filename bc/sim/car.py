@@ -273,13 +273,11 @@ class DynamicCar(Car):
         Iz r' = lf Ff cos(delta) - lr Fr; blended with rolling without slip at low speed."""
         target, throttle, pending = self.actuate(state, steering, throttle)
         wheels = state.steering if self.lock_to_lock_s > 0 or self.delay_steps else target
-        lf, lr, wheelbase = self.wheelbase - self.rear_to_centre, self.rear_to_centre, \
-            self.wheelbase
+        lf, lr = self.wheelbase - self.rear_to_centre, self.rear_to_centre
         m, inertia, b, c_shape = self.mass, self.yaw_inertia, self.tyre_b, self.tyre_c
         top, slow, span = self.top_speed, self.kinematic_below, \
             self.dynamic_above - self.kinematic_below
         grip_limit = self.friction * GRAVITY_MPS2
-        max_turn = self.steering_rate * float(dt) / self.substeps
         x, y, yaw = state.x, state.y, state.yaw
         v = max(0.0, state.speed)
         vy = _clip(state.lateral_speed, -v, v)
@@ -288,16 +286,13 @@ class DynamicCar(Car):
         h = float(dt) / self.substeps
         atan, sin, cos, sqrt = math.atan, math.sin, math.cos, math.sqrt
         for _ in range(self.substeps):
-            wheels += _clip(target - wheels, -max_turn, max_turn)
-            delta = -math.radians(wheels * MAX_STEERING_DEG)
-            tan_d = math.tan(delta)
+            wheels = self.turn_wheels(wheels, target, h)
+            delta = steering_to_angle(wheels)
             accel = _clip(self.acceleration(v, throttle), -grip_limit, grip_limit)
             # rolling without slip (the kinematic model) at the new ground speed
-            beta = atan(lr / wheelbase * tan_d)
+            beta, yaw_gain = self.rolling(wheels)
             v_roll = _clip(v + accel * h, 0.0, top)
-            cos_b = cos(beta)
-            vx_new, vy_new, r_new = v_roll * cos_b, v_roll * sin(beta), \
-                v_roll * cos_b * tan_d / wheelbase
+            vx_new, vy_new, r_new = v_roll * cos(beta), v_roll * sin(beta), v_roll * yaw_gain
             share = _clip((v - slow) / span, 0.0, 1.0)
             if share > 0.0:
                 # what braking or driving leaves of each tyre's grip (friction circle)
