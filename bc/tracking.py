@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import yaml
+from hydra.experimental.callback import Callback
 
 from bc.errors import BcError
 from bc.preprocess import Preprocess
@@ -127,10 +128,30 @@ def get_or_create_experiment(name: str, uri: str | None = None) -> str:
                             f"or pick another name")
     if experiment is not None:
         return experiment.experiment_id
+    from mlflow.exceptions import MlflowException
+
     location = default_artifact_location(uri)
     if location is not None:
         location = f"{location}/{name}"
-    return mlflow_client.create_experiment(name, artifact_location=location)
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=location)
+    except MlflowException as error:  # a parallel job (launcher, another Optuna process) was first
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return mlflow_client.get_experiment_by_name(name).experiment_id
+
+
+class PrepareStore(Callback):
+    """Hydra callback (conf/train.yaml): before a sweep launches its jobs, create the MLflow
+    store and experiment once, so jobs started at the same moment (hydra/launcher=joblib,
+    submitit, Optuna with n_jobs > 1) do not race to create the same database tables; and the
+    folder of a relative SQLite Optuna study."""
+
+    def on_multirun_start(self, config: "DictConfig", **kwargs: Any) -> None:  # noqa: F821
+        get_or_create_experiment(str(config.experiment_name), config.get("tracking_uri"))
+        study = config.hydra.sweeper.get("storage")
+        if isinstance(study, str):  # an Optuna study in sqlite:///mlruns/optuna.db: its folder
+            resolve_tracking_uri(study)
 
 
 def _config_dict(model_config: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,10 +7,12 @@ then opens the MLflow run and fits. A bad value is a `ConfigError` naming its fi
 building (and for the loss, optimizer and scheduler, running) the object it configures; a data
 problem is a `BcError` naming its file and row; both before any MLflow run exists. What the run
 records and how it ends (FINISHED, FAILED, KILLED) is `bc.mlflow_run.MlflowRun`.
+`objective(cfg, run_id)` is what a sweeper optimizes: the run's `optimized_metric`.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from bc import tracking, udacity
 from bc.errors import ConfigError
 from bc.instantiators import build_group, instantiate_group, tried_loss, tried_optimizer, tried_scheduler
+from bc.settings import flag
 
 if TYPE_CHECKING:  # Lightning takes seconds to import: only once the config is prepared
     import pytorch_lightning as pl
@@ -62,6 +65,20 @@ def train(cfg: DictConfig) -> str:
             raise KeyboardInterrupt from None
         raise
     return job.run.run_id
+
+
+def objective(cfg: DictConfig, run_id: str | None) -> float | None:
+    """The value of metric `cfg.optimized_metric` (e.g. `val/loss_best`, or a closed-loop score
+    such as `eval/lake/autonomy` once the run has one) in MLflow run `run_id`: what
+    `hydra/sweeper=optuna` optimizes. None in DDP processes other than rank 0 (no run there)."""
+    name = str(cfg.optimized_metric)
+    if run_id is None:
+        return None
+    metrics = tracking.client(cfg.get("tracking_uri")).get_run(run_id).data.metrics
+    if name not in metrics:
+        raise ConfigError(f"optimized_metric: MLflow run {run_id} has no metric {name!r} "
+                          f"(it has {', '.join(sorted(metrics)) or 'none'})")
+    return float(metrics[name])
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,8 +175,25 @@ def build(cfg: DictConfig) -> Job:
     if len(runs) != 1:
         raise ConfigError(f"logger: training records its run with one bc.mlflow_run.MlflowRun "
                           f"(logger=mlflow), got {[type(item).__name__ for item in loggers]}")
-    trainer = build_group("trainer", cfg.get("trainer"),  # the run is a logger and a callback
+    trainer_node, channels_last = trainer_arguments(cfg.get("trainer"))
+    if channels_last:
+        from bc.callbacks import ChannelsLast
+
+        callbacks.append(ChannelsLast())
+    trainer = build_group("trainer", trainer_node,  # the run is a logger and a callback
                           lambda node: instantiate(node, logger=loggers, callbacks=callbacks + runs))
     module = SteeringModule(net, optimizer=optimizer, scheduler=scheduler, loss=loss,
                             speed_loss_weight=cfg.get("speed_loss_weight", 1.0))
     return Job(datamodule, module, trainer, runs[0])
+
+
+def trainer_arguments(node: DictConfig | None) -> tuple[DictConfig | None, bool]:
+    """The Trainer's own arguments, and `trainer.channels_last` (ours: the network's weights in
+    NHWC memory layout, see `bc.callbacks.ChannelsLast`), which Lightning does not take."""
+    if not isinstance(node, DictConfig) or "channels_last" not in node:
+        return node, False
+    channels_last = flag("trainer.channels_last", node.channels_last)
+    arguments = copy.copy(node)  # keeps its parent: ${output_dir} still resolves
+    with open_dict(arguments):
+        arguments.pop("channels_last")
+    return arguments, channels_last
