@@ -7,20 +7,42 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: install test test-all demo benchmark clean
+# hydra-optuna-sweeper 1.3.0 (the last release) declares optuna<3, whose storage fails with the
+# SQLAlchemy 2 that MLflow needs; it works with the Optuna 5 pinned in requirements.txt, so it is
+# installed without its declared dependencies (`pip check` reports exactly that mismatch).
+OPTUNA_SWEEPER := hydra-optuna-sweeper==1.3.0
+# PostgreSQL server binaries (initdb, pg_ctl) for the tests that start a throwaway server.
+PG_CTL := $(firstword $(wildcard /usr/lib/postgresql/*/bin/pg_ctl) $(shell command -v pg_ctl))
+
+.PHONY: install postgres test test-all demo benchmark clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt setup.cfg pyproject.toml
+$(STAMP): requirements.txt setup.cfg pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps $(OPTUNA_SWEEPER)
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-test: install
+# Debian's postgresql package when the server binaries are missing (needs root and apt-get; the
+# tests that need PostgreSQL skip, saying why, where it cannot be installed).
+postgres:
+ifeq ($(PG_CTL),)
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's postgresql package (server binaries for the tests)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends postgresql >/dev/null; } \
+	  || echo "note: installing postgresql failed: the PostgreSQL tests will skip"; \
+	else \
+	  echo "note: no PostgreSQL server binaries, and apt-get needs root: the PostgreSQL tests will skip"; \
+	fi
+endif
+
+test: install postgres
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: install
+test-all: install postgres
 	$(PY) -m pytest -q
 
 demo: install
