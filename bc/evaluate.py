@@ -7,19 +7,26 @@ Offline validation loss is known to predict driving poorly; these metrics
 `drive.py run_id=best metric=eval/lake/autonomy mode=max` can select on. As Unity runs it, the
 server's latency costs simulated time (`realtime`), and the lap time is reported beside the
 expert's on the same track, direction and car (`pace_pct`, bc/sim/metrics.py).
+
+With `jobs` > 1 the tracks are driven in that many processes at once, each with its own drive
+server (a server's speed controller follows one car); the metrics still go to the one run, and
+`tracks_table` puts every track's side by side.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from bc.drive.launch import drive_server
+from bc.settings import integer, setting
 from bc.sim.autonomous import AutonomousDrive
 from bc.sim.env import RANDOM_TRACK
-from bc.sim.metrics import metric_label
+from bc.sim.metrics import TABLE_ROWS, metric_label
 
 REVERSE_SUFFIX = "-reverse"  # eval/<track>-reverse/... for drives the other way round
 
@@ -44,26 +51,68 @@ class TrackSpec:
 
 def evaluate(run_id: str, tracks: Sequence[str], autonomous: AutonomousDrive, *, out: Path,
              server_overrides: Sequence[str] = (),
-             tracking_uri: str | None = None) -> dict[str, dict]:
+             tracking_uri: str | None = None, jobs: int = 1) -> dict[str, dict]:
     """Serve `run_id`'s model with scripts/drive.py (plus `server_overrides`) and drive each
-    track as `autonomous` says; log `eval/<track>/...` metrics and pictures to the run.
-    Returns the metrics per track label (`<track>-reverse` with `autonomous.reverse`)."""
+    track as `autonomous` says, `jobs` tracks at once (module doc); log `eval/<track>/...`
+    metrics and pictures to the run. Returns the metrics per track label (`<track>-reverse`
+    with `autonomous.reverse`), in the order of `tracks`."""
     from bc import tracking
     from bc.sim.track import load_track
 
+    jobs = setting("jobs", jobs, integer, lambda count: count >= 1, ">= 1")
     uri = tracking.resolve_tracking_uri(tracking_uri)
     specs = [TrackSpec.parse(text) for text in tracks]
     seeds = [autonomous.seed if spec.seed is None else spec.seed for spec in specs]
-    loaded = [load_track(spec.spec, seed=seed)  # a bad track fails now, not after the server
-              for spec, seed in zip(specs, seeds)]
+    for spec, seed in zip(specs, seeds):  # a bad track fails now, not after the server
+        load_track(spec.spec, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
+    drives = list(zip(specs, seeds))
+    groups = [drives[first::jobs] for first in range(min(jobs, len(drives)))]  # round-robin
+    if len(groups) == 1:
+        return drive_tracks(run_id, drives, autonomous, out, server_overrides, uri)
+    quiet = dataclasses.replace(autonomous, progress=False)  # parallel progress bars garble
+    count = len(groups)
+    with ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = pool.map(drive_tracks, [run_id] * count, groups, [quiet] * count, [out] * count,
+                         [server_overrides] * count, [uri] * count,
+                         [f"drive_server-{index}.log" for index in range(count)])
+        results = {label: metrics for part in parts for label, metrics in part.items()}
+    return {label: results[label] for label in (track_label(spec, autonomous) for spec in specs)}
+
+
+def track_label(spec: TrackSpec, autonomous: AutonomousDrive) -> str:
+    """eval/<label>/...: the track's label, `-reverse` when driven the other way round."""
+    return spec.label + (REVERSE_SUFFIX if autonomous.reverse else "")
+
+
+def drive_tracks(run_id: str, drives: Sequence[tuple[TrackSpec, int]], autonomous: AutonomousDrive,
+                 out: Path, server_overrides: Sequence[str], uri: str,
+                 log_name: str = "drive_server.log") -> dict[str, dict]:
+    """One drive.py server for the run's model; each (track, lighting seed) driven against it in
+    turn, its outputs in out/<label>/ and its metrics logged to the run."""
+    from bc.sim.track import load_track
+
     results: dict[str, dict] = {}
     with drive_server([f"run_id={run_id}", f"tracking_uri={uri}", *server_overrides],
-                      out) as server:
-        for spec, seed, track in zip(specs, seeds, loaded):
-            label = spec.label + (REVERSE_SUFFIX if autonomous.reverse else "")
+                      out, log_name) as server:
+        for spec, seed in drives:
+            label = track_label(spec, autonomous)
             drive = dataclasses.replace(
                 autonomous, host="127.0.0.1", port=server["port"], seed=seed,
                 out=str(out / label), label=label, run_id=run_id, tracking_uri=uri)
-            results[label] = drive.run(track)
+            results[label] = drive.run(load_track(spec.spec, seed=seed))
     return results
+
+
+def tracks_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """Every track's metrics side by side (a column per track), for the terminal."""
+    labels = list(results)
+    rows = [("metric", *labels)]
+    for key, name, fmt in (("stop_reason", "stop reason", "{}"), *TABLE_ROWS):
+        if any(key in metrics for metrics in results.values()):
+            values = (results[label].get(key) for label in labels)
+            rows.append((name, *("-" if value is None else fmt.format(value) for value in values)))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = [" | ".join([row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width
+                                                      in zip(row[1:], widths[1:])]) for row in rows]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])

@@ -1,7 +1,8 @@
 """Closed-loop evaluation of a trained run: `scripts/evaluate.py run_id=... track=lake laps=2`.
 
 Starts scripts/drive.py for the run's model, drives the built-in simulator against it over
-Socket.IO on each track, prints the metrics and logs them (eval/<track>/...) to the run.
+Socket.IO on each track (`jobs=N`: N tracks at once, each against its own server), prints the
+metrics of every track in one table and logs them (eval/<track>/...) to the run.
 Configuration: conf/evaluate.yaml.
 """
 
@@ -20,7 +21,7 @@ def evaluate_run(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
-    from bc.evaluate import evaluate
+    from bc.evaluate import evaluate, tracks_table
     from bc.tracking import find_run
 
     autonomous = instantiate(cfg.autonomous)
@@ -29,8 +30,9 @@ def evaluate_run(cfg: DictConfig) -> None:
     out = Path(cfg.out) if cfg.out else Path(HydraConfig.get().runtime.output_dir)
     print(f"evaluating MLflow run {run_id} on {', '.join(tracks)} ({cfg.laps} laps at "
           f"{cfg.set_speed} mph); outputs in {out}", flush=True)
-    evaluate(run_id, tracks, autonomous, out=out, server_overrides=list(cfg.drive_server),
-             tracking_uri=cfg.tracking_uri)
+    results = evaluate(run_id, tracks, autonomous, out=out, server_overrides=list(cfg.drive_server),
+                       tracking_uri=cfg.tracking_uri, jobs=cfg.jobs)
+    print(tracks_table(results))
     print(f"metrics logged to MLflow run {run_id} (eval/<track>/...); outputs in {out}")
 
 
