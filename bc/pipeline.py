@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
-from bc.settings import flag, integer, number, setting
+from bc.settings import flag, integer, number, optional, setting
 from bc.errors import BcError
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -67,7 +67,7 @@ class Pipeline:
     seeds: Sequence[int] = (0,)
     track: str = "lake"  # the only track trained on
     record_laps: float = 2.0
-    speed_mph: float = 20.0  # the expert's cruise speed while recording
+    speed_mph: float | None = 20.0  # the expert's cruise speed while recording; None: its own
     record_overrides: Sequence[str] = ()  # more conf/simulate.yaml overrides
     network: str = "nvidia"  # conf/model/<network>.yaml
     epochs: int = 3
@@ -91,7 +91,10 @@ class Pipeline:
         self.random_tracks = setting("random_tracks", self.random_tracks,
                                      lambda seeds: [integer(s) for s in seeds], lambda _: True,
                                      "a list of random track seeds (integers)")
-        for name in ("record_laps", "eval_laps", "speed_mph", "set_speed"):
+        self.speed_mph = setting("speed_mph", self.speed_mph, optional(number),
+                                 lambda v: v is None or v > 0,
+                                 "a number > 0 (or null: the expert's own pace)")
+        for name in ("record_laps", "eval_laps", "set_speed"):
             setattr(self, name, setting(name, getattr(self, name), number, lambda v: v > 0,
                                         "a number > 0"))
         self.other_laps = setting("other_laps", self.other_laps, number, lambda v: v >= 0,
@@ -129,26 +132,30 @@ class Pipeline:
         data = seed_dir / "data" / self.track
         if data.exists():  # the recorder appends: never mix in a previous attempt's rows
             shutil.rmtree(data)
+        speed = "null" if self.speed_mph is None else self.speed_mph
         elapsed = run_step(f"seed {seed}: record {self.record_laps:g} laps of {self.track} with "
                            f"the noisy expert", "simulate.py", [
             "mode=record", f"track={self.track}", f"laps={self.record_laps}",
-            f"speed_mph={self.speed_mph}", f"seed={seed}", f"out={data}",
+            f"speed_mph={speed}", f"seed={seed}", f"out={data}",
             f"progress={str(not self.step_logs).lower()}", f"hydra.run.dir={seed_dir / 'record'}",
             *self.record_overrides], self._log(seed_dir, "record"))
         return data, elapsed
 
-    def train(self, seed: int, seed_dir: Path, data: Path, run_name: str) -> tuple[str, float]:
-        """Train on `data` only; returns the MLflow run id."""
+    def train(self, seed: int, seed_dir: Path, data: Path, run_name: str,
+              overrides: Sequence[str] = (), step: str = "train") -> tuple[str, float]:
+        """Train on `data` only (plus `overrides`, in `<seed_dir>/<step>/`); returns the MLflow
+        run id."""
         from bc.tracking import find_run
 
         quiet = ["callbacks.progress_bar.refresh_rate=0"] if self.step_logs else []
-        elapsed = run_step(f"seed {seed}: train {self.network} for {self.epochs} epochs",
+        extra = f" ({' '.join(overrides)})" if overrides else ""
+        elapsed = run_step(f"seed {seed}: train {self.network} for {self.epochs} epochs{extra}",
                            "train.py", [
-            *self.train_overrides, f"model={self.network}", f"data.paths=[{data}]",
+            *self.train_overrides, f"model={self.network}", *overrides, f"data.paths=[{data}]",
             f"data.cache_dir={seed_dir / 'frame_cache'}", f"trainer.max_epochs={self.epochs}",
             f"experiment_name={self.experiment_name}", f"run_name={run_name}", f"seed={seed}",
-            f"hydra.run.dir={seed_dir / 'train'}", *quiet, *self._uri()],
-            self._log(seed_dir, "train"))
+            f"hydra.run.dir={seed_dir / step}", *quiet, *self._uri()],
+            self._log(seed_dir, step))
         return find_run(run_name, self.experiment_name, tracking_uri=self.tracking_uri), elapsed
 
     def evaluate(self, seed: int, seed_dir: Path, run_id: str) -> tuple[dict[str, Any], float]:

@@ -3,6 +3,8 @@ the driving benchmark and the demo are presets of one pipeline."""
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import subprocess
 import sys
@@ -42,33 +44,99 @@ def test_demo_and_driving_benchmark_are_presets_of_one_pipeline(compose):
     driving = instantiate(compose("benchmark", ["benchmark=driving"]), _convert_="all")
     assert type(demo) is Pipeline and isinstance(driving, Pipeline)
     assert demo.eval_groups() == [(["lake"], 3.0)]
-    assert driving.eval_groups() == [(["lake"], 3.0), (["mountain", "random:1", "random:2",
-                                                        "random:3", "random:4", "random:5"], 1.0)]
-    assert [title for title, _ in driving.groups()] == [
-        "lake (trained)", "mountain (unseen, hard)", "random x5 (unseen)", "all unseen (6 tracks)"]
+    assert len(driving.seeds) >= 3 and driving.speed_mph is None and driving.set_speed == 30
+    assert [cell.name for cell in driving.cells()] == [
+        "lake", "lake-reverse", "lake-lighting-1000", "mountain",
+        "random-1", "random-2", "random-3", "random-4", "random-5"]
+    assert driving.eval_seed not in driving.seeds
+    assert driving.methods == ["bc", "bc_speed"]
+    assert driving.server_overrides("bc_speed", "expert") == ["speed_source=model"]
+    assert driving.server_overrides("bc_speed", "fixed") == ["speed_source=set_speed",
+                                                             "set_speed=30"]
+    assert driving.server_overrides("bc", "fixed") == driving.server_overrides("bc_speed", "fixed")
 
 
-def test_driving_summary_is_mean_and_std_over_seeds(tmp_path):
-    bench = DrivingBenchmark(out=str(tmp_path), seeds=[0, 1], hard_track="mountain",
-                             random_tracks=[], eval_laps=1, set_speed=20)
-    metrics = {"autonomy": 100.0, "mean_abs_cte": 0.1, "laps_completed": 1, "progress_laps": 1.0,
-               "interventions": 0, "mean_speed_mph": 19.5, "sim_time_s": 60.0,
-               "distance_m": 500.0, "p95_abs_cte": 0.2, "max_abs_cte": 0.3, "target_laps": 1.0}
-    results = [{"seed": seed, "timings": {"record_s": 1.0, "train_s": 2.0, "eval_s": 3.0},
-                "tracks": {"lake": {**metrics, "mean_abs_cte": cte},
-                           "mountain": {**metrics, "autonomy": autonomy}}}
-               for seed, cte, autonomy in ((0, 0.1, 90.0), (1, 0.3, 80.0))]
-    reference = {"lake": {"mean_abs_cte": 0.05}, "mountain": {"mean_abs_cte": 0.07}}
-    summary = bench.summarize(results, reference)
-    rows = {row["group"]: row for row in summary["rows"]}
-    assert rows["lake (trained)"]["mean_abs_cte"] == pytest.approx((0.2, 0.1414213), abs=1e-6)
-    assert rows["mountain (unseen, hard)"]["autonomy"] == pytest.approx((85.0, 7.0710678))
-    targets = bench.check_targets(summary)
-    assert targets[0].startswith("target lake: 100 % autonomy for 1 laps at >= 20 mph, every "
-                                 "seed: met")
-    assert "MISSED by 10.0 points" in targets[1]
-    assert "| lake (trained) | 1 | 20 | 100.0 ± 0.0 | 0.200 ± 0.141 |" in bench.format_markdown(
-        summary, wall_s=60.0)
+def test_driving_benchmark_refuses_a_trained_lighting_and_unknown_methods(tmp_path):
+    with pytest.raises(ConfigError, match="^eval_seed: expected a lighting never trained on"):
+        DrivingBenchmark(out=str(tmp_path), seeds=[0, 1], eval_seed=1)
+    with pytest.raises(ConfigError, match=r"^methods: expected a list of trained methods"):
+        DrivingBenchmark(out=str(tmp_path), methods=["expert"])
+
+
+def fake_seed(seed: int, cells: dict) -> dict:
+    """What run_seed returns, with the given {method: {pace: {cell: metrics}}}."""
+    return {"seed": seed, "runs": {method: f"run{seed}-{method}" for method in cells},
+            "timings": {}, "cells": cells, "folder": ""}
+
+
+def drive(autonomy: float, pace: float, cte: float = 0.2) -> dict:
+    return {"autonomy": autonomy, "pace_pct": pace, "interventions": round((100 - autonomy) / 12),
+            "mean_abs_cte": cte, "lap_time_s": 50.0, "mean_speed_mph": 25.0,
+            "progress_laps": 1.0, "sim_time_s": 50.0, "stop_reason": "laps"}
+
+
+def test_driving_leaderboard_is_mean_and_t_interval_over_seeds_with_the_expert_at_100(tmp_path):
+    bench = DrivingBenchmark(out=str(tmp_path / "run"), seeds=[0, 1, 2], hard_track="mountain",
+                             random_tracks=[], reverse=False, unseen_lighting=False,
+                             eval_laps=0.15, leaderboard=str(tmp_path / "board.json"))
+    mountain = {"bc": ((90.0, 80.0, 100.0), (70.0, 60.0, 80.0)),  # (expert pace, fixed) per seed
+                "bc_speed": ((100.0, 100.0, 100.0), (40.0, 40.0, 70.0))}
+    results = [fake_seed(seed, {method: {
+        "expert": {"lake": drive(100.0, 95.0), "mountain": drive(own[seed], 90.0 + seed)},
+        "fixed": {"lake": drive(100.0, 101.0), "mountain": drive(fixed[seed], 99.0)}}
+        for method, (own, fixed) in mountain.items()}) for seed in range(3)]
+    bench.finish(results, wall_s=60.0)
+
+    board = json.loads((tmp_path / "board.json").read_text())
+    assert board == json.loads((tmp_path / "run" / "leaderboard.json").read_text())
+    entries = {entry["method"]: entry for entry in board["entries"]}
+    assert [entry["method"] for entry in board["entries"]] == ["expert", "bc_speed", "bc"]
+    assert entries["bc_speed"]["runs"] == ["run0-bc_speed", "run1-bc_speed", "run2-bc_speed"]
+    for pace in ("expert", "fixed"):  # the expert really drove both cells, at 100 %
+        for cell in ("lake", "mountain", "mean"):
+            row = entries["expert"]["cells"][pace][cell]
+            assert row["autonomy"]["mean"] == 100.0 and row["pace_pct"]["mean"] == 100.0
+    t_975_2 = 4.302652729911275  # Student's t, 97.5 % quantile, 2 degrees of freedom
+    bc_mountain = entries["bc"]["cells"]["expert"]["mountain"]["autonomy"]
+    assert bc_mountain["mean"] == pytest.approx(90.0)
+    assert bc_mountain["ci95"] == pytest.approx(t_975_2 * 10.0 / math.sqrt(3))
+    assert bc_mountain["values"] == [90.0, 80.0, 100.0]
+    mean_column = entries["bc"]["cells"]["fixed"]["mean"]["autonomy"]  # per seed over cells
+    assert mean_column["values"] == [85.0, 80.0, 90.0]
+    assert entries["bc_speed"]["cells"]["expert"]["lake"]["autonomy"]["ci95"] == 0.0
+    # the speed output against the same models at the fixed set speed, paired by seed
+    difference = board["comparison"]["autonomy"]["mountain"]
+    assert difference["values"] == [60.0, 60.0, 30.0]
+    assert board["headroom"] == {"method": "bc", "hard_enough": True, "cells_below_expert": {
+        "expert": ["lake", "mountain"], "fixed": ["mountain"]}}
+    markdown = (tmp_path / "board.md").read_text()
+    assert "| BC @ 30 mph | 100.0 ± 0.0 | 70.0 ± 24.8 | 85.0 ± 12.4 |" in markdown
+    assert "| expert @ own pace | 100.0 | 100.0 | 100.0 |" in markdown
+    assert "below the expert on 1 of 2 cells (mountain)" in markdown
+
+
+@pytest.mark.slow
+def test_driving_benchmark_runs_end_to_end_at_tiny_size(tmp_path):
+    """Record, train one model, serve it and drive 2 cells at both paces, from the command line."""
+    done = subprocess.run(
+        [sys.executable, BENCHMARK, "driving", "seeds=[0]", "record_laps=0.15", "epochs=1",
+         "network=small", "methods=[bc_speed]", "reverse=false", "unseen_lighting=false",
+         "random_tracks=[]", "eval_laps=0.1", "train_overrides=['data.block_rows=20']",
+         f"out={tmp_path / 'run'}", f"leaderboard={tmp_path / 'board.json'}",
+         f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    board = json.loads((tmp_path / "board.json").read_text())
+    assert [entry["method"] for entry in board["entries"]] == ["expert", "bc_speed"]
+    drives = board["per_seed"][0]["cells"]["bc_speed"]
+    for pace in ("expert", "fixed"):
+        for cell in ("lake", "mountain"):
+            assert drives[pace][cell]["progress_laps"] > 0.05  # it drove, as far as it could
+            assert 0.0 <= drives[pace][cell]["autonomy"] <= 100.0
+    assert "speed_source=model" in (tmp_path / "run/seed0/eval/bc_speed-expert/drive_server.log"
+                                    ).read_text() or "speed_source=model" in done.stdout
+    assert "| expert @ own pace | 100.0 | 100.0 | 100.0 |" in done.stdout
+    assert f"leaderboard: {tmp_path / 'run' / 'leaderboard.json'}" in done.stdout
 
 
 def test_sim_benchmark_runs_from_the_command_line(tmp_path):

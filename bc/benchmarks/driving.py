@@ -1,193 +1,435 @@
-"""Driving-quality benchmark: does a model trained on one track's recordings actually drive?
+"""Driving benchmark with headroom: does a model trained on lake drive as fast and as safely as
+the expert it imitates, there and where it has never been?
 
-It is the record -> train -> evaluate pipeline (`bc.pipeline.Pipeline`) over several training
-seeds, driven on the trained track, a hard track and random tracks it never saw, plus a
-summary: a markdown table of autonomy %, mean |CTE| and laps as mean +- std over the seeds,
-with the expert's own |CTE| for reference, and the targets; written as .md and .json (with
-every per-track number) after every seed, so an interrupted run keeps its partial results.
+Per training seed the pipeline (`bc.pipeline.Pipeline`) records `track` (lake) with the noisy
+expert at its own pace (dynamic car: the tyres slide past 0.9 g) and trains each method on
+that recording only: `bc`, plain behavioral cloning (steering), and `bc_speed`, the same network
+with the target-speed output (`model.outputs=[steering,speed]`). Each trained model is then
+served by scripts/drive.py and driven on every **cell** of the matrix (`eval_laps` laps from a
+standing start, realtime as Unity runs it):
+
+  lake (the training lighting), lake reversed, lake under a lighting never trained on
+  (`eval_seed`), the hard track (mountain) and random tracks (both under `eval_seed`);
+
+at two **paces**:
+
+  expert  the expert's pace: `bc_speed` follows its own predicted speed (speed_source=model);
+          `bc`, which has no speed output, gets the one constant that matches the expert's
+          pace on average: the expert's mean speed over a lap of the trained track;
+  fixed   a fixed set speed of `set_speed` (30 mph, the car's top speed) for every model.
+
+The expert (pure pursuit + a speed planned from curvature and friction, no camera) drives the
+same cells; at its own pace it is the reference: its row is 100 % pace and 100 % autonomy.
+Pace = the expert's time to the same progress / the model's time x 100 (= expert lap time /
+lap time for a whole lap). Autonomy: NVIDIA's (6 s per intervention), bc/sim/metrics.py.
+A cell ends after its laps or after `max_time_factor` x the expert's time.
+
+Reported per method, pace and cell: mean ± 95 % CI over the training seeds (Student's t, n-1
+degrees of freedom) of autonomy, pace, interventions and mean |CTE|; the leaderboard (JSON, one
+entry per method) and a markdown table are written after every seed to `<out>/leaderboard.*`
+and, at the end, to `leaderboard` (a fixed path: the latest run's).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shlex
+import sys
+import time
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from bc.errors import ConfigError
 from bc.pipeline import Pipeline
+from bc.settings import flag, number, setting
 
-TRAINED_AUTONOMY_TARGET = 100.0  # % on the trained track, for every seed
-UNSEEN_AUTONOMY_TARGET = 95.0  # % on tracks never trained on (mean over seeds)
-TRAINED_SPEED_TARGET_MPH = 20.0
-LAP_TOLERANCE = 0.01  # progress_laps of a finished drive is a hair over the laps asked for
-RANDOM_GROUP = "random"
-METRIC_KEYS = ("autonomy", "mean_abs_cte", "laps_completed", "progress_laps", "interventions",
-               "mean_speed_mph", "sim_time_s", "distance_m", "p95_abs_cte", "max_abs_cte")
-
-
-def expert_reference(track: str, laps: float, speed_mph: float, seed: int = 0) -> dict[str, float]:
-    """The expert (pure pursuit on the true centreline, no camera, no noise) driven like the
-    model, through the same DrivingEnv: a floor for the mean |CTE| a network imitating it
-    can reach."""
-    from bc.sim.metrics import compute_metrics, expert_drive
-
-    metrics = compute_metrics(expert_drive(track, laps, seed=seed, speed_mph=speed_mph))
-    return {"mean_abs_cte": metrics["mean_abs_cte"], "max_abs_cte": metrics["max_abs_cte"]}
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    array = np.asarray(values, dtype=np.float64)
-    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+EXPERT, BC, BC_SPEED = "expert", "bc", "bc_speed"
+METHODS = {  # leaderboard entries: name in the tables, what it is, train.py overrides
+    EXPERT: ("expert", "pure pursuit + speed planned from curvature and friction, no camera",
+             None),
+    BC: ("BC", "plain behavioral cloning: the network predicts the steering", ()),
+    BC_SPEED: ("BC+speed", "the same network with the target-speed output",
+               ("model.outputs=[steering,speed]",)),
+}
+PACES = ("expert", "fixed")
+CI_LEVEL = 0.95
+MEAN_COLUMN = "mean"  # the cells' mean, per seed, then over seeds
+# (key, label, format) of what the tables show, in order; all are in the JSON
+TABLES = (("autonomy", "Autonomy (%)", "{:.1f}"), ("pace_pct", "Pace vs expert (%)", "{:.1f}"),
+          ("interventions", "Interventions", "{:.1f}"), ("mean_abs_cte", "Mean |CTE| (m)", "{:.2f}"))
+CELL_KEYS = ("autonomy", "pace_pct", "interventions", "mean_abs_cte", "lap_time_s",
+             "mean_speed_mph", "progress_laps", "sim_time_s")
+FULL = 100.0  # % autonomy / pace of the expert at its own pace
 
 
-def _pm(value: tuple[float, float], fmt: str) -> str:
-    return f"{fmt.format(value[0])} ± {fmt.format(value[1])}"
+@dataclass(frozen=True)
+class Cell:
+    """One column of the matrix: a track, driven one way, under one lighting."""
+
+    name: str
+    track: str
+    reverse: bool = False
+    lighting: int | None = None  # None: the training seed's own lighting
+
+    def lighting_seed(self, seed: int) -> int:
+        return seed if self.lighting is None else self.lighting
+
+
+def mean_ci(values: Sequence[float | None]) -> dict[str, Any]:
+    """Mean and the half-width of its 95 % confidence interval (Student's t over the values;
+    None for fewer than two), the values kept; None values (no lap time) are left out."""
+    from scipy import stats
+
+    kept = [float(v) for v in values if v is not None]
+    out: dict[str, Any] = {"mean": None, "ci95": None, "n": len(kept), "values": kept}
+    if kept:
+        out["mean"] = float(np.mean(kept))
+    if len(kept) > 1:
+        sem = float(np.std(kept, ddof=1)) / math.sqrt(len(kept))
+        out["ci95"] = float(stats.t.ppf(0.5 + CI_LEVEL / 2, len(kept) - 1) * sem)
+    return out
+
+
+def pace_pct(result: Any, expert: Any) -> float:
+    """The expert's time to the progress `result` made / `result`'s time, in % (module doc)."""
+    progress = float(result.s[-1])
+    if progress <= 0 or not result.steps:
+        return 0.0
+    expert_time = float(np.interp(min(progress, float(expert.s[-1])), expert.s, expert.t))
+    return 100.0 * expert_time / float(result.t[-1])
+
+
+def cell_metrics(result: Any, expert: Any) -> dict[str, Any]:
+    """What the leaderboard keeps of one drive (a DriveResult) against the expert's."""
+    from bc.sim.metrics import compute_metrics
+
+    metrics = {**compute_metrics(result), "pace_pct": pace_pct(result, expert)}
+    return {**{key: metrics[key] for key in CELL_KEYS}, "stop_reason": metrics["stop_reason"]}
+
+
+def _cell(value: Mapping[str, Any] | None, fmt: str) -> str:
+    if value is None or value["mean"] is None:
+        return "-"
+    text = fmt.format(value["mean"])
+    half = fmt.replace("+", "").format(value["ci95"]) if value["ci95"] is not None else None
+    return text if half is None else f"{text} ± {half}"
 
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 @dataclass
 class DrivingBenchmark(Pipeline):
-    """The pipeline with a report: `<out>/driving.md|.json`, and `<report>.md|.json` too
-    when `report` is set (the latest run's, at a fixed path)."""
+    """The pipeline per training seed, one model per method, driven on every cell at every pace
+    (module doc). `set_speed`: the fixed pace (mph); `eval_laps`: laps per cell; `hard_track`
+    and `random_tracks`: held-out tracks; `reverse` / `unseen_lighting`: the lake cells."""
 
-    report: str | None = None
+    eval_seed: int = 1000  # the unseen lighting: never a training seed
+    set_speed: float = 30.0  # the fixed pace (mph)
+    methods: Sequence[str] = (BC, BC_SPEED)
+    reverse: bool = True
+    unseen_lighting: bool = True
+    max_time_factor: float = 2.0
+    leaderboard: str | None = None  # also written here (.json and .md) at the end
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        trained = [name for name, (*_, overrides) in METHODS.items() if overrides is not None]
+        self.methods = setting("methods", self.methods, list,
+                               lambda names: names and set(names) <= set(trained),
+                               f"a list of trained methods out of {trained}")
+        for name in ("reverse", "unseen_lighting"):
+            setattr(self, name, flag(name, getattr(self, name)))
+        self.max_time_factor = setting("max_time_factor", self.max_time_factor, number,
+                                       lambda value: value > 1, "a number > 1")
+        if self.eval_seed in self.seeds:
+            raise ConfigError(f"eval_seed: expected a lighting never trained on, got "
+                              f"{self.eval_seed}, one of the training seeds {self.seeds}")
+
+    # -- the matrix ---------------------------------------------------------------------------
+    def cells(self) -> list[Cell]:
+        """The trained track (its training lighting), reversed, under the unseen lighting, then
+        the held-out tracks (under the unseen lighting)."""
+        label = self._label(self.track)
+        cells = [Cell(label, self.track)]
+        if self.reverse:
+            cells.append(Cell(f"{label}-reverse", self.track, reverse=True))
+        if self.unseen_lighting:
+            cells.append(Cell(f"{label}-lighting-{self.eval_seed}", self.track,
+                              lighting=self.eval_seed))
+        held_out = ([self.hard_track] if self.hard_track else []) + [
+            f"random:{n}" for n in self.random_tracks]
+        return cells + [Cell(self._label(track), track, lighting=self.eval_seed)
+                        for track in held_out]
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(method, pace) of every table row: the expert first."""
+        return [(method, pace) for method in (EXPERT, *self.methods) for pace in PACES]
+
+    def row_title(self, method: str, pace: str) -> str:
+        if pace == "fixed":
+            return f"{METHODS[method][0]} @ {self.set_speed:g} mph"
+        own = {EXPERT: "own pace", BC_SPEED: "own predicted speed",
+               BC: f"expert's mean speed {self.expert_mean_mph:.1f} mph"}
+        return f"{METHODS[method][0]} @ {own[method]}"
+
+    def server_overrides(self, method: str, pace: str) -> list[str]:
+        """scripts/drive.py's speed settings for a method at a pace (module doc)."""
+        if method == BC_SPEED and pace == "expert":
+            return ["speed_source=model"]
+        speed = self.set_speed if pace == "fixed" else self.expert_mean_mph
+        return ["speed_source=set_speed", f"set_speed={speed:g}"]
+
+    # -- the expert ---------------------------------------------------------------------------
+    def expert_drive(self, cell: Cell, speed_mph: float | None) -> Any:
+        """The expert's drive of a cell (the lighting does not change what it sees), cached."""
+        from bc.sim.metrics import expert_drive
+
+        key = (cell.track, cell.reverse, speed_mph)
+        if key not in self._expert_cache:
+            self._expert_cache[key] = expert_drive(cell.track, self.eval_laps, seed=0,
+                                                   reverse=cell.reverse, speed_mph=speed_mph)
+        return self._expert_cache[key]
 
     @cached_property
-    def reference(self) -> dict[str, dict[str, float]]:
-        """The expert's own drive of every evaluated track, once per benchmark."""
-        return {self._label(track): expert_reference(track, laps, self.set_speed, self.eval_seed)
-                for names, laps in self.eval_groups() for track in names}
+    def _expert_cache(self) -> dict[tuple, Any]:
+        return {}
 
-    def labels(self) -> list[str]:
-        return [self._label(track) for names, _ in self.eval_groups() for track in names]
+    @cached_property
+    def expert_mean_mph(self) -> float:
+        """The expert's mean speed over its drive of the trained track (plain BC's pace)."""
+        return round(float(np.mean(self.expert_drive(self.cells()[0], None).speed_mph)), 1)
 
-    def groups(self) -> list[tuple[str, list[str]]]:
-        """Table rows: the trained track, the hard track, the random tracks, all unseen."""
-        groups = [(f"{self.track} (trained)", [self._label(self.track)])]
-        unseen = [self._label(track) for track in self.unseen_tracks()]
-        if self.hard_track and unseen:
-            groups.append((f"{unseen[0]} (unseen, hard)", unseen[:1]))
-        randoms = unseen[1:] if self.hard_track else unseen
-        if randoms:
-            groups.append((f"{RANDOM_GROUP} x{len(randoms)} (unseen)", randoms))
-        if self.hard_track and randoms:
-            groups.append((f"all unseen ({len(unseen)} tracks)", unseen))
-        return groups
+    @cached_property
+    def expert_results(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """{pace: {cell: metrics}} of the expert: at its own pace, and capped at set_speed."""
+        speeds = {"expert": None, "fixed": self.set_speed}
+        return {pace: {cell.name: cell_metrics(self.expert_drive(cell, speed),
+                                               self.expert_drive(cell, None))
+                       for cell in self.cells()} for pace, speed in speeds.items()}
 
-    def summarize(self, results: Sequence[Mapping[str, Any]],
-                  reference: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
-        """Per track group: each seed's mean over the group's tracks, then mean +- std over
-        seeds, beside the expert's mean |CTE| on the same tracks."""
-        rows = []
-        for title, labels in self.groups() + [(label, [label]) for label in self.labels()]:
-            per_seed = {key: [float(np.mean([r["tracks"][t][key] for t in labels]))
-                              for r in results] for key in METRIC_KEYS}
-            rows.append({
-                "group": title, "tracks": labels, "detail": len(labels) == 1 and title == labels[0],
-                "target_laps": float(results[0]["tracks"][labels[0]]["target_laps"]),
-                "per_seed": per_seed,
-                **{key: _mean_std(values) for key, values in per_seed.items()},
-                "expert_mean_abs_cte": float(np.mean([reference[t]["mean_abs_cte"]
-                                                      for t in labels])),
-            })
-        return {"rows": rows, "seeds": [r["seed"] for r in results],
-                "timings": [r["timings"] for r in results]}
+    # -- one seed -----------------------------------------------------------------------------
+    def drive_cells(self, seed: int, run_id: str, method: str, pace: str,
+                    folder: Path) -> dict[str, dict[str, Any]]:
+        """Serve `run_id` with scripts/drive.py at the pace's speed settings and drive every cell
+        against it; returns the metrics per cell (also in `<folder>/<cell>.json`)."""
+        from bc.drive.launch import drive_server
+        from bc.sim.autonomous import AutonomousDrive
+        from bc.tracking import resolve_tracking_uri
 
-    def check_targets(self, summary: Mapping[str, Any]) -> list[str]:
-        """The targets, each marked met / MISSED with the margin."""
-        rows = {row["group"]: row for row in summary["rows"] if not row["detail"]}
-        trained = rows[f"{self.track} (trained)"]
-        worst = min(trained["per_seed"]["autonomy"])
-        fewest = min(trained["per_seed"]["progress_laps"])
-        ok = (worst >= TRAINED_AUTONOMY_TARGET and fewest >= self.eval_laps - LAP_TOLERANCE
-              and self.set_speed >= TRAINED_SPEED_TARGET_MPH)
-        out = [f"target {self.track}: {TRAINED_AUTONOMY_TARGET:g} % autonomy for "
-               f"{self.eval_laps:g} laps at >= {TRAINED_SPEED_TARGET_MPH:g} mph, every seed: "
-               f"{'met' if ok else 'MISSED'} (worst seed {worst:.1f} %, fewest laps "
-               f"{fewest:.2f}, set speed {self.set_speed:g} mph)"]
-        for title, row in rows.items():
-            if "unseen" in title:
-                mean = row["autonomy"][0]
-                verdict = "met" if mean >= UNSEEN_AUTONOMY_TARGET else (
-                    f"MISSED by {UNSEEN_AUTONOMY_TARGET - mean:.1f} points")
-                worst = min(row["per_seed"]["autonomy"])
-                out.append(f"target {title}: >= {UNSEEN_AUTONOMY_TARGET:g} % autonomy: {verdict} "
-                           f"(mean {mean:.1f} %, worst seed {worst:.1f} %)")
+        overrides = [f"run_id={run_id}", f"tracking_uri={resolve_tracking_uri(self.tracking_uri)}",
+                     *self.server_overrides(method, pace)]
+        print(f"[seed {seed}] {self.row_title(method, pace)}: python scripts/drive.py "
+              f"{' '.join(shlex.quote(o) for o in overrides)}", flush=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        results = {}
+        with drive_server(overrides, folder) as server:
+            for cell in self.cells():
+                expert = self.expert_drive(cell, None)
+                drive = AutonomousDrive(
+                    laps=self.eval_laps, port=server["port"], seed=cell.lighting_seed(seed),
+                    reverse=cell.reverse, max_steps=math.ceil(self.max_time_factor * expert.steps))
+                metrics = cell_metrics(drive.drive(cell.track), expert)
+                (folder / f"{cell.name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+                print(f"[seed {seed}]   {cell.name:<22} autonomy {metrics['autonomy']:5.1f} %  "
+                      f"pace {metrics['pace_pct']:5.1f} %  interventions "
+                      f"{metrics['interventions']}  |cte| {metrics['mean_abs_cte']:.3f} m",
+                      flush=True)
+                results[cell.name] = metrics
+        return results
+
+    def run_seed(self, seed: int, work: Path, stamp: str) -> dict[str, Any]:
+        """Record, train every method on that one recording, drive every (pace, cell)."""
+        import shutil
+
+        seed_dir = work / f"seed{seed}"
+        timings: dict[str, float] = {}
+        data, timings["record_s"] = self.record(seed, seed_dir)
+        runs = {}
+        for method in self.methods:
+            runs[method], timings[f"train_{method}_s"] = self.train(
+                seed, seed_dir, data, f"{self.experiment_name}-{stamp}-seed{seed}-{method}",
+                METHODS[method][2], step=f"train_{method}")
+        if not self.keep_data:
+            shutil.rmtree(data, ignore_errors=True)
+            shutil.rmtree(seed_dir / "frame_cache", ignore_errors=True)
+        cells: dict[str, dict[str, Any]] = {}
+        for method in self.methods:
+            started = time.monotonic()
+            cells[method] = {pace: self.drive_cells(seed, runs[method], method, pace,
+                                                    seed_dir / "eval" / f"{method}-{pace}")
+                             for pace in PACES}
+            timings[f"eval_{method}_s"] = time.monotonic() - started
+        return {"seed": seed, "runs": runs, "timings": timings, "cells": cells,
+                "folder": str(seed_dir)}
+
+    # -- the leaderboard ----------------------------------------------------------------------
+    def summarize(self, results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """{method: {pace: {cell or MEAN_COLUMN: {metric: mean_ci}}}}; the expert's drives do
+        not depend on a training seed: its values are one drive each (n = 1)."""
+        names = [cell.name for cell in self.cells()]
+        summary: dict[str, Any] = {}
+        for method, pace in self.rows():
+            per_seed = ([self.expert_results[pace]] if method == EXPERT else
+                        [result["cells"][method][pace] for result in results])
+            table = {name: {key: mean_ci([drive[name][key] for drive in per_seed])
+                            for key in CELL_KEYS} for name in names}
+            table[MEAN_COLUMN] = {key: mean_ci([_mean([drive[name][key] for name in names])
+                                                for drive in per_seed]) for key in CELL_KEYS}
+            summary.setdefault(method, {})[pace] = table
+        return summary
+
+    def comparison(self, results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """BC + speed at its own predicted speed minus the same models at the fixed set speed,
+        paired by training seed: mean ± 95 % CI of the difference, per cell and over cells."""
+        if BC_SPEED not in self.methods:
+            return {}
+        names = [cell.name for cell in self.cells()]
+        out: dict[str, Any] = {}
+        for key in ("autonomy", "pace_pct"):
+            own = [result["cells"][BC_SPEED]["expert"] for result in results]
+            fixed = [result["cells"][BC_SPEED]["fixed"] for result in results]
+            diffs = {name: mean_ci([a[name][key] - b[name][key] for a, b in zip(own, fixed)])
+                     for name in names}
+            diffs[MEAN_COLUMN] = mean_ci([_mean([a[n][key] for n in names])
+                                          - _mean([b[n][key] for n in names])
+                                          for a, b in zip(own, fixed)])
+            out[key] = diffs
         return out
 
-    def format_markdown(self, summary: Mapping[str, Any], wall_s: float) -> str:
-        """The tables (groups, then every track) and the targets, as markdown."""
-        head = ("| track | laps driven | set speed (mph) | autonomy (%) | mean abs CTE (m) "
-                "| max abs CTE (m) | laps completed | interventions | mean speed (mph) "
-                "| expert mean abs CTE (m) |")
-        rule = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    def headroom(self, summary: Mapping[str, Any]) -> dict[str, Any]:
+        """The cells where plain BC (else the first method) falls below the expert's 100 %
+        autonomy or pace (mean over seeds), at each pace."""
+        method = BC if BC in self.methods else self.methods[0]
+        below = {pace: [name for name, row in summary[method][pace].items()
+                        if name != MEAN_COLUMN and (row["autonomy"]["mean"] < FULL - 1e-9
+                                                    or row["pace_pct"]["mean"] < FULL - 1e-9)]
+                 for pace in PACES}
+        return {"method": method, "cells_below_expert": below,
+                "hard_enough": any(below.values())}
 
-        def line(row: Mapping[str, Any]) -> str:
-            return (f"| {row['group']} | {row['target_laps']:g} | {self.set_speed:g} "
-                    f"| {_pm(row['autonomy'], '{:.1f}')} | {_pm(row['mean_abs_cte'], '{:.3f}')} "
-                    f"| {_pm(row['max_abs_cte'], '{:.2f}')} "
-                    f"| {_pm(row['laps_completed'], '{:.2f}')} "
-                    f"| {_pm(row['interventions'], '{:.2f}')} "
-                    f"| {_pm(row['mean_speed_mph'], '{:.1f}')} "
-                    f"| {row['expert_mean_abs_cte']:.3f} |")
-
-        seeds = summary["seeds"]
-        groups = [row for row in summary["rows"] if not row["detail"]]
-        detail = [row for row in summary["rows"] if row["detail"]]
+    def format_markdown(self, summary: Mapping[str, Any], comparison: Mapping[str, Any],
+                        headroom: Mapping[str, Any], seeds: Sequence[int], wall_s: float) -> str:
+        """The tables (one per metric; a row per method and pace, a column per cell) and the
+        verdicts, as markdown."""
+        names = [cell.name for cell in self.cells()] + [MEAN_COLUMN]
         lines = [
-            f"Trained on `{self.track}` only: {self.record_laps:g} laps of noisy-expert driving "
-            f"at {self.speed_mph:g} mph per seed (simulate overrides: "
-            f"{' '.join(self.record_overrides) or '(defaults)'}), model `{self.network}`, "
-            f"{self.epochs} epochs (train overrides: "
-            f"{' '.join(self.train_overrides) or '(defaults)'}). Closed loop through "
-            f"scripts/drive.py at set speed {self.set_speed:g} mph "
-            f"(slow_in_bends={str(self.slow_in_bends).lower()}), eval lighting seed "
-            f"{self.eval_seed}. Mean ± std over {len(seeds)} training seeds {list(seeds)}; a "
-            f"group's value per seed is the mean over its tracks. Expert: the recording's "
-            f"pure-pursuit driver on the true centreline (no camera), for reference.",
-            "", head, rule, *[line(row) for row in groups], "",
-            "Per track:", "", head, rule, *[line(row) for row in detail], "",
-            *[f"- {text}" for text in self.check_targets(summary)],
-        ]
-        steps = {key: [t[key] for t in summary["timings"]] for key in ("record_s", "train_s",
-                                                                        "eval_s")}
-        lines.append("- per seed (mean): " + ", ".join(
-            f"{key[:-2]} {np.mean(values):.0f} s" for key, values in steps.items()))
+            f"Trained on `{self.track}` only: {self.record_laps:g} laps of the noisy expert at "
+            f"{'its own pace' if self.speed_mph is None else f'{self.speed_mph:g} mph'} per "
+            f"training seed, `{self.network}` for {self.epochs} epochs (train overrides: "
+            f"{' '.join(self.train_overrides) or '(defaults)'}). Each cell: {self.eval_laps:g} "
+            f"lap(s) from a standing start through scripts/drive.py, realtime; unseen lighting "
+            f"and held-out tracks under lighting seed {self.eval_seed}. Mean ± 95 % CI "
+            f"(Student's t) over {len(seeds)} training seeds {list(seeds)}; the expert is one "
+            f"drive per cell (no training seed). Pace = expert's time / model's time x 100.", "",
+            *[f"- {METHODS[method][0]}: {METHODS[method][1]}" for method in (EXPERT, *self.methods)],
+            ""]
+        for key, title, fmt in TABLES:
+            lines += [f"**{title}**", "", "| method @ pace | " + " | ".join(names) + " |",
+                      "|---|" + "---:|" * len(names)]
+            for method, pace in self.rows():
+                row = summary[method][pace]
+                lines.append(f"| {self.row_title(method, pace)} | "
+                             + " | ".join(_cell(row[name][key], fmt) for name in names) + " |")
+            lines.append("")
+        if comparison:
+            parts = []
+            for key, unit in (("autonomy", "autonomy points"), ("pace_pct", "pace points")):
+                diff = comparison[key][MEAN_COLUMN]
+                parts.append(f"{_cell(diff, '{:+.1f}')} {unit}")
+            hard = self.hard_track and self._label(self.hard_track)
+            if hard:
+                parts.append(f"on {hard}: {_cell(comparison['autonomy'][hard], '{:+.1f}')} "
+                             f"autonomy, {_cell(comparison['pace_pct'][hard], '{:+.1f}')} pace")
+            lines.append(f"- {METHODS[BC_SPEED][0]} at its own predicted speed minus the same "
+                         f"models at {self.set_speed:g} mph (paired by seed, mean over cells): "
+                         + "; ".join(parts))
+        title = METHODS[headroom["method"]][0]
+        for pace in PACES:
+            below = headroom["cells_below_expert"][pace]
+            lines.append(f"- headroom, {title} at the {pace} pace: below the expert on "
+                         f"{len(below)} of {len(names) - 1} cells"
+                         + (f" ({', '.join(below)})" if below else ""))
+        if not headroom["hard_enough"]:
+            lines.append(f"- NOT HARD ENOUGH: {title} matches the expert on every cell")
         lines.append(f"- wall time: {wall_s / 60:.1f} min")
         return "\n".join(lines) + "\n"
 
-    def write(self, results: list[dict[str, Any]], wall_s: float, final: bool) -> dict[str, Any]:
-        """driving.md/.json in `out` (and at `report` when final); returns the payload."""
-        summary = self.summarize(results, self.reference)
-        markdown = self.format_markdown(summary, wall_s)
+    def payload(self, results: Sequence[Mapping[str, Any]], wall_s: float) -> dict[str, Any]:
+        """The leaderboard: one entry per method, ranked by its mean autonomy over the cells at
+        the expert's pace (how each method is meant to drive), then by its pace there."""
+        summary = self.summarize(results)
+        comparison = self.comparison(results)
+        headroom = self.headroom(summary)
+        seeds = [result["seed"] for result in results]
+        entries = []
+        for method in (EXPERT, *self.methods):
+            score = {pace: {key: summary[method][pace][MEAN_COLUMN][key]["mean"]
+                            for key in ("autonomy", "pace_pct")} for pace in PACES}
+            entries.append({
+                "method": method, "title": METHODS[method][0],
+                "description": METHODS[method][1],
+                "train_overrides": list(METHODS[method][2] or ()),
+                "paces": {pace: {"title": self.row_title(method, pace),
+                                 "drive_server": (None if method == EXPERT else
+                                                  self.server_overrides(method, pace))}
+                          for pace in PACES},
+                "score": score,  # the mean column's means
+                "runs": [result["runs"][method] for result in results] if method != EXPERT else [],
+                "cells": summary[method]})
+        entries.sort(key=lambda entry: (-entry["score"]["expert"]["autonomy"],
+                                        -entry["score"]["expert"]["pace_pct"]))
+        for rank, entry in enumerate(entries, 1):
+            entry["rank"] = rank
         settings = {key: (list(value) if isinstance(value, (list, tuple)) else value)
                     for key, value in asdict(self).items()}
-        payload = {"settings": settings, "wall_s": wall_s, "seeds": results,
-                   "expert_reference": self.reference, "summary": summary,
-                   "targets": self.check_targets(summary), "markdown": markdown}
-        targets = [Path(self.out) / "driving"] + ([Path(self.report)] if final and self.report
-                                                  else [])
-        for base in targets:
-            base.parent.mkdir(parents=True, exist_ok=True)
-            base.with_suffix(".md").write_text(markdown)
-            base.with_suffix(".json").write_text(json.dumps(payload, indent=2,
-                                                            default=_json_default))
+        return {
+            "benchmark": "driving", "created": datetime.now(timezone.utc).isoformat(),
+            "command": "python scripts/benchmark.py " + " ".join(
+                shlex.quote(arg) for arg in sys.argv[1:]),
+            "wall_s": wall_s, "seeds": seeds, "settings": settings,
+            "cells": [asdict(cell) for cell in self.cells()],
+            "paces": {"expert": "the expert's pace (module doc of bc/benchmarks/driving.py)",
+                      "fixed": f"set speed {self.set_speed:g} mph"},
+            "expert_mean_mph": self.expert_mean_mph,
+            "entries": entries, "comparison": comparison, "headroom": headroom,
+            "per_seed": list(results),
+            "markdown": self.format_markdown(summary, comparison, headroom, seeds, wall_s),
+        }
+
+    def write(self, results: Sequence[Mapping[str, Any]], wall_s: float,
+              final: bool) -> dict[str, Any]:
+        """<out>/leaderboard.json|.md (and `leaderboard` when final); returns the payload."""
+        payload = self.payload(results, wall_s)
+        paths = [Path(self.out) / "leaderboard.json"]
+        if final and self.leaderboard:
+            paths.append(Path(self.leaderboard))
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.with_suffix(".json").write_text(json.dumps(payload, indent=2,
+                                                            default=_json_default) + "\n")
+            path.with_suffix(".md").write_text(payload["markdown"])
+        payload["paths"] = [str(path.with_suffix(".json").resolve()) for path in paths]
         return payload
 
     def after_seed(self, results: list[dict[str, Any]], wall_s: float) -> None:
         self.write(results, wall_s, final=False)
 
     def finish(self, results: list[dict[str, Any]], wall_s: float) -> None:
-        print("\n" + self.write(results, wall_s, final=True)["markdown"], flush=True)
+        payload = self.write(results, wall_s, final=True)
+        print("\n" + payload["markdown"] + "\nleaderboard: " + ", ".join(payload["paths"]),
+              flush=True)
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    kept = [float(v) for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
