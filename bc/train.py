@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -54,6 +55,7 @@ def train(cfg: DictConfig) -> str:
     """Fit the configured model and return its MLflow run id (see the module doc)."""
     cfg, checkpoint = prepare(cfg)
     job = build(cfg)
+    _check_ddp_launch(job.trainer)
     job.datamodule.setup("fit")  # data errors (file and row) before a run exists
     if tracking.is_run_id(cfg.resume):
         job.run.reopen(cfg.resume)
@@ -185,6 +187,22 @@ def build(cfg: DictConfig) -> Job:
     module = SteeringModule(net, optimizer=optimizer, scheduler=scheduler, loss=loss,
                             speed_loss_weight=cfg.get("speed_loss_weight", 1.0))
     return Job(datamodule, module, trainer, runs[0])
+
+
+def _check_ddp_launch(trainer: pl.Trainer) -> None:
+    """Lightning starts DDP's other processes by running this command again: inside a sweep
+    (-m) each of them would run the whole sweep. Slurm and torchrun start the processes
+    themselves, and ddp_spawn forks them, so those work in sweeps."""
+    from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+            and isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1
+            and not launcher.cluster_environment.creates_processes_externally):
+        raise ConfigError(f"trainer.strategy: {trainer.strategy.__class__.__name__} starts its other "
+                          f"processes by running the command again, which a sweep (-m) cannot; sweep "
+                          f"DDP trainings with hydra/launcher=slurm or under torchrun, use "
+                          f"trainer.strategy=ddp_spawn, or train without -m")
 
 
 def trainer_arguments(node: DictConfig | None) -> tuple[DictConfig | None, bool]:

@@ -63,6 +63,27 @@ def test_ddp_on_two_cpu_processes_is_one_run_whose_model_serves(tmp_path: Path, 
     assert_serves(run.info.run_id, uri, tmp_path / "serve")
 
 
+@pytest.mark.slow
+def test_a_sweep_of_ddp_trainings_uses_ddp_spawn(tmp_path: Path, recording: Path) -> None:
+    """Lightning's ddp re-runs the command for its other processes, which would re-run the whole
+    sweep: refused before any run, naming the way out; ddp_spawn sweeps work."""
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    sweep = ["-m", "trainer=ddp_cpu", "optimizer.lr=1e-3,3e-4", f"tracking_uri={uri}",
+             f"hydra.sweep.dir={tmp_path / 'sweep'}", *tiny_training(recording, tmp_path / "cache")]
+    refused = subprocess.run(train_command(*sweep), cwd=tmp_path, env=script_env(), capture_output=True,
+                             text=True, timeout=TIMEOUT_S)
+    assert refused.returncode != 0
+    assert ("trainer.strategy: DDPStrategy starts its other processes by running the command again, "
+            "which a sweep (-m) cannot") in refused.stderr
+    assert all_runs(MlflowClient(uri)) == []
+    run_train(tmp_path, *sweep, "trainer.strategy=ddp_spawn")
+    client = MlflowClient(uri)
+    runs = all_runs(client)
+    assert len(runs) == 2 and {run.info.status for run in runs} == {"FINISHED"}
+    for run in runs:
+        assert {"model/weights.pt", "model/model.yaml"} <= artifact_paths(client, run.info.run_id, "model")
+
+
 def test_submitit_local_sweep_runs_each_job_in_its_own_process(tmp_path: Path, recording: Path) -> None:
     """`-m hydra/launcher=submitit_local`: two jobs through submitit's real local executor, each
     one MLflow run tagged with the sweep, in a fresh store both jobs open at the same moment."""
