@@ -3,8 +3,8 @@
 Every step is the command a user would type (scripts/simulate.py, train.py, evaluate.py),
 printed before it runs; all runs land in one MLflow experiment. Presets:
 conf/demo.yaml (`make demo`: one seed, the trained track) and conf/benchmark/driving.yaml
-(`scripts/benchmark.py driving`: three seeds, unseen tracks too, a summary table; see
-`bc.benchmarks.driving`). Per training seed the files go to `<out>/seed<n>/`: data/,
+(`scripts/benchmark.py driving`: three seeds, two methods trained on each recording, a matrix of
+tracks and paces, a leaderboard; see `bc.benchmarks.driving`). Per training seed the files go to `<out>/seed<n>/`: data/,
 frame_cache/, record/, train/ and eval/<track>/ (metrics.json, trajectory.png, ...).
 """
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -154,6 +155,7 @@ class DrivingBenchmark(Pipeline):
         if self.eval_seed in self.seeds:
             raise ConfigError(f"eval_seed: expected a lighting never trained on, got "
                               f"{self.eval_seed}, one of the training seeds {self.seeds}")
+        self._expert_drives: dict[tuple, Any] = {}  # (track, reverse, speed cap): DriveResult
 
     # -- the matrix ---------------------------------------------------------------------------
     def cells(self) -> list[Cell]:
@@ -195,14 +197,10 @@ class DrivingBenchmark(Pipeline):
         from bc.sim.metrics import expert_drive
 
         key = (cell.track, cell.reverse, speed_mph)
-        if key not in self._expert_cache:
-            self._expert_cache[key] = expert_drive(cell.track, self.eval_laps, seed=0,
-                                                   reverse=cell.reverse, speed_mph=speed_mph)
-        return self._expert_cache[key]
-
-    @cached_property
-    def _expert_cache(self) -> dict[tuple, Any]:
-        return {}
+        if key not in self._expert_drives:
+            self._expert_drives[key] = expert_drive(cell.track, self.eval_laps, seed=0,
+                                                    reverse=cell.reverse, speed_mph=speed_mph)
+        return self._expert_drives[key]
 
     @cached_property
     def expert_mean_mph(self) -> float:
@@ -249,8 +247,6 @@ class DrivingBenchmark(Pipeline):
 
     def run_seed(self, seed: int, work: Path, stamp: str) -> dict[str, Any]:
         """Record, train every method on that one recording, drive every (pace, cell)."""
-        import shutil
-
         seed_dir = work / f"seed{seed}"
         timings: dict[str, float] = {}
         data, timings["record_s"] = self.record(seed, seed_dir)
