@@ -155,7 +155,7 @@ def test_recovery_drifts_off_centre_and_the_expert_recovers_at_pace(name):
     recovery = {"every_s": 4.0, "drift_s": 2.0, "steering": 0.12, "max_offset": 0.7}
     noise = ActionNoise(None, recovery, seed=1)
     ctes, _, _ = _lap(track, noise)
-    assert ctes.max() > 0.3 * track.width / 2  # it really leaves the centre
+    assert ctes.max() > 0.5 * track.width / 2  # it really leaves the centre
     assert ctes.max() < track.width / 2  # but never the road, even at the limit of grip
     assert np.median(ctes) < 1.0  # and gets back
 
