@@ -37,7 +37,7 @@ from bc.errors import BcError
 from bc.sim.car import MPS_PER_MPH, CarState
 from bc.sim.env import DrivingEnv, car_model, resolve_track
 from bc.sim.metrics import (DriveResult, compute_metrics, expert_drive, format_table, lap_time_s,
-                            log_to_mlflow, write_json, write_trajectory_csv)
+                            log_to_mlflow, whole_laps, write_json, write_trajectory_csv)
 from bc.udacity import (MANUAL_EVENT, MAX_STEERING_DEG, PORT, SAMPLE_PERIOD_S, SOCKET_PATH,
                         STEER_EVENT, STEER_FIELDS, TELEMETRY_EVENT, TELEMETRY_FIELDS,
                         UNITY_JPEG_QUALITY, format_n4)
@@ -509,7 +509,7 @@ class AutonomousDrive:
     def expert_lap_time(self, result: DriveResult) -> float | None:
         """The expert's lap time over the whole laps the drive completed, on the same track,
         direction, car and step, at its own pace; None before the first whole lap."""
-        laps = math.floor(float(result.s[-1]) / float(result.track.length) + 1e-9)
+        laps = whole_laps(result)
         if laps < 1:
             return None
         # result.track is the road as driven (already reversed with `reverse`)

@@ -114,7 +114,8 @@ class DrivingEnv(gymnasium.Env):
         render_mode: str | None = None,
     ) -> None:
         self.dt = setting("dt", dt, number, lambda value: value > 0, "a step > 0 s")
-        self.laps = setting("laps", laps, optional(number), lambda value: value is None or value > 0,
+        self.laps = setting("laps", laps, optional(number),
+                            lambda value: value is None or value > 0,
                             "a number of laps > 0 (or null: endless)")
         self.off_road = setting("off_road", off_road, str, lambda mode: mode in OFF_ROAD_MODES,
                                 f"one of {OFF_ROAD_MODES}")

@@ -118,10 +118,17 @@ class DriveResult:
             **server)
 
 
+def whole_laps(result: DriveResult) -> int:
+    """Laps completed by the end of the drive (0 for none, or driving backwards)."""
+    if not result.steps:
+        return 0
+    return int(math.floor(max(0.0, float(result.s[-1]) / float(result.track.length)) + 1e-9))
+
+
 def lap_time_s(result: DriveResult) -> float | None:
     """Simulated seconds per whole lap driven (from the start, standing start included);
     None before the first whole lap."""
-    laps = math.floor(float(result.s[-1]) / float(result.track.length) + 1e-9) if result.steps else 0
+    laps = whole_laps(result)
     if laps < 1:
         return None
     done = int(np.argmax(result.s >= laps * float(result.track.length) - 1e-6))
@@ -170,7 +177,7 @@ def compute_metrics(result: DriveResult,
             if lap_time is not None and expert_lap_time is not None else None)
     return {
         "track": str(result.track.name),
-        "laps_completed": int(math.floor(max(0.0, progress) + 1e-9)),
+        "laps_completed": whole_laps(result),
         "progress_laps": progress,
         "distance_m": float(result.odometer[-1]),
         "sim_time_s": elapsed,
