@@ -18,6 +18,7 @@ from bc.models import MODELS, build_model
 from bc.models.base import SteeringModel
 from bc.module import SteeringModule
 from bc.instantiators import instantiate_group
+from bc.train import trainer_arguments
 from bc.train import build
 from conftest import CONF_DIR
 
@@ -137,12 +138,14 @@ def test_scheduler_options(train_config, option: str) -> None:
 @pytest.mark.parametrize("option", options("trainer"))
 def test_trainer_options(train_config, tmp_path: Path, option: str) -> None:
     overrides = [f"trainer={option}"]
-    if option != "cpu" and not torch.cuda.is_available():
+    if option in ("gpu", "ddp") and not torch.cuda.is_available():
         cfg = train_config(*overrides)
         assert cfg.trainer.accelerator == "gpu"
         overrides += NO_GPU_OVERRIDES
     cfg = train_config(*overrides)
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_progress_bar=False)
+    arguments, channels_last = trainer_arguments(cfg.trainer)
+    assert channels_last == (option in ("gpu", "ddp"))  # the GPU presets
+    trainer = instantiate(arguments, logger=False, callbacks=[], enable_progress_bar=False)
     assert isinstance(trainer, pl.Trainer)
     assert trainer.max_epochs == cfg.trainer.max_epochs
     assert trainer.default_root_dir == str(tmp_path / "out")
