@@ -4,8 +4,9 @@ Every step is the command a user would type (scripts/simulate.py, train.py, eval
 printed before it runs; all runs land in one MLflow experiment. Presets:
 conf/demo.yaml (`make demo`: one seed, the trained track) and conf/benchmark/driving.yaml
 (`scripts/benchmark.py driving`: three seeds, two methods trained on each recording, a matrix of
-tracks and paces, a leaderboard; see `bc.benchmarks.driving`). Per training seed the files go to `<out>/seed<n>/`: data/,
-frame_cache/, record/, train/ and eval/<track>/ (metrics.json, trajectory.png, ...).
+tracks and paces, a leaderboard; see `bc.benchmarks.driving`). Per training seed the files go
+to `<out>/seed<n>/`: data/, frame_cache/, record/, train/ and eval/<track>/ (metrics.json,
+trajectory.png, ...).
 """
 
 from __future__ import annotations

@@ -63,7 +63,8 @@ CI_LEVEL = 0.95
 MEAN_COLUMN = "mean"  # the cells' mean, per seed, then over seeds
 # (key, label, format) of what the tables show, in order; all are in the JSON
 TABLES = (("autonomy", "Autonomy (%)", "{:.1f}"), ("pace_pct", "Pace vs expert (%)", "{:.1f}"),
-          ("interventions", "Interventions", "{:.1f}"), ("mean_abs_cte", "Mean |CTE| (m)", "{:.2f}"))
+          ("interventions", "Interventions", "{:.1f}"),
+          ("mean_abs_cte", "Mean |CTE| (m)", "{:.2f}"))
 CELL_KEYS = ("autonomy", "pace_pct", "interventions", "mean_abs_cte", "lap_time_s",
              "mean_speed_mph", "progress_laps", "sim_time_s")
 FULL = 100.0  # % autonomy / pace of the expert at its own pace
@@ -327,7 +328,7 @@ class DrivingBenchmark(Pipeline):
             f"and held-out tracks under lighting seed {self.eval_seed}. Mean ± 95 % CI "
             f"(Student's t) over {len(seeds)} training seeds {list(seeds)}; the expert is one "
             f"drive per cell (no training seed). Pace = expert's time / model's time x 100.", "",
-            *[f"- {METHODS[method][0]}: {METHODS[method][1]}" for method in (EXPERT, *self.methods)],
+            *[f"- {METHODS[name][0]}: {METHODS[name][1]}" for name in (EXPERT, *self.methods)],
             ""]
         for key, title, fmt in TABLES:
             lines += [f"**{title}**", "", "| method @ pace | " + " | ".join(names) + " |",
