@@ -18,6 +18,7 @@ FRAME = (96, 96)
 SAFE_STOP = {"steering_angle": "0.000000", "throttle": "0.000000"}
 
 
+@pytest.mark.slow  # long end to end; the default suite covers each piece
 def test_a_model_of_another_camera_trains_serves_and_steers(tmp_path):
     recording = write_recording(tmp_path / "square", rows=240, seed=3, frame_size=FRAME,
                                 cameras=("center",))

@@ -150,6 +150,7 @@ def test_train_script_records_run_and_model(tmp_path: Path, recording: Path) -> 
         assert torch.allclose(exported.net(batch), expected, atol=1e-5)
 
 
+@pytest.mark.slow  # long end to end; the default suite covers each piece
 def test_multirun_sweep_is_one_run_per_job_in_one_experiment(tmp_path: Path, recording: Path) -> None:
     result = run_script(tmp_path, "-m", "model=nvidia,small", "experiment_name=sweep",
                         "trainer.limit_train_batches=2", "trainer.limit_val_batches=2",
@@ -171,6 +172,7 @@ def test_multirun_sweep_is_one_run_per_job_in_one_experiment(tmp_path: Path, rec
         assert run.data.tags["overrides"].startswith(f"model={run.data.params['model._target_'].split('.')[2]}")
 
 
+@pytest.mark.slow  # timing-sensitive under load; test_train_resume covers KILLED runs by default
 def test_ctrl_c_leaves_a_killed_run_with_its_best_model(tmp_path: Path, recording: Path) -> None:
     process = subprocess.Popen(
         # lr so small that val/loss never improves again: no checkpoint is being written when
