@@ -185,7 +185,8 @@ def test_training_logs_to_an_mlflow_server_on_postgresql_and_drive_loads_over_ht
 def test_two_sweep_processes_share_one_optuna_study_in_postgresql(
         tmp_path: Path, recording: Path, postgres: Postgres) -> None:
     """The README's recipe for several machines: create the study once, then start
-    `train.py hparams_search=optuna` with the same storage and study name on each machine."""
+    `train.py hparams_search=optuna` with the same storage and study name on each machine; the
+    second process runs its trials two at a time (hydra/launcher=parallel)."""
     import optuna
 
     storage = postgres.database("optuna")
@@ -199,9 +200,9 @@ def test_two_sweep_processes_share_one_optuna_study_in_postgresql(
         train_command("hparams_search=optuna", f"hydra.sweeper.storage={storage}",
                       "hydra.sweeper.study_name=shared", "hydra.sweeper.n_trials=2",
                       f"hydra.sweep.dir={tmp_path / f'sweep{index}'}", "experiment_name=tuning",
-                      f"tracking_uri={uri}", *tiny_training(recording, tmp_path / "cache")),
+                      f"tracking_uri={uri}", *tiny_training(recording, tmp_path / "cache"), *launcher),
         cwd=tmp_path, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for index in range(2)]
+        for index, launcher in enumerate([[], ["hydra/launcher=parallel", "hydra.sweeper.n_jobs=2"]])]
     for sweep in sweeps:
         output, _ = sweep.communicate(timeout=TIMEOUT_S)
         assert sweep.returncode == 0, output[-4000:]
@@ -212,6 +213,10 @@ def test_two_sweep_processes_share_one_optuna_study_in_postgresql(
     runs = all_runs(MlflowClient(uri))
     assert len(runs) == 4 and {run.info.status for run in runs} == {"FINISHED"}
     assert {run.data.tags["sweep"] for run in runs} == {str(tmp_path / "sweep0"), str(tmp_path / "sweep1")}
+    pids = {sweep: {run.data.tags["pid"] for run in runs if run.data.tags["sweep"] == str(tmp_path / sweep)}
+            for sweep in ("sweep0", "sweep1")}
+    assert pids["sweep0"] == {str(sweeps[0].pid)}  # the basic launcher runs trials in its process
+    assert pids["sweep1"] and str(sweeps[1].pid) not in pids["sweep1"]  # in joblib's worker processes
     # Each trial is one MLflow run: its parameters, and as its value the run's val/loss_best.
     for trial in trials:
         (run,) = [run for run in runs if float(run.data.params["optimizer.lr"]) == trial.params["optimizer.lr"]]

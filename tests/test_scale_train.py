@@ -106,7 +106,6 @@ def test_submitit_local_sweep_runs_each_job_in_its_own_process(tmp_path: Path, r
 
 @pytest.mark.parametrize(("launcher", "target", "settings"), [
     ("parallel", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", {"n_jobs": 2}),
-    ("submitit_local", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher", {}),
     ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
      {"tasks_per_node": 1, "gpus_per_node": 1, "timeout_min": 240}),
 ])
