@@ -199,10 +199,10 @@ def _check_ddp_launch(trainer: pl.Trainer) -> None:
     if (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
             and isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1
             and not launcher.cluster_environment.creates_processes_externally):
-        raise ConfigError(f"trainer.strategy: {trainer.strategy.__class__.__name__} starts its other "
-                          f"processes by running the command again, which a sweep (-m) cannot; sweep "
-                          f"DDP trainings with hydra/launcher=slurm or under torchrun, use "
-                          f"trainer.strategy=ddp_spawn, or train without -m")
+        raise ConfigError(f"trainer.strategy: {trainer.strategy.__class__.__name__} starts its "
+                          f"other processes by running the command again, which a sweep (-m) "
+                          f"cannot; sweep DDP trainings with hydra/launcher=slurm or under "
+                          f"torchrun, use trainer.strategy=ddp_spawn, or train without -m")
 
 
 def trainer_arguments(node: DictConfig | None) -> tuple[DictConfig | None, bool]:
