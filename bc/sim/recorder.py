@@ -128,47 +128,18 @@ class Recorder:
                          start_s=self.start_s)
         expert = Expert(env.track, speed_mph=self.speed_mph, car=env.car, dt=env.dt)
         perturb = ActionNoise(self.noise, self.recovery, dt=env.dt, seed=self.seed)
-        out = Path(out).expanduser().resolve()
-        img_dir = out / IMAGE_DIR
-        try:
-            img_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ConfigError(f"out: cannot create {img_dir}: {error.strerror or error}") from None
-        log_path = out / LOG_NAME
-
-        clock = datetime.now()
-        previous = last_timestamp(out)
-        step = timedelta(seconds=env.dt)
-        if previous is not None:  # appending: continue after the last name already used
-            clock = max(clock, previous + step)
-
         goal_m = self.laps * env.track.length
         expected_steps = goal_m / max(expert.speed * 0.5, 1.0) / env.dt
         max_steps = self.max_rows or int(MAX_STEPS_PER_LAP_FACTOR * expected_steps) + 100
         _, info = env.reset()
-        rows, done = 0, False
+        done = False
         bar = tqdm(total=None if self.max_rows else round(goal_m),
                    unit="row" if self.max_rows else "m", disable=not self.progress,
                    desc=f"record {env.track.name}")
-        needs_newline = log_path.is_file() and not _ends_with_newline(log_path)
-        with open(log_path, "a", newline="", encoding="utf-8") as fh:
-            if needs_newline:  # a log cut off mid-line by someone else: never glue our row onto it
-                fh.write("\n")
-            writer = csv.writer(fh, lineterminator="\n")
-            while rows < max_steps and not done:
+        with RecordingWriter(out, env.dt, self.jpeg_quality) as writer:
+            while writer.rows < max_steps and not done:
                 steering, throttle = expert.act(env.state)
-                when = clock + rows * step
-                paths = []
-                for camera in CAMERAS:
-                    path = img_dir / camera_image_name(camera, when)
-                    images.write_rgb(path, info["frames"][camera], self.jpeg_quality)
-                    paths.append(str(path))
-                values = (steering, max(0.0, throttle), max(0.0, -throttle), info["speed"] /
-                          MPS_PER_MPH)
-                writer.writerow(paths + [_fmt(v) for v in values])
-                fh.flush()
-                rows += 1
-
+                writer.write(info["frames"], steering, throttle, info["speed"] / MPS_PER_MPH)
                 executed = perturb(steering, throttle, info["cte"], env.track.width / 2,
                                    expert.feedforward(info["s"]))
                 _, _, done, _, info = env.step(executed)
@@ -178,6 +149,60 @@ class Recorder:
                            max(0, round(info["progress"] * env.track.length) - bar.n))
         bar.close()
         if self.progress:
-            print(f"recorded {rows} rows ({info['progress'] * env.track.length:.0f} m, "
-                  f"{info['interventions']} off-road resets) to {log_path}")
-        return log_path
+            print(f"recorded {writer.rows} rows ({info['progress'] * env.track.length:.0f} m, "
+                  f"{info['interventions']} off-road resets) to {writer.log_path}")
+        return writer.log_path
+
+
+class RecordingWriter:
+    """Appends rows to the Unity recording in `out` (driving_log.csv + IMG/): the three camera
+    JPEGs first, then the row, flushed (module doc). Image names follow a simulated clock of
+    `dt` per row that continues after the names already used there. A context manager:
+
+        with RecordingWriter("data/lake", dt) as writer:
+            writer.write(info["frames"], steering, throttle, speed_mph)
+    """
+
+    def __init__(self, out: str | Path, dt: float = SAMPLE_PERIOD_S, jpeg_quality: int = 90) -> None:
+        self.out = Path(out).expanduser().resolve()
+        self.img_dir = self.out / IMAGE_DIR
+        try:
+            self.img_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"out: cannot create {self.img_dir}: {error.strerror or error}") from None
+        self.log_path = self.out / LOG_NAME
+        self.jpeg_quality = jpeg_quality
+        self.step = timedelta(seconds=dt)
+        self.clock = datetime.now()
+        previous = last_timestamp(self.out)
+        if previous is not None:  # appending: continue after the last name already used
+            self.clock = max(self.clock, previous + self.step)
+        self.rows = 0
+        self._fh: Any = None
+        self._writer: Any = None
+
+    def __enter__(self) -> "RecordingWriter":
+        needs_newline = self.log_path.is_file() and not _ends_with_newline(self.log_path)
+        self._fh = open(self.log_path, "a", newline="", encoding="utf-8")
+        if needs_newline:  # a log cut off mid-line by someone else: never glue our row onto it
+            self._fh.write("\n")
+        self._writer = csv.writer(self._fh, lineterminator="\n")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()
+
+    def write(self, frames: Mapping[str, Any], steering: float, throttle: float,
+              speed_mph: float) -> None:
+        """One row: `frames` {camera: RGB} of every camera, the labels (throttle in [-1, 1]:
+        a negative one is logged as brake) and the speed column (mph)."""
+        when = self.clock + self.rows * self.step
+        paths = []
+        for camera in CAMERAS:
+            path = self.img_dir / camera_image_name(camera, when)
+            images.write_rgb(path, frames[camera], self.jpeg_quality)
+            paths.append(str(path))
+        values = (steering, max(0.0, throttle), max(0.0, -throttle), speed_mph)
+        self._writer.writerow(paths + [_fmt(v) for v in values])
+        self._fh.flush()
+        self.rows += 1
