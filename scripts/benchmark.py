@@ -3,6 +3,7 @@
   loader   training-loader samples/s (with augmentation) vs the model's training-step samples/s
   sim      rendered camera frames/s on one core and recorded samples/s
   drive    drive-server round trip p50/p99 and replies/s vs the decode+forward floor
+  scale    sweep basic vs joblib launcher, DDP vs 1 process, evaluation serial vs parallel
   driving  driving quality: train on lake, evaluate on lake, mountain and random tracks
 
 Settings: conf/benchmark/NAME.yaml (`python scripts/benchmark.py NAME --cfg job` shows them);

@@ -6,6 +6,7 @@ here; `run()` measures, prints and returns the numbers (README.md shows measured
   loader   training-loader samples/s (with augmentation) vs PilotNet training-step samples/s
   sim      rendered camera frames/s on one core and recorded samples/s
   drive    drive-server round trip p50/p99 and replies/s vs the decode+forward floor
+  scale    sweep (basic vs joblib launcher), DDP vs 1 process, evaluation serial vs jobs=N
   driving  driving quality: the record -> train -> evaluate pipeline (bc.pipeline) per seed,
            on the trained track and on unseen ones, summarised over seeds
 """
