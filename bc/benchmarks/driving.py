@@ -48,19 +48,25 @@ import numpy as np
 
 from bc.errors import ConfigError
 from bc.pipeline import Pipeline
-from bc.settings import flag, number, setting
+from bc.settings import flag, integer, number, optional, setting
 
 EXPERT, BC, BC_SPEED = "expert", "bc", "bc_speed"
+BC_SELECT, DAGGER = "bc_select", "dagger"
 METHODS = {  # leaderboard entries: name in the tables, what it is, train.py overrides
     EXPERT: ("expert", "pure pursuit + speed planned from curvature and friction, no camera",
              None),
     BC: ("BC", "plain behavioral cloning: the network predicts the steering", ()),
     BC_SPEED: ("BC+speed", "the same network with the target-speed output",
                ("model.outputs=[steering,speed]",)),
+    BC_SELECT: ("BC, driving-score checkpoint", "plain BC on the same recording, the checkpoint "
+                "kept by eval/score on the trained track (bc/closed_loop.py), not val/loss", ()),
+    DAGGER: ("DAgger", "the expert's demonstrations, then rounds where the model drives and the "
+             "expert labels (bc/dagger.py), the same number of labelled frames in all", ()),
 }
 PACES = ("expert", "fixed")
 CI_LEVEL = 0.95
 MEAN_COLUMN = "mean"  # the cells' mean, per seed, then over seeds
+HELD_OUT_COLUMN = "held-out mean"  # the same without the trained track's own cell
 # (key, label, format) of what the tables show, in order; all are in the JSON
 TABLES = (("autonomy", "Autonomy (%)", "{:.1f}"), ("pace_pct", "Pace vs expert (%)", "{:.1f}"),
           ("interventions", "Interventions", "{:.1f}"),
@@ -98,20 +104,11 @@ def mean_ci(values: Sequence[float | None]) -> dict[str, Any]:
     return out
 
 
-def pace_pct(result: Any, expert: Any) -> float:
-    """The expert's time to the progress `result` made / `result`'s time, in % (module doc)."""
-    progress = float(result.s[-1])
-    if progress <= 0 or not result.steps:
-        return 0.0
-    expert_time = float(np.interp(min(progress, float(expert.s[-1])), expert.s, expert.t))
-    return 100.0 * expert_time / float(result.t[-1])
-
-
 def cell_metrics(result: Any, expert: Any) -> dict[str, Any]:
     """What the leaderboard keeps of one drive (a DriveResult) against the expert's."""
-    from bc.sim.metrics import compute_metrics
+    from bc.sim.metrics import compute_metrics, relative_pace
 
-    metrics = {**compute_metrics(result), "pace_pct": pace_pct(result, expert)}
+    metrics = {**compute_metrics(result), "pace_pct": relative_pace(result, expert)}
     return {**{key: metrics[key] for key in CELL_KEYS}, "stop_reason": metrics["stop_reason"]}
 
 
@@ -138,6 +135,10 @@ class DrivingBenchmark(Pipeline):
     eval_seed: int = 1000  # the unseen lighting: never a training seed
     set_speed: float = 30.0  # the fixed pace (mph)
     methods: Sequence[str] = (BC, BC_SPEED)
+    paces: Sequence[str] = PACES
+    labels: int | None = None  # labelled frames per method: the recording's rows, DAgger's budget
+    dagger_overrides: Sequence[str] = ()  # conf/dagger.yaml keys (rounds, round_rows, beta, ...)
+    select_laps: float = 1.0  # BC_SELECT: laps of the trained track driven after each epoch
     reverse: bool = True
     unseen_lighting: bool = True
     max_time_factor: float = 2.0
@@ -149,6 +150,17 @@ class DrivingBenchmark(Pipeline):
         self.methods = setting("methods", self.methods, list,
                                lambda names: names and set(names) <= set(trained),
                                f"a list of trained methods out of {trained}")
+        self.paces = setting("paces", self.paces, list,
+                             lambda names: names and set(names) <= set(PACES),
+                             f"a list out of {list(PACES)}")
+        self.labels = setting("labels", self.labels, optional(integer),
+                              lambda value: value is None or value >= 1,
+                              "a number of labelled frames >= 1 (or null: record_laps laps)")
+        if DAGGER in self.methods and self.labels is None:
+            raise ConfigError("labels: DAgger is compared at an equal number of labelled frames; "
+                              "set labels=<frames>")
+        if self.labels is not None:
+            self.record_overrides = [*self.record_overrides, f"max_rows={self.labels}"]
         for name in ("reverse", "unseen_lighting"):
             setattr(self, name, flag(name, getattr(self, name)))
         self.max_time_factor = setting("max_time_factor", self.max_time_factor, number,
@@ -176,14 +188,14 @@ class DrivingBenchmark(Pipeline):
 
     def rows(self) -> list[tuple[str, str]]:
         """(method, pace) of every table row: the expert first."""
-        return [(method, pace) for method in (EXPERT, *self.methods) for pace in PACES]
+        return [(method, pace) for method in (EXPERT, *self.methods) for pace in self.paces]
 
     def row_title(self, method: str, pace: str) -> str:
         if pace == "fixed":
             return f"{METHODS[method][0]} @ {self.set_speed:g} mph"
-        own = {EXPERT: "own pace", BC_SPEED: "own predicted speed",
-               BC: f"expert's mean speed {self.expert_mean_mph:.1f} mph"}
-        return f"{METHODS[method][0]} @ {own[method]}"
+        own = {EXPERT: "own pace", BC_SPEED: "own predicted speed"}
+        return (f"{METHODS[method][0]} @ "
+                f"{own.get(method, f'expert mean {self.expert_mean_mph:.1f} mph')}")
 
     def server_overrides(self, method: str, pace: str) -> list[str]:
         """scripts/drive.py's speed settings for a method at a pace (module doc)."""
@@ -212,9 +224,9 @@ class DrivingBenchmark(Pipeline):
     def expert_results(self) -> dict[str, dict[str, dict[str, Any]]]:
         """{pace: {cell: metrics}} of the expert: at its own pace, and capped at set_speed."""
         speeds = {"expert": None, "fixed": self.set_speed}
-        return {pace: {cell.name: cell_metrics(self.expert_drive(cell, speed),
+        return {pace: {cell.name: cell_metrics(self.expert_drive(cell, speeds[pace]),
                                                self.expert_drive(cell, None))
-                       for cell in self.cells()} for pace, speed in speeds.items()}
+                       for cell in self.cells()} for pace in self.paces}
 
     # -- one seed -----------------------------------------------------------------------------
     def drive_cells(self, seed: int, run_id: str, method: str, pace: str,
@@ -253,9 +265,14 @@ class DrivingBenchmark(Pipeline):
         data, timings["record_s"] = self.record(seed, seed_dir)
         runs = {}
         for method in self.methods:
+            name = f"{self.experiment_name}-{stamp}-seed{seed}-{method}"
+            if method == DAGGER:
+                runs[method], timings["train_dagger_s"] = self.dagger(seed, seed_dir, name)
+                continue
+            overrides = [*METHODS[method][2], *(self.select_overrides(seed)
+                                                if method == BC_SELECT else ())]
             runs[method], timings[f"train_{method}_s"] = self.train(
-                seed, seed_dir, data, f"{self.experiment_name}-{stamp}-seed{seed}-{method}",
-                METHODS[method][2], step=f"train_{method}")
+                seed, seed_dir, data, name, overrides, step=f"train_{method}")
         if not self.keep_data:
             shutil.rmtree(data, ignore_errors=True)
             shutil.rmtree(seed_dir / "frame_cache", ignore_errors=True)
@@ -264,10 +281,43 @@ class DrivingBenchmark(Pipeline):
             started = time.monotonic()
             cells[method] = {pace: self.drive_cells(seed, runs[method], method, pace,
                                                     seed_dir / "eval" / f"{method}-{pace}")
-                             for pace in PACES}
+                             for pace in self.paces}
             timings[f"eval_{method}_s"] = time.monotonic() - started
         return {"seed": seed, "runs": runs, "timings": timings, "cells": cells,
                 "folder": str(seed_dir)}
+
+    def learner_speed(self) -> float:
+        """The set speed a steering-only model drives at while it trains (DAgger's rollouts,
+        the driving score): the first pace's."""
+        return self.expert_mean_mph if self.paces[0] == "expert" else self.set_speed
+
+    def select_overrides(self, seed: int) -> list[str]:
+        """train.py overrides of BC_SELECT: drive the trained track after every epoch and keep
+        the checkpoint with the best eval/score (bc/closed_loop.py)."""
+        return ["callbacks.closed_loop.every_n_epochs=1",
+                f"callbacks.closed_loop.tracks=[{{track: {self.track}, laps: {self.select_laps}, "
+                f"lighting: {seed}}}]",
+                f"callbacks.closed_loop.set_speed={self.learner_speed():g}",
+                "callbacks.model_checkpoint.monitor=eval/score",
+                "callbacks.model_checkpoint.mode=max"]
+
+    def dagger(self, seed: int, seed_dir: Path, run_name: str) -> tuple[str, float]:
+        """scripts/dagger.py with the same network, epochs and label budget; returns the parent
+        run (which holds the final model) and the wall time."""
+        from bc.pipeline import run_step
+        from bc.tracking import find_run
+
+        quiet = ["callbacks.progress_bar.refresh_rate=0"] if self.step_logs else []
+        uri = [f"tracking_uri={self.tracking_uri}"] if self.tracking_uri else []
+        elapsed = run_step(f"seed {seed}: DAgger, {self.labels} labelled frames", "dagger.py", [
+            *self.train_overrides, f"model={self.network}", f"track={self.track}",
+            f"seed={seed}", f"label_budget={self.labels}", f"trainer.max_epochs={self.epochs}",
+            f"set_speed={self.learner_speed():g}", f"out={seed_dir / 'dagger'}",
+            f"data.cache_dir={seed_dir / 'frame_cache_dagger'}",
+            f"eval_tracks=[{{track: {self.track}, laps: {self.select_laps}, lighting: {seed}}}]",
+            f"experiment_name={self.experiment_name}", f"run_name={run_name}",
+            *self.dagger_overrides, *quiet, *uri], self._log(seed_dir, "dagger"))
+        return find_run(run_name, self.experiment_name, tracking_uri=self.tracking_uri), elapsed
 
     # -- the leaderboard ----------------------------------------------------------------------
     def summarize(self, results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -282,16 +332,25 @@ class DrivingBenchmark(Pipeline):
                             for key in CELL_KEYS} for name in names}
             table[MEAN_COLUMN] = {key: mean_ci([_mean([drive[name][key] for name in names])
                                                 for drive in per_seed]) for key in CELL_KEYS}
+            table[HELD_OUT_COLUMN] = {key: mean_ci([_mean([drive[name][key]
+                                                           for name in names[1:]])
+                                                    for drive in per_seed]) for key in CELL_KEYS}
             summary.setdefault(method, {})[pace] = table
         return summary
 
     def comparison(self, results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """BC + speed at its own predicted speed minus the same models at the fixed set speed,
-        paired by training seed: mean ± 95 % CI of the difference, per cell and over cells."""
-        if BC_SPEED not in self.methods:
-            return {}
+        paired by training seed: mean ± 95 % CI of the difference, per cell and over cells;
+        and under "vs_bc", each of BC_SELECT and DAGGER minus plain BC at the first pace."""
         names = [cell.name for cell in self.cells()]
         out: dict[str, Any] = {}
+        if BC in self.methods:
+            pace = self.paces[0]
+            out["vs_bc"] = {method: {key: self.paired(results, method, BC, pace, key)
+                                     for key in ("autonomy", "pace_pct", "mean_abs_cte")}
+                            for method in (BC_SELECT, DAGGER) if method in self.methods}
+        if BC_SPEED not in self.methods or set(self.paces) != set(PACES):
+            return out
         for key in ("autonomy", "pace_pct"):
             own = [result["cells"][BC_SPEED]["expert"] for result in results]
             fixed = [result["cells"][BC_SPEED]["fixed"] for result in results]
@@ -303,14 +362,29 @@ class DrivingBenchmark(Pipeline):
             out[key] = diffs
         return out
 
+    def paired(self, results: Sequence[Mapping[str, Any]], method: str, other: str, pace: str,
+               key: str) -> dict[str, Any]:
+        """`method` minus `other` at `pace`, paired by training seed: mean_ci per cell, over the
+        cells (MEAN_COLUMN) and over the held-out cells (HELD_OUT_COLUMN)."""
+        names = [cell.name for cell in self.cells()]
+        pairs = [(result["cells"][method][pace], result["cells"][other][pace])
+                 for result in results]
+        diffs = {name: mean_ci([a[name][key] - b[name][key] for a, b in pairs]) for name in names}
+        for column, kept in ((MEAN_COLUMN, names), (HELD_OUT_COLUMN, names[1:])):
+            diffs[column] = mean_ci([_mean([a[n][key] for n in kept]) - _mean([b[n][key]
+                                                                             for n in kept])
+                                     for a, b in pairs])
+        return diffs
+
     def headroom(self, summary: Mapping[str, Any]) -> dict[str, Any]:
         """The cells where plain BC (else the first method) falls below the expert's 100 %
         autonomy or pace (mean over seeds), at each pace."""
         method = BC if BC in self.methods else self.methods[0]
         below = {pace: [name for name, row in summary[method][pace].items()
-                        if name != MEAN_COLUMN and (row["autonomy"]["mean"] < FULL - 1e-9
-                                                    or row["pace_pct"]["mean"] < FULL - 1e-9)]
-                 for pace in PACES}
+                        if name not in (MEAN_COLUMN, HELD_OUT_COLUMN)
+                        and (row["autonomy"]["mean"] < FULL - 1e-9
+                             or row["pace_pct"]["mean"] < FULL - 1e-9)]
+                 for pace in self.paces}
         return {"method": method, "cells_below_expert": below,
                 "hard_enough": any(below.values())}
 
@@ -318,9 +392,11 @@ class DrivingBenchmark(Pipeline):
                         headroom: Mapping[str, Any], seeds: Sequence[int], wall_s: float) -> str:
         """The tables (one per metric; a row per method and pace, a column per cell) and the
         verdicts, as markdown."""
-        names = [cell.name for cell in self.cells()] + [MEAN_COLUMN]
+        names = [cell.name for cell in self.cells()] + [MEAN_COLUMN, HELD_OUT_COLUMN]
+        amount = (f"{self.labels} labelled frames" if self.labels is not None
+                  else f"{self.record_laps:g} laps")
         lines = [
-            f"Trained on `{self.track}` only: {self.record_laps:g} laps of the noisy expert at "
+            f"Trained on `{self.track}` only: {amount} of the noisy expert at "
             f"{'its own pace' if self.speed_mph is None else f'{self.speed_mph:g} mph'} per "
             f"training seed, `{self.network}` for {self.epochs} epochs (train overrides: "
             f"{' '.join(self.train_overrides) or '(defaults)'}). Each cell: {self.eval_laps:g} "
@@ -338,7 +414,14 @@ class DrivingBenchmark(Pipeline):
                 lines.append(f"| {self.row_title(method, pace)} | "
                              + " | ".join(_cell(row[name][key], fmt) for name in names) + " |")
             lines.append("")
-        if comparison:
+        for method, diffs in comparison.get("vs_bc", {}).items():
+            parts = [f"{_cell(diffs[key][HELD_OUT_COLUMN], fmt)} {unit}" for key, unit, fmt in (
+                ("autonomy", "autonomy points", "{:+.1f}"), ("pace_pct", "pace points", "{:+.1f}"),
+                ("mean_abs_cte", "m mean |CTE|", "{:+.3f}"))]
+            lines.append(f"- {METHODS[method][0]} minus BC (paired by seed, {HELD_OUT_COLUMN} "
+                         f"over {len(names) - 3} held-out cells, {self.paces[0]} pace): "
+                         + "; ".join(parts))
+        if "autonomy" in comparison:
             parts = []
             for key, unit in (("autonomy", "autonomy points"), ("pace_pct", "pace points")):
                 diff = comparison[key][MEAN_COLUMN]
@@ -351,10 +434,10 @@ class DrivingBenchmark(Pipeline):
                          f"models at {self.set_speed:g} mph (paired by seed, mean over cells): "
                          + "; ".join(parts))
         title = METHODS[headroom["method"]][0]
-        for pace in PACES:
+        for pace in self.paces:
             below = headroom["cells_below_expert"][pace]
             lines.append(f"- headroom, {title} at the {pace} pace: below the expert on "
-                         f"{len(below)} of {len(names) - 1} cells"
+                         f"{len(below)} of {len(names) - 2} cells"
                          + (f" ({', '.join(below)})" if below else ""))
         if not headroom["hard_enough"]:
             lines.append(f"- NOT HARD ENOUGH: {title} matches the expert on every cell")
@@ -363,7 +446,8 @@ class DrivingBenchmark(Pipeline):
 
     def payload(self, results: Sequence[Mapping[str, Any]], wall_s: float) -> dict[str, Any]:
         """The leaderboard: one entry per method, ranked by its mean autonomy over the cells at
-        the expert's pace (how each method is meant to drive), then by its pace there."""
+        the first pace (the expert's by default: how each method is meant to drive), then by its
+        pace there."""
         summary = self.summarize(results)
         comparison = self.comparison(results)
         headroom = self.headroom(summary)
@@ -371,7 +455,7 @@ class DrivingBenchmark(Pipeline):
         entries = []
         for method in (EXPERT, *self.methods):
             score = {pace: {key: summary[method][pace][MEAN_COLUMN][key]["mean"]
-                            for key in ("autonomy", "pace_pct")} for pace in PACES}
+                            for key in ("autonomy", "pace_pct")} for pace in self.paces}
             entries.append({
                 "method": method, "title": METHODS[method][0],
                 "description": METHODS[method][1],
@@ -379,12 +463,13 @@ class DrivingBenchmark(Pipeline):
                 "paces": {pace: {"title": self.row_title(method, pace),
                                  "drive_server": (None if method == EXPERT else
                                                   self.server_overrides(method, pace))}
-                          for pace in PACES},
+                          for pace in self.paces},
                 "score": score,  # the mean column's means
                 "runs": [result["runs"][method] for result in results] if method != EXPERT else [],
                 "cells": summary[method]})
-        entries.sort(key=lambda entry: (-entry["score"]["expert"]["autonomy"],
-                                        -entry["score"]["expert"]["pace_pct"]))
+        first = self.paces[0]
+        entries.sort(key=lambda entry: (-entry["score"][first]["autonomy"],
+                                        -entry["score"][first]["pace_pct"]))
         for rank, entry in enumerate(entries, 1):
             entry["rank"] = rank
         settings = {key: (list(value) if isinstance(value, (list, tuple)) else value)

@@ -159,6 +159,16 @@ def expert_drive(track: Any, laps: float, *, seed: int = 0, reverse: bool = Fals
                                   stop_reason="laps" if terminated else "max_steps")
 
 
+def relative_pace(result: DriveResult, expert: DriveResult) -> float:
+    """Pace (%) of any drive, whole laps or not: the expert's time to the progress `result`
+    made (from `expert`, its drive of the same road) / `result`'s time x 100."""
+    progress = float(result.s[-1])
+    if progress <= 0 or not result.steps:
+        return 0.0
+    expert_time = float(np.interp(min(progress, float(expert.s[-1])), expert.s, expert.t))
+    return 100.0 * expert_time / float(result.t[-1])
+
+
 def compute_metrics(result: DriveResult,
                     expert_lap_time: float | None = None) -> dict[str, Any]:
     """All metrics of a DriveResult as plain Python numbers (JSON- and MLflow-ready);
