@@ -11,6 +11,10 @@ expert's on the same track, direction and car (`pace_pct`, bc/sim/metrics.py).
 With `jobs` > 1 the tracks are driven in that many processes at once, each with its own drive
 server (a server's speed controller follows one car); the metrics still go to the one run, and
 `tracks_table` puts every track's side by side.
+
+With `saliency`, each track's center-camera video is drawn again with the model's
+VisualBackProp saliency (`bc.insight.saliency`: where the network looks) as
+`<track>/saliency.mp4`, logged beside the other pictures (eval/<track>/).
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from bc.drive.launch import drive_server
-from bc.settings import integer, setting
+from bc.errors import ConfigError
+from bc.settings import flag, integer, setting
 from bc.sim.autonomous import AutonomousDrive
 from bc.sim.env import RANDOM_TRACK
-from bc.sim.metrics import TABLE_ROWS, metric_label
+from bc.sim.metrics import METRIC_PREFIX, TABLE_ROWS, metric_label
 
 REVERSE_SUFFIX = "-reverse"  # eval/<track>-reverse/... for drives the other way round
+SALIENCY_VIDEO = "saliency.mp4"  # beside each track's center.mp4
 
 
 @dataclass(frozen=True)
@@ -51,15 +57,20 @@ class TrackSpec:
 
 def evaluate(run_id: str, tracks: Sequence[str], autonomous: AutonomousDrive, *, out: Path,
              server_overrides: Sequence[str] = (),
-             tracking_uri: str | None = None, jobs: int = 1) -> dict[str, dict]:
+             tracking_uri: str | None = None, jobs: int = 1,
+             saliency: bool = False) -> dict[str, dict]:
     """Serve `run_id`'s model with scripts/drive.py (plus `server_overrides`) and drive each
     track as `autonomous` says, `jobs` tracks at once (module doc); log `eval/<track>/...`
-    metrics and pictures to the run. Returns the metrics per track label (`<track>-reverse`
-    with `autonomous.reverse`), in the order of `tracks`."""
+    metrics and pictures to the run (with `saliency`, also the saliency video). Returns the
+    metrics per track label (`<track>-reverse` with `autonomous.reverse`), in the order of
+    `tracks`."""
     from bc import tracking
     from bc.sim.track import load_track
 
     jobs = setting("jobs", jobs, integer, lambda count: count >= 1, ">= 1")
+    if flag("saliency", saliency) and not autonomous.video:
+        raise ConfigError("saliency: true draws on each track's center-camera video; "
+                          "set video=true too")
     uri = tracking.resolve_tracking_uri(tracking_uri)
     specs = [TrackSpec.parse(text) for text in tracks]
     seeds = [autonomous.seed if spec.seed is None else spec.seed for spec in specs]
@@ -69,13 +80,15 @@ def evaluate(run_id: str, tracks: Sequence[str], autonomous: AutonomousDrive, *,
     drives = list(zip(specs, seeds))
     groups = [drives[first::jobs] for first in range(min(jobs, len(drives)))]  # round-robin
     if len(groups) == 1:
-        return drive_tracks(run_id, drives, autonomous, out, server_overrides, uri)
+        return drive_tracks(run_id, drives, autonomous, out, server_overrides, uri,
+                            saliency=saliency)
     quiet = dataclasses.replace(autonomous, progress=False)  # parallel progress bars garble
     count = len(groups)
     with ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn")) as pool:
         parts = pool.map(drive_tracks, [run_id] * count, groups, [quiet] * count, [out] * count,
                          [server_overrides] * count, [uri] * count,
-                         [f"drive_server-{index}.log" for index in range(count)])
+                         [f"drive_server-{index}.log" for index in range(count)],
+                         [saliency] * count)
         results = {label: metrics for part in parts for label, metrics in part.items()}
     return {label: results[label] for label in (track_label(spec, autonomous) for spec in specs)}
 
@@ -87,12 +100,13 @@ def track_label(spec: TrackSpec, autonomous: AutonomousDrive) -> str:
 
 def drive_tracks(run_id: str, drives: Sequence[tuple[TrackSpec, int]], autonomous: AutonomousDrive,
                  out: Path, server_overrides: Sequence[str], uri: str,
-                 log_name: str = "drive_server.log") -> dict[str, dict]:
+                 log_name: str = "drive_server.log", saliency: bool = False) -> dict[str, dict]:
     """One drive.py server for the run's model; each (track, lighting seed) driven against it in
     turn, its outputs in out/<label>/ and its metrics logged to the run."""
     from bc.sim.track import load_track
 
     results: dict[str, dict] = {}
+    overlay = None
     with drive_server([f"run_id={run_id}", f"tracking_uri={uri}", *server_overrides],
                       out, log_name) as server:
         for spec, seed in drives:
@@ -101,7 +115,30 @@ def drive_tracks(run_id: str, drives: Sequence[tuple[TrackSpec, int]], autonomou
                 autonomous, host="127.0.0.1", port=server["port"], seed=seed,
                 out=str(out / label), label=label, run_id=run_id, tracking_uri=uri)
             results[label] = drive.run(load_track(spec.spec, seed=seed))
+            if saliency:
+                overlay = overlay or saliency_overlay(run_id, uri)
+                saliency_video(run_id, uri, out / label, label, overlay)
     return results
+
+
+def saliency_overlay(run_id: str, uri: str) -> Any:
+    """The VisualBackProp overlay (`bc.insight.saliency.SaliencyOverlay`) of the run's model."""
+    from bc import tracking
+    from bc.insight.saliency import SaliencyOverlay
+
+    return SaliencyOverlay(tracking.load_model(run_id, uri))
+
+
+def saliency_video(run_id: str, uri: str, folder: Path, label: str, overlay: Any) -> Path:
+    """`folder`/saliency.mp4 from the drive's `folder`/center.mp4, logged to the run beside it."""
+    from bc import tracking
+    from bc.insight.saliency import overlay_video
+
+    video = overlay_video(folder / "center.mp4", folder / SALIENCY_VIDEO, overlay)
+    tracking.client(uri).log_artifact(run_id, str(video), f"{METRIC_PREFIX}/{label}")
+    print(f"wrote {video} (VisualBackProp saliency of the model on the center camera) and "
+          f"logged it to MLflow run {run_id}", flush=True)
+    return video
 
 
 def tracks_table(results: Mapping[str, Mapping[str, Any]]) -> str:

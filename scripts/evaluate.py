@@ -26,12 +26,17 @@ def evaluate_run(cfg: DictConfig) -> None:
 
     autonomous = instantiate(cfg.autonomous)
     tracks = list(cfg.track) if isinstance(cfg.track, ListConfig) else [str(cfg.track)]
-    run_id = find_run(str(cfg.run_id), cfg.experiment_name, cfg.metric, cfg.mode, cfg.tracking_uri)
+    if cfg.model_uri:  # a registered version: its source run's model, metrics logged there
+        from bc.registry import run_of
+
+        run_id = run_of(str(cfg.model_uri), cfg.tracking_uri)
+    else:
+        run_id = find_run(str(cfg.run_id), cfg.experiment_name, cfg.metric, cfg.mode, cfg.tracking_uri)
     out = Path(cfg.out) if cfg.out else Path(HydraConfig.get().runtime.output_dir)
     print(f"evaluating MLflow run {run_id} on {', '.join(tracks)} ({cfg.laps} laps at "
           f"{cfg.set_speed} mph); outputs in {out}", flush=True)
     results = evaluate(run_id, tracks, autonomous, out=out, server_overrides=list(cfg.drive_server),
-                       tracking_uri=cfg.tracking_uri, jobs=cfg.jobs)
+                       tracking_uri=cfg.tracking_uri, jobs=cfg.jobs, saliency=cfg.saliency)
     print(tracks_table(results))
     print(f"metrics logged to MLflow run {run_id} (eval/<track>/...); outputs in {out}")
 

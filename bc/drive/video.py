@@ -1,5 +1,6 @@
 """An mp4 of a saved inference run (``image_folder`` of the drive server), optionally with the
-predicted steering drawn on each frame.
+predicted steering drawn on each frame and / or a model's VisualBackProp saliency under it
+(`bc.insight.saliency.SaliencyOverlay`: where the network looks).
 
 Frames come in the order of ``drive_log.csv`` when the folder has one (`bc.drive.frames`
 writes it), else in file-name order (the names are UTC timestamps). Written with imageio's
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -93,8 +95,11 @@ def draw_overlay(rgb: np.ndarray, row: dict[str, str]) -> np.ndarray:
 
 
 def make_video(folder: Path | str, fps: float, output: Path | str | None = None,
-               overlay: bool = False) -> Path:
-    """Write the frames of ``folder`` to ``output`` (default ``<folder>.mp4``); returns it."""
+               overlay: bool = False,
+               saliency: Callable[[np.ndarray], np.ndarray] | None = None) -> Path:
+    """Write the frames of ``folder`` to ``output`` (default ``<folder>.mp4``); returns it.
+    ``saliency`` (e.g. a `SaliencyOverlay`) redraws each frame first, ``overlay`` then adds
+    the drive log's numbers."""
     import imageio.v2 as imageio
 
     folder = Path(folder)
@@ -116,6 +121,8 @@ def make_video(folder: Path | str, fps: float, output: Path | str | None = None,
                 elif rgb.shape != first_shape:
                     raise VideoError(f"{path}: size {rgb.shape[1]}x{rgb.shape[0]} differs from "
                                      f"the first frame's {first_shape[1]}x{first_shape[0]}")
+                if saliency is not None:
+                    rgb = saliency(rgb)
                 writer.append_data(draw_overlay(rgb, row) if overlay else rgb)
     except OSError as error:
         raise VideoError(f"cannot write {output}: {error.strerror or error}") from None

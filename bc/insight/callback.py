@@ -5,8 +5,9 @@ At the start of training (after the sanity check, so what training really sees):
   (camera corrections included);
 - `augmentation_preview.png`: the same training frames before and after the training
   augmentation, with their labels. "After" is made the way training makes it: the training
-  dataset's own batch fetch, then the module's batch-transfer hooks; both with copies of the
-  random state, so the preview does not change what training draws.
+  dataset's own batch fetch, then the trainer's move to the device (the batch-transfer hooks
+  of the module and the datamodule), with a copy of the augmentation and the random state
+  restored after, so the preview does not change what training draws.
 At the end of fit, for the network that is logged (the best checkpoint's weights):
 - `predicted_vs_recorded.png`: the longest held-out validation block as a time series, and
   every validation frame as predicted against recorded, with the identity line;
@@ -24,7 +25,7 @@ import random
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import cv2
 import numpy as np
@@ -81,6 +82,81 @@ def contiguous_blocks(recordings: np.ndarray, rows: np.ndarray) -> list[slice]:
     return [slice(int(start), int(end)) for start, end in zip(starts, ends)]
 
 
+class Batch(NamedTuple):
+    """Training samples as the network gets them: x N x 3 x H x W, y N x outputs, and the
+    camera each frame comes from."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    cameras: list[str]
+
+
+def labels_per_camera(datamodule: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The steering labels of each training camera (its correction included) before
+    balancing (every training row) and after (what the training set holds)."""
+    from bc.data.datamodule import camera_corrections
+
+    table = datamodule.table
+    recorded = table.loc[table["split"] == "train", "steering"].to_numpy(np.float64)
+    corrections = camera_corrections(datamodule.steering_correction)
+    dataset = datamodule.train_set
+    # A frame's slot is row * len(CAMERAS) + camera (DrivingDataModule._index_frames).
+    camera_of = dataset.frame_index % len(udacity.CAMERAS)
+    before = {camera: recorded + corrections[camera] for camera in datamodule.cameras}
+    after = {camera: dataset.steering[camera_of == udacity.CAMERAS.index(camera)]
+             for camera in datamodule.cameras}
+    return before, after
+
+
+def augmentation_pairs(datamodule: Any, count: int, seed: int = 0,
+                       to_device: Callable[[Any], Any] | None = None) -> tuple[Batch, Batch]:
+    """`count` training samples (chosen with `seed`) without augmentation, and the same ones
+    augmented the way training does it: the training dataset's own batch fetch, then
+    `to_device` (in training `trainer.strategy.batch_to_device`: the batch-transfer hooks of
+    the module and the datamodule). Training's random streams are left where they were."""
+    from bc.data.dataset import collate_frames
+
+    move = to_device or (lambda batch: batch)
+    dataset = datamodule.train_set
+    count = min(count, len(dataset))
+    indices = np.sort(np.random.default_rng(seed).choice(len(dataset), count, replace=False))
+    plain = copy.copy(dataset)
+    plain.augmentation = None
+    augmented = copy.copy(dataset)  # its own copy of the augmentation's random streams
+    augmented.augmentation = copy.deepcopy(dataset.augmentation)
+    with preserved_random_state():
+        x_before, y_before = move(collate_frames(plain.__getitems__(indices)))
+        x_after, y_after = move(collate_frames(augmented.__getitems__(indices)))
+    cameras = [udacity.CAMERAS[slot % len(udacity.CAMERAS)]
+               for slot in dataset.frame_index[indices]]
+    return Batch(x_before, y_before, cameras), Batch(x_after, y_after, cameras)
+
+
+def validation_predictions(datamodule: Any, net: torch.nn.Module) -> np.ndarray:
+    """The network's steering for every validation sample, in the validation set's order."""
+    dataset = datamodule.val_set
+    device = next(net.parameters()).device
+    predicted = [np.zeros(0, np.float32)]
+    with torch.inference_mode():
+        for first in range(0, len(dataset), PREDICT_BATCH):
+            x, _ = dataset.__getitems__(np.arange(first, min(first + PREDICT_BATCH, len(dataset))))
+            predicted.append(net(x.to(device))[:, 0].float().cpu().numpy())
+    return np.concatenate(predicted)
+
+
+def held_out_block(datamodule: Any, max_frames: int | None) -> tuple[slice, str]:
+    """The longest run of consecutive validation rows of one recording (its first
+    `max_frames`), as a slice of the validation set, and its name."""
+    val = datamodule.table[datamodule.table["split"] == "val"]
+    recordings, rows = val["recording"].to_numpy(), val["row"].to_numpy()
+    block = max(contiguous_blocks(recordings, rows), key=lambda part: part.stop - part.start)
+    if max_frames is not None and block.stop - block.start > max_frames:
+        block = slice(block.start, block.start + max_frames)
+    name = (f"{Path(str(recordings[block.start])).name} rows {rows[block.start]}-"
+            f"{rows[block.stop - 1]}")
+    return block, name
+
+
 class InsightPlots(pl.Callback):
     """Plots of the data, the augmentation and the predictions of a run (module doc)."""
 
@@ -108,7 +184,7 @@ class InsightPlots(pl.Callback):
         with self._output() as folder:
             files = [self.histogram(datamodule, folder / HISTOGRAM)]
             if self.preview_frames and len(datamodule.train_set):
-                files.append(self.augmentation_preview(datamodule, pl_module,
+                files.append(self.augmentation_preview(datamodule, trainer,
                                                        folder / AUGMENTATION))
             self._log(trainer, files)
 
@@ -127,19 +203,9 @@ class InsightPlots(pl.Callback):
 
     def histogram(self, datamodule: Any, path: Path) -> Path:
         """Training labels per camera, before and after balancing."""
-        from bc.data.datamodule import camera_corrections
         from bc.insight.plots import steering_histograms
 
-        table = datamodule.table
-        recorded = table.loc[table["split"] == "train", "steering"].to_numpy(np.float64)
-        corrections = camera_corrections(datamodule.steering_correction)
-        dataset = datamodule.train_set
-        # A frame's slot is row * len(CAMERAS) + camera (DrivingDataModule._index_frames).
-        camera_of = dataset.frame_index % len(udacity.CAMERAS)
-        before, after = {}, {}
-        for camera in datamodule.cameras:
-            before[camera] = recorded + corrections[camera]
-            after[camera] = dataset.steering[camera_of == udacity.CAMERAS.index(camera)]
+        before, after = labels_per_camera(datamodule)
         balance = datamodule.balance
         how = (f"near-zero bin (|steering| <= {balance['zero_threshold']}) capped"
                if balance["zero_threshold"] is not None else "every bin capped")
@@ -147,35 +213,19 @@ class InsightPlots(pl.Callback):
                  + (f"balancing: {how}" if balance["enabled"] else "balancing off"))
         return steering_histograms(before, after, path, title)
 
-    def augmentation_preview(self, datamodule: Any, pl_module: pl.LightningModule,
-                             path: Path) -> Path:
+    def augmentation_preview(self, datamodule: Any, trainer: pl.Trainer, path: Path) -> Path:
         """The same training frames before and after the training augmentation."""
-        from bc.data.dataset import collate_frames
         from bc.insight.plots import image_grid
 
-        dataset = datamodule.train_set
-        count = min(self.preview_frames, len(dataset))
-        indices = np.sort(np.random.default_rng(self.seed).choice(len(dataset), count,
-                                                                  replace=False))
-        plain = copy.copy(dataset)
-        plain.augmentation = None
-        augmented = copy.copy(dataset)  # its own copy of the augmentation's random streams
-        augmented.augmentation = copy.deepcopy(dataset.augmentation)
-        with preserved_random_state():
-            x_before, y_before = collate_frames(plain.__getitems__(indices))
-            batch = collate_frames(augmented.__getitems__(indices))
-            batch = pl_module.on_before_batch_transfer(batch, 0)
-            batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
-            x_after, y_after = pl_module.on_after_batch_transfer(batch, 0)
+        before, after = augmentation_pairs(datamodule, self.preview_frames, self.seed,
+                                           lambda batch: trainer.strategy.batch_to_device(batch))
         color_space = datamodule.spec.color_space
-        cameras = [udacity.CAMERAS[slot % len(udacity.CAMERAS)]
-                   for slot in dataset.frame_index[indices]]
-        pairs = [((before, f"{camera} camera, steering {label_before:+.3f}"),
-                  (after, f"augmented, steering {label_after:+.3f}"))
-                 for before, after, label_before, label_after, camera
-                 in zip(to_rgb(x_before, color_space), to_rgb(x_after, color_space),
-                        y_before[:, 0].tolist(), y_after[:, 0].tolist(), cameras)]
-        per_row = 2 if count > 3 else 1
+        pairs = [((image_before, f"{camera} camera, steering {label_before:+.3f}"),
+                  (image_after, f"augmented, steering {label_after:+.3f}"))
+                 for image_before, image_after, label_before, label_after, camera
+                 in zip(to_rgb(before.x, color_space), to_rgb(after.x, color_space),
+                        before.y[:, 0].tolist(), after.y[:, 0].tolist(), before.cameras)]
+        per_row = 2 if len(pairs) > 3 else 1
         rows = [[cell for pair in pairs[first:first + per_row] for cell in pair]
                 for first in range(0, len(pairs), per_row)]
         rows = [row for row in rows if len(row) == len(rows[0])]
@@ -187,22 +237,9 @@ class InsightPlots(pl.Callback):
         """Predicted against recorded steering on the validation split."""
         from bc.insight.plots import predicted_vs_recorded
 
-        dataset = datamodule.val_set
-        device = next(net.parameters()).device
-        predicted = []
-        with torch.inference_mode():
-            for first in range(0, len(dataset), PREDICT_BATCH):
-                x, _ = dataset.__getitems__(np.arange(first, min(first + PREDICT_BATCH,
-                                                                 len(dataset))))
-                predicted.append(net(x.to(device))[:, 0].float().cpu().numpy())
-        val = datamodule.table[datamodule.table["split"] == "val"]
-        recordings, rows = val["recording"].to_numpy(), val["row"].to_numpy()
-        block = max(contiguous_blocks(recordings, rows), key=lambda part: part.stop - part.start)
-        if self.max_block_frames is not None and block.stop - block.start > self.max_block_frames:
-            block = slice(block.start, block.start + self.max_block_frames)
-        name = (f"{Path(str(recordings[block.start])).name} rows {rows[block.start]}-"
-                f"{rows[block.stop - 1]}")
-        return predicted_vs_recorded(dataset.steering, np.concatenate(predicted), block, path,
+        block, name = held_out_block(datamodule, self.max_block_frames)
+        return predicted_vs_recorded(datamodule.val_set.steering,
+                                     validation_predictions(datamodule, net), block, path,
                                      block_name=name,
                                      title="Validation steering (center camera) of the "
                                            "logged network")

@@ -17,7 +17,7 @@ from bc import udacity
 DPI = 100
 STEERING_RANGE = udacity.LABEL_RANGES["steering"]
 HISTOGRAM_BIN = 0.04  # steering units per histogram bar (half a balancing bin at 25 bins)
-BEFORE_COLOUR = "#9aa5b1"  # grey: the recorded distribution
+BEFORE_COLOUR = "#303030"  # dark outline: the recorded distribution
 AFTER_COLOUR = "#1f77b4"  # blue: what training sees
 RECORDED_COLOUR = "#222222"
 PREDICTED_COLOUR = "#e8710a"
@@ -41,8 +41,8 @@ def _save(figure, path: str | Path) -> Path:
 
 def steering_histograms(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray],
                         path: str | Path, title: str = "Training steering labels") -> Path:
-    """One panel per camera: the labels before balancing (grey) and after (blue), camera
-    corrections included, on shared bins."""
+    """One panel per camera: the labels before balancing (dark outline) and after (blue
+    bars), camera corrections included, on shared bins."""
     cameras = list(before)
     values = np.concatenate([np.asarray(before[camera], float) for camera in cameras]
                             + [np.asarray(after.get(camera, ()), float) for camera in cameras])
@@ -55,9 +55,10 @@ def steering_histograms(before: Mapping[str, np.ndarray], after: Mapping[str, np
     for axis, camera in zip(axes, cameras):
         old = np.asarray(before[camera], float)
         new = np.asarray(after.get(camera, ()), float)
-        axis.hist(old, bins=edges, color=BEFORE_COLOUR, label=f"before balancing ({len(old)})")
         axis.hist(new, bins=edges, color=AFTER_COLOUR, alpha=0.85,
                   label=f"after balancing ({len(new)})")
+        axis.hist(old, bins=edges, histtype="step", color=BEFORE_COLOUR, linewidth=1.6,
+                  label=f"before balancing ({len(old)})")  # an outline: visible when equal
         axis.set_title(f"{camera} camera", fontsize=TITLE_SIZE)
         axis.set_xlabel("steering (normalised, + = right)")
         axis.axvline(0.0, color="black", linewidth=0.6, alpha=0.5)

@@ -7,9 +7,10 @@ over channels; starting from the deepest layer, the averaged map is scaled up to
 the layer's input by a transposed convolution with the layer's kernel size, stride and padding
 and all-ones weights (divided by the number of kernel windows covering each pixel: where a
 kernel is not a multiple of its stride, windows overlap unevenly and would print a grid on
-the mask, which says nothing about the network), and multiplied point-wise by the averaged map of the layer before. At the
-input the product is the mask, normalised to 0..1 per frame. The conv layers must form a chain
-(each one's input is the previous one's output, after activations), as in every `bc.models` net.
+the mask, which says nothing about the network), and multiplied point-wise by the averaged
+map of the layer before. At the input the product is the mask, normalised to 0..1 per frame.
+The conv layers must form a chain (each one's input is the previous one's output, after
+activations), as in every `bc.models` net.
 
 `SaliencyOverlay` draws the mask on the camera frame, mapped back through the model's crop and
 resize (`bc.preprocess.Preprocess`); `overlay_video` does it for every frame of an mp4.
@@ -33,9 +34,8 @@ from bc.preprocess import Preprocess, to_tensor
 if TYPE_CHECKING:  # pragma: no cover
     from bc.tracking import LoadedModel
 
-OVERLAY_ALPHA = 0.75  # opacity of the heat colour where the mask is 1
-OVERLAY_COLORMAP = cv2.COLORMAP_INFERNO  # dark purple (little) -> yellow (most)
-MASK_GAMMA = 0.6  # < 1 lifts the faint parts of the mask so the overlay shows more than a dot
+OVERLAY_ALPHA = 0.8  # opacity of the heat colour where the mask is 1 (0 where it is 0)
+OVERLAY_COLORMAP = cv2.COLORMAP_INFERNO  # dark red (little) -> yellow (most)
 CROP_LINE_RGB = (200, 200, 200)  # the rows the model does not see are dimmed, this line bounds them
 CROP_DIM = 0.55  # brightness of the cropped-off rows
 
@@ -144,7 +144,7 @@ def frame_mask(mask: np.ndarray, spec: Preprocess, frame_shape: tuple[int, ...])
 
 def heat_overlay(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """`rgb` with a same-size 0..1 `mask` blended in as a heat colour (stronger = more opaque)."""
-    strength = np.clip(mask, 0.0, 1.0) ** MASK_GAMMA
+    strength = np.clip(mask, 0.0, 1.0)
     heat = cv2.applyColorMap((strength * 255).astype(np.uint8), OVERLAY_COLORMAP)[..., ::-1]
     alpha = (OVERLAY_ALPHA * strength)[..., None]
     out = rgb.astype(np.float32) * (1 - alpha) + heat.astype(np.float32) * alpha

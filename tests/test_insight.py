@@ -1,0 +1,203 @@
+"""Pictures that explain a model (bc.insight): VisualBackProp saliency, the plots a training
+run logs under plots/, and the saliency video evaluate.py writes per track."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
+from torch import nn
+
+from bc import tracking
+from bc.data.synthetic import write_recording
+from bc.errors import BcError, ConfigError
+from bc.evaluate import evaluate, saliency_overlay, saliency_video
+from bc.insight.callback import (
+    AUGMENTATION,
+    HISTOGRAM,
+    PREDICTIONS,
+    SALIENCY,
+    InsightPlots,
+    augmentation_pairs,
+    contiguous_blocks,
+    held_out_block,
+    labels_per_camera,
+    validation_predictions,
+)
+from bc.insight.saliency import SaliencyError, VisualBackProp, draw_saliency
+from bc.models import build_model
+from bc.models.small import SmallNet
+from bc.module import SteeringModule
+from bc.preprocess import Preprocess
+from bc.sim.autonomous import AutonomousDrive
+from bc.sim.plots import open_video
+from bc.train import train
+from conftest import compose_config
+
+ROWS, BLOCK_ROWS = 60, 10
+PLOTS = {HISTOGRAM, AUGMENTATION, PREDICTIONS, SALIENCY}
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_recording(tmp_path_factory.mktemp("data") / "rec", rows=ROWS, seed=5)
+
+
+def train_overrides(recording: Path, cache: Path, *more: str) -> list[str]:
+    return ["model=small", f"data.paths=[{recording}]", f"data.block_rows={BLOCK_ROWS}",
+            "data.num_workers=0", f"data.cache_dir={cache}", *more]
+
+
+@pytest.fixture(scope="module")
+def trained(recording: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One tiny training run with the default callbacks, in its own MLflow store."""
+    folder = tmp_path_factory.mktemp("run")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    cfg = compose_config("train", train_overrides(
+        recording, folder / "cache", f"tracking_uri={uri}", f"output_dir={folder / 'out'}",
+        "trainer.max_epochs=1", "callbacks.progress_bar.refresh_rate=0"))
+    return {"run_id": train(cfg), "uri": uri, "out": folder / "out"}
+
+
+def test_training_run_logs_its_plots(trained, tmp_path):
+    client = MlflowClient(tracking_uri=trained["uri"])
+    logged = {Path(item.path).name for item in client.list_artifacts(trained["run_id"], "plots")}
+    assert logged == PLOTS
+    folder = download_artifacts(run_id=trained["run_id"], artifact_path="plots",
+                                tracking_uri=trained["uri"], dst_path=str(tmp_path))
+    for name in PLOTS:
+        picture = imageio.imread(Path(folder) / name)
+        assert picture.ndim == 3 and min(picture.shape[:2]) > 200, name
+        assert picture[..., :3].std() > 10, f"{name} is blank"
+        assert (trained["out"] / "plots" / name).is_file()  # kept beside the checkpoints too
+
+
+@pytest.fixture
+def setup_data(recording, tmp_path):
+    """A set-up datamodule whose augmentation only mirrors (so its effect is known exactly),
+    and a SteeringModule around a fresh SmallNet for it."""
+    cfg = compose_config("train", train_overrides(
+        recording, tmp_path / "cache", "augmentation.flip_prob=1.0", "augmentation.shift_px=0",
+        "augmentation.photometric=null", "model.preprocess.frame_width=320",
+        "model.preprocess.frame_height=160"))
+    datamodule = instantiate(cfg.data, augmentation=instantiate(cfg.augmentation))
+    datamodule.setup("fit")
+    module = SteeringModule(build_model(cfg.model), optimizer=functools.partial(torch.optim.Adam))
+    return datamodule, module
+
+
+def test_plot_data_is_what_training_uses(setup_data):
+    datamodule, _ = setup_data
+    before, after = labels_per_camera(datamodule)
+    train_rows = int((datamodule.table["split"] == "train").sum())
+    assert list(before) == ["center", "left", "right"]
+    assert all(len(labels) == train_rows for labels in before.values())
+    assert sum(len(labels) for labels in after.values()) == len(datamodule.train_set)
+    # balancing capped the near-zero bin (the same rows for every camera: left labels +0.2)
+    near_zero = {key: int((np.abs(labels["center"]) <= 0.01).sum())
+                 for key, labels in (("before", before), ("after", after))}
+    assert near_zero["after"] < near_zero["before"]
+    assert len(after["center"]) == train_rows - (near_zero["before"] - near_zero["after"])
+    np.testing.assert_allclose(np.sort(after["left"] - 0.2), np.sort(after["center"]), atol=1e-6)
+
+    state = torch.random.get_rng_state()
+    plain, augmented = augmentation_pairs(datamodule, 6, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state)  # training draws as without it
+    assert len(plain.cameras) == 6 and plain.x.shape == (6, 3, 33, 100)
+    # flip_prob=1: every frame mirrored and its label negated, exactly as training gets it
+    torch.testing.assert_close(augmented.x, plain.x.flip(-1))
+    torch.testing.assert_close(augmented.y, -plain.y)
+
+
+def test_predictions_and_held_out_block(setup_data):
+    datamodule, module = setup_data
+    predicted = validation_predictions(datamodule, module.net.eval())
+    x, _ = datamodule.val_set.__getitems__(np.arange(len(datamodule.val_set)))
+    with torch.no_grad():
+        expected = module.net(x)[:, 0].numpy()
+    np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-6)
+    block, name = held_out_block(datamodule, max_frames=None)
+    assert block.stop - block.start == BLOCK_ROWS and name.startswith("rec rows ")
+    assert held_out_block(datamodule, max_frames=4)[0] == slice(block.start, block.start + 4)
+    blocks = contiguous_blocks(np.array(["a", "a", "a", "b", "b", "b"]), np.array([1, 2, 5, 6, 7, 8]))
+    assert blocks == [slice(0, 2), slice(2, 3), slice(3, 6)]
+
+
+def test_callback_settings_are_checked():
+    with pytest.raises(ConfigError, match="callbacks.insight.preview_frames: expected an integer"):
+        InsightPlots(preview_frames=-1)
+
+
+def square_net() -> SmallNet:
+    """A SmallNet whose conv filters all add up their window (positive weights, no bias): a
+    unit responds exactly where its window sees a bright pixel (black is -1 after
+    normalisation, so an all-black window is negative and the ReLU passes nothing)."""
+    net = SmallNet({"height": 33, "width": 100, "color_space": "rgb"})
+    with torch.no_grad():
+        for conv in (m for m in net.modules() if isinstance(m, nn.Conv2d)):
+            conv.weight.fill_(1.0 / conv.weight[0].numel())
+            conv.bias.zero_()
+    return net.eval()
+
+
+def test_visualbackprop_marks_what_the_conv_layers_respond_to():
+    frame = torch.zeros(1, 3, 33, 100)
+    frame[..., 12:20, 60:70] = 255.0  # a bright square on black
+    masks, outputs = VisualBackProp(square_net())(frame)
+    mask = masks[0].numpy()
+    assert mask.shape == (33, 100) and outputs.shape == (1, 1)
+    assert mask.max() == pytest.approx(1.0) and mask.min() >= 0.0
+    assert mask[16, 65] > 0.5  # the square's middle
+    outside = np.ones_like(mask, dtype=bool)
+    outside[12 - 3:20 + 3, 60 - 3:70 + 3] = False  # the square plus the first kernel's reach
+    assert mask[outside].max() == 0.0
+
+    for target in ("nvidia.PilotNet", "commaai.CommaAI", "small.SmallNet"):
+        spec = {"height": 66, "width": 200}
+        net = build_model({"_target_": f"bc.models.{target}", "preprocess": spec}).eval()
+        masks, _ = VisualBackProp(net)(torch.rand(2, 3, 66, 200) * 255)
+        assert masks.shape == (2, 66, 200) and float(masks.max()) == pytest.approx(1.0)
+    with pytest.raises(SaliencyError, match="Sequential has no conv layers"):
+        VisualBackProp(nn.Sequential(nn.Flatten(), nn.Linear(3, 1)))
+
+
+def test_saliency_is_drawn_where_the_model_looks_on_the_camera_frame():
+    spec = Preprocess(crop_top=60, crop_bottom=20, height=33, width=100, color_space="rgb",
+                      frame_width=320, frame_height=160)
+    frame = np.full((160, 320, 3), 100, np.uint8)
+    mask = np.zeros((33, 100), np.float32)
+    mask[:8, :25] = 1.0  # the top-left quarter of what the model sees
+    drawn = draw_saliency(frame, mask, spec).astype(int)
+    changed = np.abs(drawn - 100).sum(axis=2)
+    assert changed[65:75, 10:70].min() > 40  # rows 60..140 hold the model input, 3.2 px a column
+    assert changed[100:130, 150:300].max() == 0  # no saliency there: untouched
+    assert (drawn[:59] < 100).all() and (drawn[141:] < 100).all()  # cropped rows dimmed
+
+
+def test_evaluation_saliency_video_is_logged_beside_the_drive(trained, tmp_path):
+    track = tmp_path / "lake"
+    with open_video(track / "center.mp4", fps=15) as writer:
+        for index in range(5):
+            writer.append_data(np.full((160, 320, 3), 40 * index, np.uint8))
+    video = saliency_video(trained["run_id"], trained["uri"], track, "lake",
+                           saliency_overlay(trained["run_id"], trained["uri"]))
+    frames = list(imageio.get_reader(str(video)))
+    assert len(frames) == 5 and frames[0].shape == (160, 320, 3)
+    logged = MlflowClient(tracking_uri=trained["uri"]).list_artifacts(trained["run_id"], "eval/lake")
+    assert "eval/lake/saliency.mp4" in {item.path for item in logged}
+    with pytest.raises(ConfigError, match="saliency: true draws on each track's center-camera"):
+        evaluate(trained["run_id"], ["lake"], AutonomousDrive(video=False), out=tmp_path,
+                 tracking_uri=trained["uri"], saliency=True)
+
+
+def test_torchscript_models_are_refused():
+    net = torch.jit.trace(square_net(), torch.zeros(1, 3, 33, 100))
+    with pytest.raises(BcError, match="needs the model's network"):
+        VisualBackProp(net)
