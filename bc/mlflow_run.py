@@ -7,11 +7,15 @@ stays a recipe (conf/logger/mlflow.yaml):
   (`tracking.mark_dead_runs`); then opens the run with tags (model, output dir, Hydra
   sweep / job / overrides, this process's `pid` and `host`) and logs the flattened resolved
   config as params, `config.yaml` and Hydra's own files (`hydra/`);
-- at fit start: the datamodule's row / sample counts (`data_stats.*` params);
+- at fit start: the datamodule's row / sample counts (`data_stats.*` params) and its
+  recordings as MLflow dataset inputs (`bc.mlflow_datasets`: source folder, content digest,
+  row counts, steering statistics);
 - after every checkpoint save: the latest checkpoint (`checkpoints/last.ckpt`), so even a
   SIGKILLed run can be continued (`resume_point`, `train.py resume=<run id>`);
 - at fit end: the best checkpoint, `val/loss_best`, and the model rebuilt from the best
-  checkpoint (`model/`, see `bc.tracking`); on Ctrl-C the same with what exists, then KILLED;
+  checkpoint (`model/` and the run's MLflow logged model, registered as a new version of
+  `register` when the config sets it: see `bc.tracking`, `bc.registry`); on Ctrl-C the same
+  with what exists, then KILLED;
   on an error FAILED; always the job's log (`logs/`).
 
 A run reopened with `reopen(run_id)` is RUNNING again under this process and continues its
@@ -20,7 +24,6 @@ metrics at the checkpoint's step; its params and config are not logged again.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -66,17 +69,7 @@ def _limit(name: str) -> int:
 
 def flatten_config(cfg: DictConfig) -> dict[str, str]:
     """The resolved config as `{"optimizer.lr": "0.001", ...}` (the keys you override on the CLI)."""
-    flat: dict[str, str] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict) and value:
-            for key, item in value.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), item)
-        else:
-            flat[prefix] = value if isinstance(value, str) else json.dumps(value)
-
-    walk("", OmegaConf.to_container(cfg, resolve=True))
-    return flat
+    return tracking.flatten(OmegaConf.to_container(cfg, resolve=True))
 
 
 def hydra_context() -> dict[str, Any]:
@@ -243,6 +236,11 @@ class MlflowRun(MLFlowLogger, Callback):
         stats = getattr(trainer.datamodule, "stats", None)
         if trainer.is_global_zero and not self.reopened and isinstance(stats, dict) and stats:
             self._log_params({f"{DATA_STATS_PREFIX}{key}": str(value) for key, value in stats.items()})
+        table = getattr(trainer.datamodule, "table", None)
+        if trainer.is_global_zero and not self.reopened and table is not None and len(table):
+            from bc.mlflow_datasets import log_recordings
+
+            log_recordings(self.experiment, self.run_id, table)
 
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
@@ -291,7 +289,11 @@ class MlflowRun(MLFlowLogger, Callback):
             if monitor and score is not None and math.isfinite(score):
                 self.experiment.log_metric(self.run_id, monitor + BEST_SUFFIX, score, step=trainer.global_step)
         self.experiment.set_tag(self.run_id, TAG_WEIGHTS, weights[:_limit("MAX_TAG_VAL_LENGTH")])
-        tracking.log_model(self.run_id, net, self.config.model, self._tracking_uri)
+        register = self.config.get("register") or None
+        model_id, version = tracking.log_model(self.run_id, net, self.config.model, self._tracking_uri,
+                                               register=register, step=trainer.global_step)
+        log.info("MLflow logged model models:/%s%s", model_id,
+                 f", registered as models:/{register}/{version}" if version else "")
 
     # -- logger hook: the run's end ------------------------------------------------------------
 

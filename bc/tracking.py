@@ -6,11 +6,19 @@ A model is saved in its run as artifacts under ``model/``:
 - ``model.yaml``: the model's Hydra config, including its preprocessing spec,
 - ``model.ts``: a TorchScript export with the preprocessing spec and the output names
   (``[steering]`` or ``[steering, speed]``) embedded, for use outside this package
-  (``load_exported``).
+  (``load_exported``),
+- ``model.onnx``: the same as ONNX, spec and outputs as metadata (`bc.onnx_export`; served
+  with ONNX Runtime by ``drive.py runtime=onnx``).
+
+The same folder is also the run's MLflow *logged model* (``models:/<model id>``, named after the
+network's class, a pyfunc built from code, optionally registered: `bc.registry`), so
+``mlflow.pyfunc.load_model`` predicts too.
 
 Rebuilding from config + weights is portable and safe: ``_target_`` must name a class in
 the ``bc.models.MODELS`` registry and its arguments must be plain values (``build_model``).
-The drive server calls ``load_model`` (by run id) or ``load_exported``.
+Loading never unpickles code and never imports anything outside ``bc.models`` (nor runs the
+logged model's code file). The drive server calls ``load_model`` (by run id),
+``bc.registry.load_registered`` (``models:/`` URI) or ``load_exported``.
 
 Training tags each run with the ``pid`` and ``host`` of its process, so a run whose process
 died without closing it (SIGKILL, power loss) is found and marked KILLED (``mark_dead_runs``).
@@ -34,7 +42,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 import yaml
 from hydra.experimental.callback import Callback
 
-from bc.errors import BcError
+from bc.errors import BcError, ConfigError
+from bc.onnx_export import ONNX_FILE, export_onnx, load_onnx
 from bc.preprocess import Preprocess
 
 if TYPE_CHECKING:
@@ -47,6 +56,7 @@ CONFIG_FILE = "model.yaml"
 TORCHSCRIPT_FILE = "model.ts"
 SPEC_EXTRA_FILE = "preprocess.json"
 OUTPUTS_EXTRA_FILE = "outputs.json"
+RUNTIMES = ("torch", "onnx")  # what serves a loaded model: the torch network or ONNX Runtime
 TAG_PID, TAG_HOST = "pid", "host"  # the training process that owns a RUNNING run
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -166,7 +176,7 @@ def _config_dict(model_config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def save_model(model: torch.nn.Module, model_config: Mapping[str, Any], folder: Path) -> Path:
-    """Write weights, config and a TorchScript export of ``model`` into ``folder``."""
+    """Write weights, config and the TorchScript and ONNX exports of ``model`` into ``folder``."""
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -183,17 +193,39 @@ def save_model(model: torch.nn.Module, model_config: Mapping[str, Any], folder: 
         torch.jit.save(traced, str(folder / TORCHSCRIPT_FILE),
                        _extra_files={SPEC_EXTRA_FILE: json.dumps(spec.to_dict()),
                                      OUTPUTS_EXTRA_FILE: json.dumps(list(model.outputs))})
+    export_onnx(model, spec, model.outputs, folder / ONNX_FILE)
     model.train(was_training)
     return folder
 
 
 def log_model(run_id: str, model: torch.nn.Module, model_config: Mapping[str, Any],
-              uri: str | None = None) -> None:
-    """Save ``model`` (see module doc) as the ``model/`` artifacts of an MLflow run."""
+              uri: str | None = None, register: str | None = None, step: int = 0) -> tuple[str, str | None]:
+    """Save ``model`` (see module doc) as the ``model/`` artifacts of an MLflow run and as its
+    logged model, registered as a new version of ``register`` when given; returns the logged
+    model's id and the registered version (or None)."""
+    from bc.registry import log_logged_model
+
+    uri = resolve_tracking_uri(uri)
     mlflow_client = client(uri)
+    config = _config_dict(model_config)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_model(model, model_config, Path(tmp) / MODEL_ARTIFACT_DIR)
+        folder = save_model(model, config, Path(tmp) / MODEL_ARTIFACT_DIR)
         mlflow_client.log_artifacts(run_id, str(folder), artifact_path=MODEL_ARTIFACT_DIR)
+        return log_logged_model(run_id, folder, type(model).__name__, model.preprocess_spec, model.outputs,
+                                flatten(config), uri, register=register, step=step)
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"optimizer.lr": "0.001", ...}``: a plain nested config as MLflow params (the keys one
+    overrides on the command line)."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value if isinstance(value, str) else json.dumps(value)
+    return flat
 
 
 def build_model(config: Mapping[str, Any]) -> torch.nn.Module:
@@ -203,10 +235,23 @@ def build_model(config: Mapping[str, Any]) -> torch.nn.Module:
     return build(config)
 
 
-def load_model_folder(folder: Path, source: str | None = None) -> LoadedModel:
-    """Load a model saved by ``save_model`` (weights + config; no code is unpickled)."""
+def check_runtime(runtime: Any) -> str:
+    """``runtime``: torch | onnx, else a `ConfigError` naming the field."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime: expected one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    return runtime
+
+
+def load_model_folder(folder: Path, source: str | None = None, runtime: str = "torch") -> LoadedModel:
+    """Load a model saved by ``save_model``: weights + config (no code is unpickled), or with
+    ``runtime="onnx"`` its ``model.onnx`` in ONNX Runtime."""
     import torch
 
+    if check_runtime(runtime) == "onnx":
+        if not (folder / ONNX_FILE).is_file():
+            raise TrackingError(f"model folder {folder} has no {ONNX_FILE} (saved before ONNX export "
+                                f"existed? serve it with runtime=torch)")
+        return load_onnx(folder / ONNX_FILE, source=source or str(folder))
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     for path in (config_path, weights_path):
         if not path.is_file():
@@ -222,8 +267,9 @@ def load_model_folder(folder: Path, source: str | None = None) -> LoadedModel:
                        outputs=net.outputs)
 
 
-def load_model(run_id: str, tracking_uri: str | None = None) -> LoadedModel:
-    """Load the model logged in MLflow run ``run_id`` with its preprocessing spec.
+def load_model(run_id: str, tracking_uri: str | None = None, runtime: str = "torch") -> LoadedModel:
+    """Load the model logged in MLflow run ``run_id`` with its preprocessing spec (served by
+    torch, or ONNX Runtime with ``runtime="onnx"``).
 
     Raises ``TrackingError`` naming the problem: unreachable server, unknown run id,
     or a run without a logged model.
@@ -245,14 +291,15 @@ def load_model(run_id: str, tracking_uri: str | None = None) -> LoadedModel:
         local = mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path=MODEL_ARTIFACT_DIR, tracking_uri=uri, dst_path=tmp)
         try:
-            return load_model_folder(Path(local), source=source)
+            return load_model_folder(Path(local), source=source, runtime=runtime)
         except TrackingError as error:
             raise TrackingError(str(error).replace(str(local), source)) from None
 
 
-def load_exported(path: str | Path) -> LoadedModel:
-    """Load a TorchScript export (``model.ts``) and the preprocessing spec and outputs embedded
-    in it."""
+def load_exported(path: str | Path, runtime: str | None = None) -> LoadedModel:
+    """Load a TorchScript export (``model.ts``) or an ONNX one (``model.onnx``, served with
+    ONNX Runtime) and the preprocessing spec and outputs embedded in it. ``runtime``, when
+    given, must match the file."""
     import torch
 
     from bc.models.base import DEFAULT_OUTPUTS, check_outputs
@@ -260,6 +307,12 @@ def load_exported(path: str | Path) -> LoadedModel:
     path = Path(path)
     if not path.is_file():
         raise TrackingError(f"model file {path} does not exist")
+    file_runtime = "onnx" if path.suffix == ".onnx" else "torch"
+    if runtime is not None and check_runtime(runtime) != file_runtime:
+        raise ConfigError(f"runtime={runtime} does not serve {path.name} (a {file_runtime} model): "
+                          f"use runtime={file_runtime}, or the model's .{'ts' if runtime == 'torch' else 'onnx'} file")
+    if file_runtime == "onnx":
+        return load_onnx(path)
     extra = {SPEC_EXTRA_FILE: "", OUTPUTS_EXTRA_FILE: ""}
     try:
         with _quiet_torchscript():

@@ -2,10 +2,11 @@
 
 One base64 decode, one JPEG decode (`bc.images`, RGB), the model's own `Preprocess` (the
 object it was trained with, which also knows the camera frame size it was trained on), one
-forward pass under ``torch.inference_mode``: a `Prediction` of the steering and, for a model
-trained with ``outputs: [steering, speed]``, the target speed in mph (else None). Every way a
-frame can be bad raises a `BcError` with a one-line reason (`BadFrame`,
-`bc.images.ImageError`, `bc.preprocess.FrameSizeError`), so the server can answer and carry on.
+forward pass under ``torch.inference_mode`` (or in ONNX Runtime: `bc.onnx_export.OnnxNet`):
+a `Prediction` of the steering and, for a model trained with ``outputs: [steering, speed]``,
+the target speed in mph (else None). Every way a frame can be bad raises a `BcError` with a
+one-line reason (`BadFrame`, `bc.images.ImageError`, `bc.preprocess.FrameSizeError`), so the
+server can answer and carry on.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -155,29 +156,46 @@ class Predictor:
 
 
 def choose_model(*, run_id: str | None, model_path: str | None, experiment_name: str,
-                 metric: str, mode: str, tracking_uri: str | None) -> "LoadedModel":
-    """The model to serve: an exported file (``model_path``; MLflow is never imported) or the
-    run ``run_id`` names (a run id, a run name, ``latest`` or ``best``; see `tracking.find_run`)."""
+                 metric: str, mode: str, tracking_uri: str | None, model_uri: str | None = None,
+                 runtime: str = "torch") -> "LoadedModel":
+    """The model to serve: an exported file (``model_path``: model.ts, or model.onnx with
+    runtime=onnx; MLflow is never imported), a registered version (``model_uri``:
+    models:/<name>@<alias> or models:/<name>/<version>) or the run ``run_id`` names (a run id,
+    a run name, ``latest`` or ``best``; see `tracking.find_run`). ``runtime``: torch | onnx
+    (ONNX Runtime on the model's model.onnx)."""
     from bc import tracking
 
-    if (run_id is None) == (model_path is None):
-        raise ConfigError("give exactly one of run_id=<run id|run name|latest|best> or "
-                          f"model_path=<exported model.ts> (got run_id={run_id!r}, "
-                          f"model_path={model_path!r})")
+    given = {key: value for key, value in
+             (("run_id", run_id), ("model_uri", model_uri), ("model_path", model_path)) if value is not None}
+    if len(given) != 1:
+        raise ConfigError("give exactly one of run_id=<run id|run name|latest|best>, "
+                          "model_uri=models:/<name>@<alias>|models:/<name>/<version> or "
+                          f"model_path=<exported model.ts|model.onnx> (got "
+                          f"{', '.join(f'{key}={value!r}' for key, value in given.items()) or 'none'})")
+    tracking.check_runtime(runtime)
     if model_path is not None:
-        return tracking.load_exported(model_path)
+        return tracking.load_exported(model_path, runtime)
+    if model_uri is not None:
+        from bc.registry import load_registered
+
+        return load_registered(str(model_uri), tracking_uri, runtime)
     run = tracking.find_run(str(run_id), experiment_name, metric, mode, tracking_uri)
-    return tracking.load_model(run, tracking_uri)
+    return tracking.load_model(run, tracking_uri, runtime)
 
 
 def serving_predictor(model: "LoadedModel", num_threads: int | None) -> Predictor:
     """The predictor scripts/drive.py serves: torch threads set, forward passes warmed up."""
+    from bc.onnx_export import OnnxNet
+
     started = time.perf_counter()
     threads = configure_torch(num_threads)
+    runtime = "torch"
+    if isinstance(model.net, OnnxNet):
+        model, runtime = replace(model, net=model.net.with_threads(threads)), "onnxruntime"
     predictor = Predictor(model)
     predictor.warm_up()
     width, height = predictor.frame_size
-    LOG.info("loaded %s for %dx%d frames (preprocess %s), warmed up in %.2f s, %d torch thread(s)",
-             model.source, width, height, model.spec.to_dict(), time.perf_counter() - started,
-             threads)
+    LOG.info("loaded %s for %dx%d frames (preprocess %s), warmed up in %.2f s, %s with %d "
+             "thread(s)", model.source, width, height, model.spec.to_dict(),
+             time.perf_counter() - started, runtime, threads)
     return predictor

@@ -1,0 +1,212 @@
+"""MLflow's model entities for bc: each training run's logged model, the model registry and
+``models:/`` URIs.
+
+- `log_logged_model`: the model folder `bc.tracking.save_model` wrote becomes an MLflow 3
+  *logged model* of the run (``models:/<model id>``), a pyfunc built from code
+  (bc/mlflow_model.py: no pickle), registered as a new version of ``register`` when given
+  (``train.py register=<name>``).
+- `load_registered`: ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` to a
+  `bc.tracking.LoadedModel`, by downloading the version's files and rebuilding the network as
+  for a run (``bc.tracking.load_model_folder``): the model's code file is never run.
+- `promote`: set an alias (``champion``) on the version whose run has the best value of a
+  metric, e.g. a closed-loop score ``eval/lake/autonomy`` (scripts/promote.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import warnings
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+
+from bc.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mlflow.entities.model_registry import ModelVersion
+
+    from bc.preprocess import Preprocess
+    from bc.tracking import LoadedModel
+
+CODE_FILE = Path(__file__).with_name("mlflow_model.py")
+PYFUNC_ARTIFACTS = "artifacts"  # where a pyfunc keeps its `artifacts` inside the model folder
+MODEL_TYPE = "bc-steering"
+# What bc/mlflow_model.py imports to predict (bc itself must be importable: `pip install -e .`).
+PIP_PACKAGES = ("mlflow", "torch", "numpy", "pandas", "opencv-python-headless", "hydra-core",
+                "omegaconf", "pyyaml", "onnxruntime")
+MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>[0-9]+))")
+URI_FORMS = "models:/<name>@<alias> or models:/<name>/<version>"
+
+
+def pip_requirements() -> list[str]:
+    """The installed versions of `PIP_PACKAGES` (MLflow would otherwise load the model in a
+    subprocess to infer them, seconds per training run)."""
+    found = []
+    for package in PIP_PACKAGES:
+        try:
+            found.append(f"{package}=={metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            found.append(package)
+    return found
+
+
+def signature(spec: Preprocess, outputs: Sequence[str]) -> Any:
+    """uint8 RGB camera frames of the model's frame size in, one column per output out."""
+    import numpy as np
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    from bc.mlflow_model import SPEED_COLUMN, STEERING_COLUMN
+
+    width, height = spec.frame_size
+    columns = [STEERING_COLUMN] + ([SPEED_COLUMN] if "speed" in outputs else [])
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, height, width, 3))]),
+                          outputs=Schema([ColSpec("double", column) for column in columns]))
+
+
+@contextmanager
+def fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's fluent functions (model logging, registration) on ``uri`` for a while; the
+    ``MLFLOW_TRACKING_URI`` variable (which MLflow unsets when it restores) comes back as it was."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+def log_logged_model(run_id: str, folder: Path, name: str, spec: Preprocess, outputs: Sequence[str],
+                     params: Mapping[str, str], uri: str, register: str | None = None,
+                     step: int = 0) -> tuple[str, str | None]:
+    """Log ``folder`` (weights, model.yaml, TorchScript, ONNX) as the logged model ``name`` of
+    run ``run_id`` (see the module doc); returns its model id and the registered version (or
+    None). The run's metrics at ``step`` (e.g. ``val/loss_best``) are linked to the model.
+    ``name`` must not be ``model``: MLflow 3 would mix the logged model's files into the
+    run's ``model/`` artifacts (``runs:/<run id>/model`` lists both)."""
+    import mlflow.pyfunc
+    from mlflow.entities import LoggedModelStatus
+    from mlflow.models import Model
+
+    from bc import tracking
+    from bc.mlflow_model import MODEL_ARTIFACT
+
+    client = tracking.client(uri)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id,
+                                       params=dict(params), model_type=MODEL_TYPE)
+    with fluent_tracking_uri(uri), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*input example was not provided", category=UserWarning)
+        info = Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc,
+                         python_model=str(CODE_FILE), artifacts={MODEL_ARTIFACT: str(folder)},
+                         signature=signature(spec, outputs), pip_requirements=pip_requirements(),
+                         run_id=run_id, model_id=model.model_id, step=step,
+                         registered_model_name=register or None)
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    version = info.registered_model_version
+    return model.model_id, None if version is None else str(version)
+
+
+def parse_model_uri(text: Any) -> tuple[str, str | None, str | None]:
+    """(name, alias, version) of a registry URI; a `ConfigError` naming ``model_uri`` else."""
+    match = MODEL_URI.fullmatch(str(text).strip()) if isinstance(text, str) else None
+    if match is None:
+        raise ConfigError(f"model_uri: expected {URI_FORMS}, got {text!r}")
+    return match["name"], match["alias"], match["version"]
+
+
+def model_version(model_uri: str, tracking_uri: str | None = None) -> ModelVersion:
+    """The registered version ``model_uri`` names; `TrackingError` naming what is missing."""
+    from mlflow.exceptions import MlflowException
+
+    from bc import tracking
+
+    name, alias, version = parse_model_uri(model_uri)
+    client = tracking.client(tracking_uri)
+    try:
+        if alias is not None:
+            return client.get_model_version_by_alias(name, alias)
+        return client.get_model_version(name, version)
+    except MlflowException:
+        names = [model.name for model in client.search_registered_models(max_results=20)]
+        where = f"registered model {name!r}" if name in names else \
+            f"registry (registered models: {', '.join(names) or 'none'})"
+        raise tracking.TrackingError(f"model_uri={model_uri}: no such version in the {where} of "
+                                     f"{tracking.resolve_tracking_uri(tracking_uri)}") from None
+
+
+def run_of(model_uri: str, tracking_uri: str | None = None) -> str:
+    """The id of the training run a registered version came from (evaluate.py logs there)."""
+    from bc import tracking
+
+    version = model_version(model_uri, tracking_uri)
+    if not version.run_id:
+        raise tracking.TrackingError(f"model_uri={model_uri}: version {version.version} of "
+                                     f"{version.name!r} has no source run")
+    return version.run_id
+
+
+def load_registered(model_uri: str, tracking_uri: str | None = None, runtime: str = "torch") -> LoadedModel:
+    """The network of a registered version with its preprocessing (module doc): its files are
+    downloaded and rebuilt like a run's model (registered classes, ``weights_only``)."""
+    import mlflow
+
+    from bc import tracking
+    from bc.mlflow_model import MODEL_ARTIFACT
+
+    version = model_version(model_uri, tracking_uri)
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    location = tracking.client(uri).get_model_version_download_uri(version.name, version.version)
+    source = f"models:/{version.name}/{version.version}"
+    with tempfile.TemporaryDirectory(prefix="bc-model-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{location.rstrip('/')}/{PYFUNC_ARTIFACTS}/{MODEL_ARTIFACT}",
+                tracking_uri=uri, dst_path=tmp)
+        except Exception as error:  # MlflowException or OSError: the files are not there
+            raise tracking.TrackingError(f"model_uri={model_uri}: {source} has no bc model files "
+                                         f"({error})") from None
+        return tracking.load_model_folder(Path(local), source=f"{model_uri} ({source})", runtime=runtime)
+
+
+def promote(name: str, alias: str, experiment: str, metric: str, mode: str = "max",
+            tracking_uri: str | None = None) -> tuple[ModelVersion, float]:
+    """Set ``alias`` on the version of registered model ``name`` whose training run, in
+    ``experiment``, has the best ``metric`` (``mode`` max|min; ties: the newest version);
+    returns that version and its run's value."""
+    from bc import tracking
+
+    if mode not in ("min", "max"):
+        raise ConfigError(f"mode: expected 'min' or 'max', got {mode!r}")
+    if not isinstance(alias, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", alias) or alias.isdigit():
+        raise ConfigError(f"alias: expected a name of letters, digits, '_' or '-' (not a number), got {alias!r}")
+    client = tracking.client(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise tracking.TrackingError(f"experiment_name: no MLflow experiment named {experiment!r}")
+    escaped = str(name).replace("'", "\\'")
+    versions = client.search_model_versions(f"name = '{escaped}'")
+    if not versions:
+        raise tracking.TrackingError(f"name: no registered model {name!r} (train with register={name})")
+    scored = []
+    for version in versions:
+        if not version.run_id:
+            continue
+        run = client.get_run(version.run_id)
+        if run.info.experiment_id == found.experiment_id and metric in run.data.metrics:
+            scored.append((run.data.metrics[metric], int(version.version), version))
+    if not scored:
+        raise tracking.TrackingError(f"metric: no version of {name!r} comes from a run of experiment "
+                                     f"{experiment!r} with metric {metric!r} (evaluate.py logs eval/<track>/...)")
+    sign = 1 if mode == "max" else -1
+    value, _, best = max(scored, key=lambda item: (sign * item[0], item[1]))
+    client.set_registered_model_alias(name, alias, best.version)
+    return client.get_model_version(name, best.version), value
