@@ -160,6 +160,8 @@ class Job:
         experiment = tracking.get_or_create_experiment(str(cfg.experiment_name), uri)
         tracking.mark_dead_runs(experiment, uri)
         name = cfg.get("run_name") or f"dagger-{time.strftime('%Y%m%d-%H%M%S')}"
+        with open_dict(cfg):
+            cfg.output_dir = str(out)  # the rounds train in out/round<i>/train
         client = tracking.client(uri)
         run = client.create_run(experiment, run_name=name, tags={
             TAG_ROLE: "parent", TAG_OUT: str(out), **_process_tags(),
