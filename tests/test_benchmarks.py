@@ -110,7 +110,7 @@ def test_driving_leaderboard_is_mean_and_t_interval_over_seeds_with_the_expert_a
     assert board["headroom"] == {"method": "bc", "hard_enough": True, "cells_below_expert": {
         "expert": ["lake", "mountain"], "fixed": ["mountain"]}}
     markdown = (tmp_path / "board.md").read_text()
-    assert "| BC @ 30 mph | 100.0 ± 0.0 | 70.0 ± 24.8 | 85.0 ± 12.4 |" in markdown
+    assert "| BC @ 30 mph | 100.0 ± 0.0 | 70.0 ± 24.8 | 85.0 ± 12.4 | 70.0 ± 24.8 |" in markdown
     assert "| expert @ own pace | 100.0 | 100.0 | 100.0 |" in markdown
     assert "below the expert on 1 of 2 cells (mountain)" in markdown
 

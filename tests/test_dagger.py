@@ -103,3 +103,38 @@ def test_bad_dagger_settings_fail_before_any_run(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^round_rows: "):
         run_dagger(dagger_config(tmp_path, "round_rows=0"))
     assert not (tmp_path / "dagger").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_dagger_benchmark_compares_at_equal_labels_on_the_held_out_cells(tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+
+    from bc.benchmarks.driving import DrivingBenchmark
+
+    bench = instantiate(compose_config("benchmark", ["benchmark=dagger"]), _convert_="all")
+    assert bench.methods == ["bc", "bc_select", "dagger"] and bench.paces == ["expert"]
+    assert f"max_rows={bench.labels}" in bench.record_overrides  # BC's recording: the budget
+    assert [cell.name for cell in bench.cells()][0] == "lake" and len(bench.seeds) >= 3
+    assert "callbacks.model_checkpoint.monitor=eval/score" in bench.select_overrides(0)
+    with pytest.raises(ConfigError, match=r"^labels: "):
+        DrivingBenchmark(out=str(tmp_path), methods=["bc", "dagger"])
+
+    bench = DrivingBenchmark(out=str(tmp_path / "run"), seeds=[0, 1, 2], methods=[
+        "bc", "bc_select", "dagger"], paces=["expert"], labels=300, hard_track="mountain",
+        random_tracks=[1], reverse=False, unseen_lighting=False, eval_laps=0.1)
+    metrics = {"autonomy": 100.0, "pace_pct": 95.0, "interventions": 0, "lap_time_s": None,
+               "mean_speed_mph": 25.0, "progress_laps": 0.1, "sim_time_s": 5.0,
+               "stop_reason": "laps"}
+    cte = {"bc": (0.5, 0.8, 0.6), "bc_select": (0.5, 0.8, 0.6), "dagger": (0.5, 0.4, 0.2)}
+    results = [{"seed": seed, "runs": {m: f"{m}{seed}" for m in cte}, "timings": {},
+                "folder": "", "cells": {m: {"expert": {
+                    "lake": {**metrics, "mean_abs_cte": values[0]},
+                    "mountain": {**metrics, "mean_abs_cte": values[1] + seed / 10},
+                    "random-1": {**metrics, "mean_abs_cte": values[2]}}}
+                    for m, values in cte.items()}} for seed in range(3)]
+    board = bench.payload(results, wall_s=1.0)
+    dagger = board["comparison"]["vs_bc"]["dagger"]["mean_abs_cte"]["held-out mean"]
+    assert dagger["values"] == pytest.approx([-0.4] * 3) and dagger["ci95"] == pytest.approx(0)
+    assert board["comparison"]["vs_bc"]["bc_select"]["autonomy"]["held-out mean"]["mean"] == 0
+    assert "- DAgger minus BC (paired by seed, held-out mean over 2 held-out cells, expert " \
+           "pace): +0.0 ± 0.0 autonomy points; +0.0 ± 0.0 pace points; -0.400 ± 0.000 m" \
+           in board["markdown"]

@@ -194,8 +194,8 @@ class DrivingBenchmark(Pipeline):
         if pace == "fixed":
             return f"{METHODS[method][0]} @ {self.set_speed:g} mph"
         own = {EXPERT: "own pace", BC_SPEED: "own predicted speed"}
-        return (f"{METHODS[method][0]} @ "
-                f"{own.get(method, f'expert mean {self.expert_mean_mph:.1f} mph')}")
+        mean = f"expert's mean speed {self.expert_mean_mph:.1f} mph"
+        return f"{METHODS[method][0]} @ {own.get(method, mean)}"
 
     def server_overrides(self, method: str, pace: str) -> list[str]:
         """scripts/drive.py's speed settings for a method at a pace (module doc)."""
