@@ -31,6 +31,7 @@ from bc.insight.callback import (
     labels_per_camera,
     validation_predictions,
 )
+from bc.instantiators import instantiate_group
 from bc.insight.saliency import SaliencyError, VisualBackProp, draw_saliency
 from bc.models import build_model
 from bc.models.small import SmallNet
@@ -130,9 +131,16 @@ def test_predictions_and_held_out_block(setup_data):
     assert blocks == [slice(0, 2), slice(2, 3), slice(3, 6)]
 
 
-def test_callback_settings_are_checked():
-    with pytest.raises(ConfigError, match="callbacks.insight.preview_frames: expected an integer"):
-        InsightPlots(preview_frames=-1)
+def test_callback_is_configured_and_checked(tmp_path):
+    callbacks = instantiate_group(compose_config("train", [f"output_dir={tmp_path}"]).callbacks,
+                                  "callbacks")
+    plots = [callback for callback in callbacks if isinstance(callback, InsightPlots)]
+    assert len(plots) == 1 and plots[0].folder == tmp_path / "plots"
+    bad = compose_config("train", [f"output_dir={tmp_path}",
+                                   "callbacks.insight_plots.preview_frames=-1"]).callbacks
+    with pytest.raises(ConfigError, match=r"^callbacks.insight_plots.preview_frames: expected "
+                                          r"an integer >= 0, got -1$"):
+        instantiate_group(bad, "callbacks")
 
 
 def square_net() -> SmallNet:

@@ -165,14 +165,14 @@ class InsightPlots(pl.Callback):
                  max_block_frames: int | None = 450, seed: int = 0) -> None:
         self.folder = None if folder is None else Path(folder)
         self.artifact_dir = artifact_dir
-        self.preview_frames = setting("callbacks.insight.preview_frames", preview_frames,
+        self.preview_frames = setting("preview_frames", preview_frames,
                                       integer, lambda v: v >= 0, "an integer >= 0")
-        self.saliency_frames = setting("callbacks.insight.saliency_frames", saliency_frames,
+        self.saliency_frames = setting("saliency_frames", saliency_frames,
                                        integer, lambda v: v >= 0, "an integer >= 0")
-        self.max_block_frames = setting("callbacks.insight.max_block_frames", max_block_frames,
+        self.max_block_frames = setting("max_block_frames", max_block_frames,
                                         optional(integer), lambda v: v is None or v >= 2,
                                         "an integer >= 2 (or null: the whole block)")
-        self.seed = setting("callbacks.insight.seed", seed, integer, lambda v: v >= 0,
+        self.seed = setting("seed", seed, integer, lambda v: v >= 0,
                             "an integer >= 0")
 
     # -- hooks ------------------------------------------------------------------------------
