@@ -24,10 +24,12 @@ def recording(tmp_path_factory):
     return write_recording(tmp_path_factory.mktemp("parity") / "lap", rows=30, seed=4)
 
 
+@pytest.mark.parametrize("augment_on", ["loader", "device"])
 @pytest.mark.parametrize("model", MODELS)
-def test_train_serve_parity(model, recording, tmp_path, compose):
+def test_train_serve_parity(model, augment_on, recording, tmp_path, compose):
     """A validation sample of the real datamodule equals (bit for bit) what the drive
-    predictor feeds the net for the same JPEG."""
+    predictor feeds the net for the same JPEG, whether the batch is made ready in the loader
+    or on the training device (`on_after_batch_transfer`, here the CPU)."""
     cfg = compose(
         "train",
         [
@@ -39,6 +41,7 @@ def test_train_serve_parity(model, recording, tmp_path, compose):
             "data.num_workers=0",
             "data.block_rows=5",
             "data.batch_size=4",
+            f"data.augment_on={augment_on}",
         ],
     )
     net = instantiate(cfg.model)
@@ -52,7 +55,8 @@ def test_train_serve_parity(model, recording, tmp_path, compose):
     val_files = dm.table.loc[dm.table["split"] == "val", "center"].tolist()
     assert len(val_files) == len(dm.val_set) >= 5
     checked = 0
-    for batch_number, (x, _) in enumerate(dm.val_dataloader()):
+    for batch_number, batch in enumerate(dm.val_dataloader()):
+        x, _ = dm.on_after_batch_transfer(batch, 0)
         for position in range(len(x)):
             jpeg = val_files[batch_number * dm.batch_size + position]
             served = predictor.model_input(read_rgb(jpeg))  # the JPEG decoded as the server does

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 
 from bc.cli import bc_error_in
 from bc.data.augment import SteeringAugment, shift_horizontal
+from bc.data.batch_augment import BatchAugment
 from bc.data.balance import balance_from_config, balance_indices
 from bc.data.datamodule import DrivingDataModule
 from bc.data.split import block_ids, split_rows
@@ -137,8 +138,8 @@ def test_shift_right_means_steer_right():
     assert seen >= {-1, 1}
 
 
-def test_photometric_pipeline_runs_and_keeps_labels(compose):
-    cfg = compose("train", ["augmentation=strong"])
+def test_per_sample_photometric_pipeline_runs_and_keeps_labels(compose):
+    cfg = compose("train", ["augmentation=per_sample"])
     augment = instantiate(cfg.augmentation)
     augment.flip_prob, augment.shift_px = 0.0, 0
     frame = NVIDIA.geometry(render_frame(0.2))
@@ -283,6 +284,9 @@ def test_skip_mode_trains_on_the_good_rows(tmp_path):
         ({"block_seconds": 0}, "data.block_seconds"),
         ({"block_rows": 0}, "data.block_rows"),
         ({"verify_images": "no"}, "data.verify_images"),
+        ({"augment_on": "gpu"}, r"data.augment_on: expected one of \['auto', 'loader', 'device'\]"),
+        ({"augmentation": lambda frame, steering: (frame, steering)},
+         "augmentation: expected a BatchAugment or SteeringAugment"),
         ({"preprocess": {"height": 66, "colour": "yuv"}}, "unknown field"),
         ({"preprocess": None}, "data.preprocess"),
     ],
@@ -358,7 +362,8 @@ def test_every_data_and_augmentation_option_composes_and_instantiates(
         ],
     )
     augmentation = instantiate(cfg.augmentation)
-    assert isinstance(augmentation, SteeringAugment)
+    kind = SteeringAugment if augmentation_option == "per_sample" else BatchAugment
+    assert isinstance(augmentation, kind)
     dm = instantiate(cfg.data, augmentation=augmentation)
     assert isinstance(dm, DrivingDataModule) and dm.augmentation is augmentation
     dm.setup("fit")

@@ -9,6 +9,12 @@ left camera the car must steer right to get where the centre camera is; right ca
 the opposite; every camera keeps the row's speed) and augmentation (which changes the
 steering only); validation uses the centre camera only, unaugmented, and is never
 balanced, so it measures the driving distribution as recorded.
+
+Batches leave the frame cache as uint8 and are augmented and colour-converted whole
+(`bc.data.batch_augment.model_batch`) where `augment_on` says: `loader` (in the DataLoader
+workers, the CPU's cores; `auto` on a CPU), or `device` (`auto` on a GPU: the uint8 batch is
+moved there, from pinned memory without blocking, and made ready in
+`on_after_batch_transfer`, so the CPU does little more than copy cached bytes).
 """
 
 from __future__ import annotations
@@ -20,12 +26,21 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
 from bc import udacity
 from bc.data.augment import SteeringAugment
+from bc.data.batch_augment import BatchAugment, model_batch
 from bc.data.balance import BALANCE_KEYS, balance_from_config
-from bc.data.dataset import CACHE_MODES, DrivingDataset, FrameCache, FrameStore, collate_frames
+from bc.data.dataset import (
+    CACHE_MODES,
+    DrivingDataset,
+    FrameCache,
+    FramesBatch,
+    FrameStore,
+    collate_frames,
+)
 from bc.data.log import (
     ON_BAD_ROW,
     SKIPPED_ROWS,
@@ -43,6 +58,8 @@ from bc.models.base import DEFAULT_OUTPUTS, check_outputs, speed_to_target
 from bc.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
+
+AUGMENT_ON = ("auto", "loader", "device")
 
 DEFAULT_BALANCE = {
     "enabled": True,
@@ -89,7 +106,7 @@ class DrivingDataModule(pl.LightningDataModule):
         self,
         paths: Sequence[str],
         preprocess: Preprocess | Mapping[str, Any],
-        augmentation: SteeringAugment | None = None,
+        augmentation: BatchAugment | SteeringAugment | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
         val_fraction: float = 0.2,
@@ -107,6 +124,7 @@ class DrivingDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         drop_last: bool = False,
         outputs: Sequence[str] = DEFAULT_OUTPUTS,
+        augment_on: str = "auto",
     ) -> None:
         super().__init__()
         paths = _plain(paths)
@@ -120,10 +138,10 @@ class DrivingDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.paths: expected a list of recording folders, got {paths!r}")
         self.paths = [str(Path(path).expanduser()) for path in paths]
         self.spec = as_spec(preprocess)
-        if augmentation is not None and not callable(augmentation):
+        if augmentation is not None and not isinstance(augmentation, (BatchAugment, SteeringAugment)):
             raise ConfigError(
-                "augmentation: expected a SteeringAugment (choose one with augmentation=...), got"
-                f" {type(augmentation).__name__}"
+                "augmentation: expected a BatchAugment or SteeringAugment (choose one with"
+                f" augmentation=...), got {type(augmentation).__name__}"
             )
         shift = getattr(augmentation, "shift_px", 0)
         if shift >= self.spec.width:
@@ -195,6 +213,9 @@ class DrivingDataModule(pl.LightningDataModule):
         self.cache_dir = None if cache_dir is None else str(cache_dir)
         self.pin_memory = flag("data.pin_memory", pin_memory)
         self.drop_last = flag("data.drop_last", drop_last)
+        self.augment_on = setting(
+            "data.augment_on", augment_on, str, lambda v: v in AUGMENT_ON, f"one of {list(AUGMENT_ON)}"
+        )
         try:
             self.outputs = check_outputs(_plain(outputs), "data.outputs")
         except ConfigError as error:  # the config sets it to ${model.outputs}: say so
@@ -368,17 +389,37 @@ class DrivingDataModule(pl.LightningDataModule):
             )
         return bad
 
+    def _device(self) -> torch.device:
+        """The training device: the trainer's, CPU without one."""
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def batches_on_device(self) -> bool:
+        """Whether batches are made ready on the training device (else in the loader)."""
+        if self.augment_on == "auto":
+            return self._device().type != "cpu"
+        return self.augment_on == "device"
+
     def _loader(self, dataset: DrivingDataset, shuffle: bool) -> DataLoader:
+        on_device = self.batches_on_device()
         return DataLoader(
-            dataset,
+            dataset.for_device() if on_device else dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
             collate_fn=collate_frames,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pin_memory or (on_device and self._device().type == "cuda"),
             drop_last=self.drop_last and shuffle,
             persistent_workers=self.num_workers > 0,
         )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Make a `FramesBatch` (uint8, on the device now) the model's input: augmented (a
+        training batch) and colour-converted, on the device. Ready batches pass through."""
+        if not isinstance(batch, FramesBatch):
+            return batch
+        augment = self.train_set.batch_augment if batch.augment else None
+        return model_batch(batch.frames, batch.y, self.spec, augment)
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")

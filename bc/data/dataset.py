@@ -3,12 +3,16 @@
 Decoding a camera JPEG and resizing it costs far more than augmenting the small
 model-resolution frame, so each camera image is decoded **once**: RGB decode
 (`bc.images.read_rgb`) -> `Preprocess.geometry` (model resolution, still RGB) -> uint8 slot
-in a cache file. Augmentation then runs on the fly on that frame, followed by
-`Preprocess.color`: together the same `Preprocess` the drive server applies.
+in a cache file. A slot holds the frame **transposed**, W x H x 3: each picture column is
+contiguous, so a flip or a shift of a whole batch is one gather of columns
+(`bc.data.batch_augment`). Batches then leave the cache as uint8 (N x W x H x 3) and
+`bc.data.batch_augment.model_batch` augments them and converts their colour: together the
+same `Preprocess` the drive server applies.
 
-The datamodule fills the cache while it sets up (`FrameCache.fill`, several decoding
-threads), so a JPEG that cannot be decoded (corrupt scan data passes every header check) is
-found then and handled by `data.on_bad_row`, never in the middle of training.
+The datamodule fills the cache while it sets up (`FrameCache.fill`, one decoding thread per
+CPU, with a progress bar), so a JPEG that cannot be decoded (corrupt scan data passes every
+header check) is found then and handled by `data.on_bad_row`, never in the middle of
+training, and the first epoch reads from the cache like every other.
 
 The cache is a memory-mapped file per recording in `cache_dir` (default
 `$BC_CACHE_DIR` or `~/.cache/bc/frames`), keyed by the preprocessing and the image
@@ -21,23 +25,25 @@ and every access decodes again.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from bc.data.batch_augment import BatchAugment, model_batch
 from bc.errors import BcError
 from bc.images import ImageError, read_rgb
 from bc.preprocess import FrameSizeError, Preprocess
 
 CACHE_MODES = ("disk", "none")
-CACHE_VERSION = 1  # bump when the cached bytes change meaning
+CACHE_VERSION = 2  # bump when the cached bytes change meaning (2: frames transposed)
 _PAGE = 4096  # frames start page-aligned after the fill flags
 _FILLED = 1
 
@@ -64,7 +70,8 @@ def _cache_key(paths: Sequence[str], spec: Preprocess) -> str:
 
 
 class FrameCache:
-    """Crop-resized RGB uint8 frames of a list of image files, each decoded at most once."""
+    """Crop-resized RGB uint8 frames of a list of image files, each decoded at most once,
+    stored transposed (W x H x 3)."""
 
     def __init__(
         self,
@@ -77,7 +84,7 @@ class FrameCache:
         self.paths = list(paths)
         self.spec = spec
         self.mode = mode
-        self.shape = (spec.height, spec.width, 3)
+        self.shape = (spec.width, spec.height, 3)  # transposed
         self.decodes = 0  # JPEGs decoded by this process (tests and benchmarks read it)
         self.file: Path | None = None
         if mode == "disk":
@@ -127,15 +134,15 @@ class FrameCache:
                 self.spec.check_frame(rgb)
             except FrameSizeError as error:
                 raise FrameSizeError(f"image file {self.paths[index]}: {error}") from None
-        return self.spec.geometry(rgb)
+        return self.spec.geometry(rgb).transpose(1, 0, 2)
 
     def decode(self, index: int) -> np.ndarray:
-        """Read, check and crop-resize one frame from its JPEG (no cache)."""
+        """Read, check and crop-resize one frame from its JPEG (no cache), transposed."""
         self.decodes += 1
         return self._read(index)
 
     def get_many(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Frames at `indices` as a new N x H x W x 3 uint8 array, decoding only unfilled slots."""
+        """Frames at `indices` as a new N x W x H x 3 uint8 array, decoding only unfilled slots."""
         indices = np.asarray(indices, dtype=np.int64)
         if self.mode == "none":
             return (
@@ -149,9 +156,11 @@ class FrameCache:
             flags[index] = _FILLED
         return batch
 
-    def fill(self, indices: Sequence[int] | np.ndarray, threads: int = 1) -> dict[int, str]:
+    def fill(self, indices: Sequence[int] | np.ndarray, threads: int = 1,
+             progress: Callable[[int], Any] | None = None) -> dict[int, str]:
         """Decode the unfilled slots at `indices` into the cache (with `cache="none"`: decode
-        them once to check them); returns {slot: why it cannot be decoded}."""
+        them once to check them), calling `progress(1)` per frame; returns {slot: why it
+        cannot be decoded}."""
         indices = np.unique(np.asarray(indices, dtype=np.int64))
         frames = None
         if self.mode == "disk":
@@ -170,7 +179,9 @@ class FrameCache:
                 flags[index] = _FILLED
 
         with ThreadPoolExecutor(max(1, threads)) as pool:  # decoding releases the GIL
-            list(pool.map(fill_one, indices.tolist()))
+            for _ in pool.map(fill_one, indices.tolist()):
+                if progress is not None:
+                    progress(1)
         self.decodes += len(indices)
         return problems
 
@@ -206,13 +217,19 @@ class FrameStore:
         return out
 
     def fill(self, indices: Sequence[int] | np.ndarray, threads: int = 1) -> dict[int, str]:
-        """`FrameCache.fill` over global indices; returns {global index: problem}."""
-        indices, which = self._split(indices)
+        """`FrameCache.fill` over global indices, with a progress bar on a terminal; returns
+        {global index: problem}."""
+        from tqdm.auto import tqdm
+
+        indices, which = self._split(np.unique(np.asarray(indices, dtype=np.int64)))
         problems: dict[int, str] = {}
-        for cache_index in np.unique(which):
-            offset = int(self.offsets[cache_index])
-            found = self.caches[cache_index].fill(indices[which == cache_index] - offset, threads)
-            problems.update({offset + local: problem for local, problem in found.items()})
+        with tqdm(total=len(indices), desc="decoding frames", unit="frame", disable=None,
+                  leave=False) as bar:
+            for cache_index in np.unique(which):
+                offset = int(self.offsets[cache_index])
+                found = self.caches[cache_index].fill(indices[which == cache_index] - offset,
+                                                      threads, bar.update)
+                problems.update({offset + local: problem for local, problem in found.items()})
         return problems
 
 
@@ -224,14 +241,27 @@ class FrameBatch(NamedTuple):
     y: torch.Tensor
 
 
-class DrivingDataset(Dataset):
-    """(frame, steering[, speed]) samples over a `FrameStore`; augments on the fly, converts
-    colour last. `speed` (speed targets, `bc.models.base.speed_to_target`), when given, is a
-    second label column that augmentation leaves alone: a mirrored or shifted frame needs
-    another steering, not another speed.
+class FramesBatch(NamedTuple):
+    """A batch still to be made ready on the training device (`DrivingDataset.for_device`):
+    cached frames uint8 N x W x H x 3, labels as in `FrameBatch`, and whether it is to be
+    augmented."""
 
-    Supports batched fetching (`__getitems__`), so a DataLoader reads a whole batch from the
-    cache in one go; use `collate_frames` as its collate_fn.
+    frames: torch.Tensor
+    y: torch.Tensor
+    augment: bool
+
+
+class DrivingDataset(Dataset):
+    """(frame, steering[, speed]) samples over a `FrameStore`. `speed` (speed targets,
+    `bc.models.base.speed_to_target`), when given, is a second label column that augmentation
+    leaves alone: a mirrored or shifted frame needs another steering, not another speed.
+
+    Batches are fetched whole (`__getitems__`: one read of the cache per batch; use
+    `collate_frames` as the DataLoader's collate_fn) and made ready by
+    `bc.data.batch_augment.model_batch`: augmented (`augmentation`: a `BatchAugment` for the
+    batch, or the per-sample `SteeringAugment`, applied as frames are read) and colour
+    converted. `for_device()` is the same dataset handing out the cached uint8 frames
+    (`FramesBatch`) for the training device to make ready.
     """
 
     def __init__(
@@ -255,17 +285,30 @@ class DrivingDataset(Dataset):
         self.steering = np.asarray(steering, dtype=np.float32)
         self.speed = None if speed is None else np.asarray(speed, dtype=np.float32)
         self.spec = spec
-        self.augmentation = (
-            None
-            if augmentation is None or getattr(augmentation, "is_identity", False)
-            else augmentation
-        )
+        self.augmentation = augmentation
         self.sources = sources  # per sample: "<csv> row N", for error messages
+        self.deferred = False
 
     def __len__(self) -> int:
         return len(self.frame_index)
 
-    def __getitems__(self, indices: Sequence[int]) -> FrameBatch:
+    def for_device(self) -> "DrivingDataset":
+        """This dataset handing out `FramesBatch`es (uint8, made ready on the device)."""
+        deferred = copy.copy(self)
+        deferred.deferred = True
+        return deferred
+
+    @property
+    def batch_augment(self) -> BatchAugment | None:
+        """The augmentation of whole batches, if any (None for the per-sample kind)."""
+        augmentation = self.augmentation
+        if isinstance(augmentation, BatchAugment) and not augmentation.is_identity:
+            return augmentation
+        return None
+
+    def read(self, indices: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached frames (uint8 N x W x H x 3) and labels (N x 1 or N x 2) of `indices`, the
+        per-sample augmentation applied if that is the kind configured."""
         indices = np.asarray(indices, dtype=np.int64)
         try:
             batch = self.frames.get_many(self.frame_index[indices])
@@ -279,33 +322,37 @@ class DrivingDataset(Dataset):
                 )
             raise ImageError(f"{error}{where}") from error
         labels = self.steering[indices].copy()
-        if self.augmentation is not None:
-            for position in range(len(batch)):
-                batch[position], labels[position] = self.augmentation(
-                    batch[position], float(labels[position])
+        per_sample = self.augmentation
+        if per_sample is not None and not isinstance(per_sample, BatchAugment) and not getattr(
+            per_sample, "is_identity", False
+        ):
+            for position in range(len(batch)):  # the frame as H x W x 3, written back transposed
+                image, labels[position] = per_sample(
+                    batch[position].transpose(1, 0, 2), float(labels[position])
                 )
-        if self.spec.color_space != "rgb" and len(batch):
-            # One cvtColor call for the whole batch: the frames stacked as one tall image.
-            height = batch.shape[1]
-            tall = batch.reshape(-1, *batch.shape[2:])
-            batch = self.spec.color(tall).reshape(len(batch), height, *batch.shape[2:])
-        # numpy, single-threaded: torch's threaded permute+float is 10x slower on a busy 2-core box.
-        x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)).astype(np.float32))
+                batch[position] = image.transpose(1, 0, 2)
         if self.speed is not None:
             labels = np.stack([labels, self.speed[indices]], axis=1)
-        y = torch.from_numpy(labels).reshape(len(indices), -1)
-        return FrameBatch(x, y)
+        return torch.from_numpy(batch), torch.from_numpy(labels).reshape(len(indices), -1)
+
+    def __getitems__(self, indices: Sequence[int]) -> FrameBatch | FramesBatch:
+        frames, labels = self.read(indices)
+        if self.deferred:
+            return FramesBatch(frames, labels, self.batch_augment is not None)
+        return FrameBatch(*model_batch(frames, labels, self.spec, self.batch_augment))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One sample: x float32 3 x H x W (0..255), y float32 shape (1,) or (2,)."""
-        x, y = self.__getitems__([index])
+        """One ready sample: x float32 3 x H x W (0..255), y float32 shape (1,) or (2,)."""
+        x, y = model_batch(*self.read([index]), self.spec, self.batch_augment)
         return x[0], y[0]
 
 
 def collate_frames(
-    data: FrameBatch | list[tuple[torch.Tensor, torch.Tensor]],
-) -> tuple[torch.Tensor, torch.Tensor]:
+    data: FrameBatch | FramesBatch | list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor] | FramesBatch:
     """collate_fn for `DrivingDataset`: passes batched fetches through, stacks single ones."""
+    if isinstance(data, FramesBatch):
+        return data
     if isinstance(data, FrameBatch):
         return data.x, data.y
     xs, ys = zip(*data)
