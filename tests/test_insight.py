@@ -63,7 +63,8 @@ def trained(recording: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     cfg = compose_config("train", train_overrides(
         recording, folder / "cache", f"tracking_uri={uri}", f"output_dir={folder / 'out'}",
-        "trainer.max_epochs=1", "callbacks.progress_bar.refresh_rate=0"))
+        "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+        "callbacks.progress_bar.refresh_rate=0"))
     return {"run_id": train(cfg), "uri": uri, "out": folder / "out"}
 
 
@@ -85,8 +86,8 @@ def setup_data(recording, tmp_path):
     """A set-up datamodule whose augmentation only mirrors (so its effect is known exactly),
     and a SteeringModule around a fresh SmallNet for it."""
     cfg = compose_config("train", train_overrides(
-        recording, tmp_path / "cache", "augmentation.flip_prob=1.0", "augmentation.shift_px=0",
-        "augmentation.photometric=null", "model.preprocess.frame_width=320",
+        recording, tmp_path / "cache", "augmentation=none", "augmentation.flip_prob=1.0",
+        "model.preprocess.frame_width=320",
         "model.preprocess.frame_height=160"))
     datamodule = instantiate(cfg.data, augmentation=instantiate(cfg.augmentation))
     datamodule.setup("fit")
@@ -196,7 +197,7 @@ def test_evaluation_saliency_video_is_logged_beside_the_drive(trained, tmp_path)
             writer.append_data(np.full((160, 320, 3), 40 * index, np.uint8))
     video = saliency_video(trained["run_id"], trained["uri"], track, "lake",
                            saliency_overlay(trained["run_id"], trained["uri"]))
-    frames = list(imageio.get_reader(str(video)))
+    frames = [frame for frame in imageio.get_reader(str(video))]
     assert len(frames) == 5 and frames[0].shape == (160, 320, 3)
     logged = MlflowClient(tracking_uri=trained["uri"]).list_artifacts(trained["run_id"], "eval/lake")
     assert "eval/lake/saliency.mp4" in {item.path for item in logged}
