@@ -1,13 +1,20 @@
 """Helpers of the scaling tests (tests/test_scale_*.py): training as the user runs it, the
-artifacts of a run, and a check that drive.py serves a run's model over Socket.IO."""
+artifacts of a run, a real `mlflow server` process, and a check that drive.py serves a run's
+model over Socket.IO."""
 
 from __future__ import annotations
 
 import math
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from conftest import REPO
 from mlflow import MlflowClient
@@ -17,6 +24,7 @@ from bc.drive.launch import drive_server
 
 TRAIN = REPO / "scripts" / "train.py"
 TIMEOUT_S = 300
+STARTUP_TIMEOUT_S = 120
 ROWS, BLOCK_ROWS = 60, 10  # 6 contiguous validation blocks: a 20% split exists
 # The artifacts every training run logs (tests/test_train.py checks them for one process).
 RUN_ARTIFACTS = {"config.yaml", "hydra/config.yaml", "hydra/hydra.yaml", "hydra/overrides.yaml",
@@ -70,3 +78,42 @@ def assert_serves(run_id: str, uri: str, workdir: Path) -> None:
             event, data = client.send_telemetry(telemetry(make_jpeg(seed=1), speed=5.0))
     assert event == "steer", (event, data)
     assert math.isfinite(float(data["steering_angle"])) and math.isfinite(float(data["throttle"]))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def mlflow_server(backend_store_uri: str, folder: Path) -> Iterator[str]:
+    """`mlflow server` on `backend_store_uri` with proxied artifacts in folder/artifacts (the
+    README's command), its log in folder/mlflow-server.log; yields its URI, stops it after."""
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    log = folder / "mlflow-server.log"
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+               "--backend-store-uri", backend_store_uri, "--serve-artifacts",
+               "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"]
+    with open(log, "wb") as output:
+        server = subprocess.Popen(command, cwd=folder, stdout=output, stderr=subprocess.STDOUT,
+                                  env=script_env(), start_new_session=True)  # its uvicorn child too
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            assert server.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"mlflow server not up in {STARTUP_TIMEOUT_S} s"
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.3)
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=3)
+        except subprocess.TimeoutExpired:  # its CLI process waits on workers a while
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

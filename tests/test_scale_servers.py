@@ -11,28 +11,24 @@ import glob
 import os
 import pwd
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from mlflow import MlflowClient
-from scale import (ROWS, TIMEOUT_S, all_runs, artifact_paths, assert_serves, script_env,
-                   tiny_training, train_command)
+from scale import (ROWS, STARTUP_TIMEOUT_S, TIMEOUT_S, all_runs, artifact_paths, assert_serves, free_port,
+                   script_env, tiny_training, train_command)
+from scale import mlflow_server as start_mlflow_server
 
 from bc import tracking
 from bc.data.synthetic import write_recording
 from bc.train import train
 from conftest import compose_config
 
-STARTUP_TIMEOUT_S = 120
 POSTGRES_USER = "postgres"  # initdb refuses root: as root, the server runs as this account
 
 
@@ -44,12 +40,6 @@ def no_tracking_uri_leaks(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_recording(tmp_path_factory.mktemp("data") / "rec", rows=ROWS, seed=3)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def postgres_bin() -> Path | None:
@@ -130,33 +120,8 @@ def postgres() -> Iterator[Postgres]:
 def mlflow_server(postgres: Postgres, tmp_path: Path) -> Iterator[str]:
     """`mlflow server` with a PostgreSQL backend store and proxied artifacts in tmp_path/artifacts:
     the README's command. Yields its URI."""
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    log = tmp_path / "mlflow-server.log"
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-               "--backend-store-uri", postgres.database("mlflow"), "--serve-artifacts",
-               "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"]
-    with open(log, "wb") as output:
-        server = subprocess.Popen(command, cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT,
-                                  env=script_env(), start_new_session=True)  # its uvicorn child too
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            assert server.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, f"mlflow server not up in {STARTUP_TIMEOUT_S} s"
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2).close()
-                break
-            except OSError:
-                time.sleep(0.3)
+    with start_mlflow_server(postgres.database("mlflow"), tmp_path) as uri:
         yield uri
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=3)
-        except subprocess.TimeoutExpired:  # its CLI process waits on workers a while
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 def test_training_logs_to_an_mlflow_server_on_postgresql_and_drive_loads_over_http(
