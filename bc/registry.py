@@ -174,7 +174,10 @@ def load_registered(model_uri: str, tracking_uri: str | None = None, runtime: st
         except Exception as error:  # MlflowException or OSError: the files are not there
             raise tracking.TrackingError(f"model_uri={model_uri}: {source} has no bc model files "
                                          f"({error})") from None
-        return tracking.load_model_folder(Path(local), source=f"{model_uri} ({source})", runtime=runtime)
+        try:
+            return tracking.load_model_folder(Path(local), source=f"{model_uri} ({source})", runtime=runtime)
+        except tracking.TrackingError as error:  # name the version, not the temporary folder
+            raise tracking.TrackingError(str(error).replace(str(local), f"{model_uri} ({source})")) from None
 
 
 def promote(name: str, alias: str, experiment: str, metric: str, mode: str = "max",

@@ -127,3 +127,40 @@ def test_loading_by_run_id_leaves_no_temporary_folder(tmp_path: Path, store,
     with pytest.raises(tracking.TrackingError):
         tracking.load_model(bad, uri)
     assert list(temp.iterdir()) == []
+
+
+def test_a_registered_version_is_loaded_without_running_its_code(tmp_path: Path, store) -> None:
+    """A registered version's files are as writable as a run's: `drive.py model_uri=` rebuilds
+    the network from them like a run's model and never runs the logged model's code file
+    (which `mlflow.pyfunc.load_model` does run, by design)."""
+    import mlflow.pyfunc
+
+    from bc.drive.predictor import choose_model
+    from bc.registry import fluent_tracking_uri
+
+    uri, client, _ = store
+    config = OmegaConf.to_container(compose_config("train", ["model=small"]).model)
+    run_id = client.create_run(tracking.get_or_create_experiment("shared", uri)).info.run_id
+    model_id, version = tracking.log_model(run_id, build_model(config), config, uri, register="shared")
+    folder = Path(client.get_logged_model(model_id).artifact_location.removeprefix("file://"))
+    code_ran = tmp_path / "code-ran"
+    (folder / "mlflow_model.py").write_text(
+        f"open({str(code_ran)!r}, 'w').close()\n"
+        "import pandas as pd\nfrom mlflow.models import set_model\nfrom mlflow.pyfunc import PythonModel\n"
+        "class Any(PythonModel):\n    def predict(self, context, model_input: pd.DataFrame, params=None):\n"
+        "        return model_input\nset_model(Any())\n")
+    marker = tmp_path / "payload-ran"
+    (folder / "artifacts" / "model" / tracking.CONFIG_FILE).write_text(yaml.safe_dump(hub_payload(tmp_path, marker)))
+
+    keys = dict(run_id=None, model_path=None, experiment_name="shared", metric="val/loss", mode="min",
+                tracking_uri=uri)
+    client.set_registered_model_alias("shared", "champion", version)
+    for model_uri in ("models:/shared@champion", f"models:/shared/{version}"):
+        with pytest.raises(tracking.TrackingError, match=rf"^{model_uri} \(models:/shared/1\)/model\.yaml: model"
+                           ) as error:
+            choose_model(model_uri=model_uri, **keys)
+        assert "\n" not in str(error.value) and tempfile.gettempdir() not in str(error.value)
+    assert not code_ran.exists() and not marker.exists() and not (tmp_path / "hub").exists()
+    with fluent_tracking_uri(uri):
+        mlflow.pyfunc.load_model("models:/shared/1")
+    assert code_ran.exists()  # the code file was a real payload
