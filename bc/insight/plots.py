@@ -55,10 +55,11 @@ def steering_histograms(before: Mapping[str, np.ndarray], after: Mapping[str, np
     for axis, camera in zip(axes, cameras):
         old = np.asarray(before[camera], float)
         new = np.asarray(after.get(camera, ()), float)
-        axis.hist(new, bins=edges, color=AFTER_COLOUR, alpha=0.85,
-                  label=f"after balancing ({len(new)})")
-        axis.hist(old, bins=edges, histtype="step", color=BEFORE_COLOUR, linewidth=1.6,
-                  label=f"before balancing ({len(old)})")  # an outline: visible when equal
+        # stairs: one artist per histogram (hist draws a patch per bar, 10x slower to save)
+        axis.stairs(np.histogram(new, edges)[0], edges, fill=True, color=AFTER_COLOUR,
+                    alpha=0.85, label=f"after balancing ({len(new)})")
+        axis.stairs(np.histogram(old, edges)[0], edges, color=BEFORE_COLOUR, linewidth=1.6,
+                    label=f"before balancing ({len(old)})")  # an outline: visible when equal
         axis.set_title(f"{camera} camera", fontsize=TITLE_SIZE)
         axis.set_xlabel("steering (normalised, + = right)")
         axis.axvline(0.0, color="black", linewidth=0.6, alpha=0.5)

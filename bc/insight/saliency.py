@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 OVERLAY_ALPHA = 0.8  # opacity of the heat colour where the mask is 1 (0 where it is 0)
 OVERLAY_COLORMAP = cv2.COLORMAP_INFERNO  # dark red (little) -> yellow (most)
+MASK_GAMMA = 0.5  # shown as sqrt(mask): VBP's product of layers is peaky; this shows its spread
 CROP_LINE_RGB = (200, 200, 200)  # the rows the model does not see are dimmed, this line bounds them
 CROP_DIM = 0.55  # brightness of the cropped-off rows
 
@@ -144,7 +145,7 @@ def frame_mask(mask: np.ndarray, spec: Preprocess, frame_shape: tuple[int, ...])
 
 def heat_overlay(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """`rgb` with a same-size 0..1 `mask` blended in as a heat colour (stronger = more opaque)."""
-    strength = np.clip(mask, 0.0, 1.0)
+    strength = np.clip(mask, 0.0, 1.0) ** MASK_GAMMA
     heat = cv2.applyColorMap((strength * 255).astype(np.uint8), OVERLAY_COLORMAP)[..., ::-1]
     alpha = (OVERLAY_ALPHA * strength)[..., None]
     out = rgb.astype(np.float32) * (1 - alpha) + heat.astype(np.float32) * alpha
