@@ -4,6 +4,8 @@ run logs under plots/, and the saliency video evaluate.py writes per track."""
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -17,6 +19,8 @@ from torch import nn
 
 from bc import tracking
 from bc.data.synthetic import write_recording
+from bc.drive.frames import FrameRecorder
+from bc.drive.video import make_video
 from bc.errors import BcError, ConfigError
 from bc.evaluate import evaluate, saliency_overlay, saliency_video
 from bc.insight.callback import (
@@ -40,7 +44,8 @@ from bc.preprocess import Preprocess
 from bc.sim.autonomous import AutonomousDrive
 from bc.sim.plots import open_video
 from bc.train import train
-from conftest import compose_config
+from conftest import REPO, compose_config
+from unity_client import make_jpeg
 
 ROWS, BLOCK_ROWS = 60, 10
 PLOTS = {HISTOGRAM, AUGMENTATION, PREDICTIONS, SALIENCY}
@@ -197,7 +202,7 @@ def test_evaluation_saliency_video_is_logged_beside_the_drive(trained, tmp_path)
             writer.append_data(np.full((160, 320, 3), 40 * index, np.uint8))
     video = saliency_video(trained["run_id"], trained["uri"], track, "lake",
                            saliency_overlay(trained["run_id"], trained["uri"]))
-    frames = [frame for frame in imageio.get_reader(str(video))]
+    frames = read_video(video)
     assert len(frames) == 5 and frames[0].shape == (160, 320, 3)
     logged = MlflowClient(tracking_uri=trained["uri"]).list_artifacts(trained["run_id"], "eval/lake")
     assert "eval/lake/saliency.mp4" in {item.path for item in logged}
@@ -210,3 +215,47 @@ def test_torchscript_models_are_refused():
     net = torch.jit.trace(square_net(), torch.zeros(1, 3, 33, 100))
     with pytest.raises(BcError, match="needs the model's network"):
         VisualBackProp(net)
+
+
+def read_video(path: Path) -> list[np.ndarray]:
+    return [frame for frame in imageio.get_reader(str(path))]
+
+
+def test_video_script_draws_a_run_models_saliency(trained, tmp_path, capsys):
+    """scripts/video.py <frames> saliency=true run_id=...: the run's saliency on a drive's frames
+    (its `make` with the composed config; tests/test_video.py runs the script itself)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import video as video_script
+    finally:
+        sys.path.pop(0)
+    with FrameRecorder(tmp_path / "drive", overwrite=False) as recorder:
+        for index in range(6):
+            recorder.record(make_jpeg(index), steering=0.1, throttle=0.3, speed=9.0)
+    overrides = [f"folder={tmp_path / 'drive'}", "fps=10", "saliency=true"]
+    video_script.make(compose_config("video", [*overrides, f"run_id={trained['run_id']}",
+                                               f"tracking_uri={trained['uri']}"]))
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'drive-saliency.mp4'}"
+    frames = read_video(tmp_path / "drive-saliency.mp4")
+    plain = read_video(make_video(tmp_path / "drive", fps=10, output=tmp_path / "plain.mp4"))
+    assert len(frames) == 6 and frames[0].shape == (160, 320, 3)
+    change = frames[0].astype(int) - plain[0].astype(int)
+    assert change[:55].mean() < -10 and change[:55].max() < 20  # the sky it does not see: dimmed
+    assert change[65:135].max() > 60  # what it sees: a heat colour, brighter where it looks
+
+    with pytest.raises(ConfigError, match="run_id: saliency=true needs the model"):
+        video_script.make(compose_config("video", overrides))
+
+
+@pytest.mark.slow
+def test_evaluate_script_writes_and_logs_the_saliency_video_per_track(trained, tmp_path):
+    command = [sys.executable, str(REPO / "scripts" / "evaluate.py"), f"run_id={trained['run_id']}",
+               f"tracking_uri={trained['uri']}", "track=[lake,random:1]", "max_steps=20",
+               "saliency=true", "progress=false", f"out={tmp_path}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    client = MlflowClient(tracking_uri=trained["uri"])
+    for label in ("lake", "random-1"):
+        assert len(read_video(tmp_path / label / "saliency.mp4")) == 20
+        logged = {item.path for item in client.list_artifacts(trained["run_id"], f"eval/{label}")}
+        assert f"eval/{label}/saliency.mp4" in logged

@@ -10,13 +10,9 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 
-from bc import tracking
 from bc.drive.frames import FrameRecorder
 from bc.drive.video import VideoError, make_video
-from bc.errors import ConfigError
 from bc.images import ImageError
-from bc.models import build_model
-from conftest import compose_config
 from unity_client import make_jpeg
 
 VIDEO_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "video.py"
@@ -82,51 +78,13 @@ def test_video_script_accepts_folder_override_and_reports_errors(tmp_path):
         make_video(empty, fps=0)
 
 
-def video_script():
-    """scripts/video.py as a module."""
+def test_positional_folder_is_rewritten_to_a_quoted_override():
     sys.path.insert(0, str(VIDEO_SCRIPT.parent))
     try:
-        import video
+        import video as video_script
     finally:
         sys.path.pop(0)
-    return video
-
-
-def logged_model_run(tmp_path: Path) -> tuple[str, str]:
-    """(tracking URI, run id) of a run holding an untrained SmallNet for 320x160 frames."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = tracking.client(uri)
-    run_id = client.create_run(tracking.get_or_create_experiment("bc", uri)).info.run_id
-    config = {"_target_": "bc.models.small.SmallNet",
-              "preprocess": {"crop_top": 60, "crop_bottom": 20, "height": 33, "width": 100,
-                             "color_space": "yuv", "frame_width": 320, "frame_height": 160}}
-    tracking.log_model(run_id, build_model(config), config, uri)
-    client.set_terminated(run_id)
-    return uri, run_id
-
-
-def test_video_script_draws_a_run_models_saliency(run_folder, tmp_path):
-    uri, run_id = logged_model_run(tmp_path)
-    command = [sys.executable, str(VIDEO_SCRIPT), str(run_folder), "fps=10", "saliency=true",
-               f"run_id={run_id}", f"tracking_uri={uri}"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    frames = read_video(run_folder.parent / "my run-saliency.mp4")
-    plain = read_video(make_video(run_folder, fps=10, output=tmp_path / "plain.mp4"))
-    assert len(frames) == FRAMES and frames[0].shape == (160, 320, 3)
-    change = frames[0].astype(int) - plain[0].astype(int)
-    assert change[:55].mean() < -10 and change[:55].max() < 20  # the sky it does not see: dimmed
-    assert change[65:135].max() > 60  # what it sees: a heat colour, brighter where it looks
-
-    cfg = compose_config("video", [f"folder={run_folder}", "saliency=true"])
-    with pytest.raises(ConfigError, match="run_id: saliency=true needs the model"):
-        video_script().make(cfg)
-
-
-def test_positional_folder_is_rewritten_to_a_quoted_override():
-    video_script_module = video_script()
-    assert video_script_module.positional_to_override(["video.py", "runs/a b", "fps=5"]) == [
+    assert video_script.positional_to_override(["video.py", "runs/a b", "fps=5"]) == [
         "video.py", "folder='runs/a b'", "fps=5"]
-    assert video_script_module.positional_to_override(["video.py", "folder=x"]) == [
-        "video.py", "folder=x"]
-    assert video_script_module.quote_override("it's") == "'it\\'s'"
+    assert video_script.positional_to_override(["video.py", "folder=x"]) == ["video.py", "folder=x"]
+    assert video_script.quote_override("it's") == "'it\\'s'"
