@@ -1,4 +1,7 @@
-"""Training augmentation: albumentations photometric changes plus steering-aware geometry.
+"""Per-sample training augmentation (`augmentation=per_sample`): albumentations photometric
+changes plus steering-aware geometry, frame by frame in the DataLoader workers. The default
+augments whole batches instead (`bc.data.batch_augment`, several times faster); this path
+stays for comparison (`scripts/benchmark.py loader`) and for runs logged with it.
 
 albumentations cannot know that a mirrored frame needs the opposite steering or that a
 sideways-shifted frame needs a correction, so `SteeringAugment` does those two itself.
@@ -24,7 +27,7 @@ from bc.settings import integer, number, optional, setting  # noqa: E402
 from bc.errors import ConfigError  # noqa: E402
 
 
-def _process_seed(seed: int | None) -> int:
+def process_seed(seed: int | None) -> int:
     """Fresh seed material per process: DataLoader workers must not share random streams."""
     torch = sys.modules.get("torch")
     info = torch.utils.data.get_worker_info() if torch is not None else None
@@ -85,7 +88,7 @@ class SteeringAugment:
 
     def _generator(self) -> np.random.Generator:
         if self._rng is None or self._pid != os.getpid():
-            sequence = np.random.SeedSequence(_process_seed(self.seed))
+            sequence = np.random.SeedSequence(process_seed(self.seed))
             own, photometric = sequence.spawn(2)
             self._rng = np.random.default_rng(own)
             if self.photometric is not None:

@@ -1,25 +1,27 @@
 """Augmentation and colour conversion of whole batches of uint8 frames, on any torch device.
 
-The loader hands over batches of cached crop-resized RGB frames (N x H x W x 3 uint8, see
-`bc.data.dataset`); `model_batch` turns one into the model's input: `BatchAugment` (training
-only), then `color_batch` (the model's colour space), float N x 3 x H x W in 0..255 (every
-model normalises its own input). On a GPU this runs after the batch is moved there
-(`DrivingDataModule.on_after_batch_transfer`); on a CPU in the DataLoader workers.
+The loader hands over batches of cached crop-resized RGB frames (uint8 N x W x H x 3: the
+frame cache keeps frames transposed, see `bc.data.dataset`); `model_batch` turns one into the
+model's input, float N x 3 x H x W in 0..255 in its colour space (every model normalises its
+own input): `BatchAugment` (training only), then `color_batch`. On a GPU this runs after the
+batch is moved there (`DrivingDataModule.on_after_batch_transfer`); on a CPU in the
+DataLoader workers (`data.augment_on`).
 
 What is driving-specific is written here: a mirrored frame needs the opposite steering, a
 frame shifted right by dx pixels needs `dx * steering_per_px` more (positive steering = turn
 right: the road appears further right, as if the car were left of where it was). Flip and
-shift are one gather of columns (border column repeated), on uint8. The photometric
-transforms are a few tensor operations each, with parameters drawn per sample: Kornia's
-augmentation modules do the same but cost 1-30 ms per transform on a batch of 32 on two CPU
-cores (parameter generation and checks per call), more than the whole pipeline here.
+shift together are one gather of whole columns (border column repeated), on uint8. The
+photometric transforms are a few tensor operations each, with parameters drawn per sample
+from the augmentation's own generator on the device: Kornia's augmentation modules do the
+same, but cost 1-30 ms per transform on a batch of 32 on the 2-core development machine
+(parameter sampling and checks per call), more than this whole pipeline.
 
-After the photometric changes a frame is rounded and clipped to 0..255, as a uint8 frame
-would be, so `color_batch` sees the integers the drive server's `Preprocess.color` sees.
-YUV (the PilotNet input) is OpenCV's fixed-point formula in float32, where every
-intermediate is an integer below 2**24 and hence exact: bit-identical to `cv2.cvtColor` for
-all 2**24 colours. Colour spaces without such a formula (hsv, lab) go through
-`Preprocess.color` on the host, one call per batch.
+Un-augmented frames (validation, and what the drive server sees) are converted by the model's
+`Preprocess` itself: on the CPU `Preprocess.color` (OpenCV, one call per batch); on another
+device `color_batch`, whose YUV (the PilotNet input) is OpenCV's fixed-point formula in
+float32, where every intermediate is a multiple of 2**-14 below 2**8 and hence exact:
+bit-identical to `cv2.cvtColor` for every uint8 colour. Colour spaces without such a formula
+(hsv, lab) go through `Preprocess.color` on the host.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bc.data.augment import _process_seed
+from bc.data.augment import process_seed
 from bc.errors import ConfigError
 from bc.preprocess import Preprocess
 from bc.settings import integer, number, optional, setting
@@ -280,7 +282,7 @@ class BatchAugment:
         key = (os.getpid(), str(device))
         if key not in self._generators:
             generator = torch.Generator(device=device)
-            generator.manual_seed(_process_seed(self.seed))
+            generator.manual_seed(process_seed(self.seed))
             self._generators[key] = generator
         return self._generators[key]
 
@@ -340,7 +342,7 @@ def color_batch(rgb: torch.Tensor, spec: Preprocess) -> torch.Tensor:
     red, green, blue = rgb.unbind(1)
     out = torch.empty_like(rgb)
     luma, u, v = out.unbind(1)
-    # Each product and sum below is a multiple of 2**-14 below 2**8: exact in float32.
+    # For integer RGB each product and sum below is a multiple of 2**-14 below 2**8: exact.
     torch.mul(red, _Y_RGB[0] * _YUV_SHIFT, out=luma)
     luma.add_(green, alpha=_Y_RGB[1] * _YUV_SHIFT).add_(blue, alpha=_Y_RGB[2] * _YUV_SHIFT)
     luma.add_(_Y_ROUND * _YUV_SHIFT).floor_()
