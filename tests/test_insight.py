@@ -133,7 +133,8 @@ def test_predictions_and_held_out_block(setup_data):
     block, name = held_out_block(datamodule, max_frames=None)
     assert block.stop - block.start == BLOCK_ROWS and name.startswith("rec rows ")
     assert held_out_block(datamodule, max_frames=4)[0] == slice(block.start, block.start + 4)
-    blocks = contiguous_blocks(np.array(["a", "a", "a", "b", "b", "b"]), np.array([1, 2, 5, 6, 7, 8]))
+    blocks = contiguous_blocks(np.array(["a", "a", "a", "b", "b", "b"]),
+                               np.array([1, 2, 5, 6, 7, 8]))
     assert blocks == [slice(0, 2), slice(2, 3), slice(3, 6)]
 
 
@@ -204,7 +205,8 @@ def test_evaluation_saliency_video_is_logged_beside_the_drive(trained, tmp_path)
                            saliency_overlay(trained["run_id"], trained["uri"]))
     frames = read_video(video)
     assert len(frames) == 5 and frames[0].shape == (160, 320, 3)
-    logged = MlflowClient(tracking_uri=trained["uri"]).list_artifacts(trained["run_id"], "eval/lake")
+    client = MlflowClient(tracking_uri=trained["uri"])
+    logged = client.list_artifacts(trained["run_id"], "eval/lake")
     assert "eval/lake/saliency.mp4" in {item.path for item in logged}
     with pytest.raises(ConfigError, match="saliency: true draws on each track's center-camera"):
         evaluate(trained["run_id"], ["lake"], AutonomousDrive(video=False), out=tmp_path,
