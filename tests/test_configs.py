@@ -13,6 +13,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from bc.data.augment import SteeringAugment
+from bc.data.batch_augment import BatchAugment
 from bc.mlflow_run import MlflowRun
 from bc.models import MODELS, build_model
 from bc.models.base import SteeringModel
@@ -184,7 +185,7 @@ def test_data_and_augmentation_options(train_config, group: str) -> None:
         assert datamodule.spec == build_net(cfg).preprocess_spec
         assert datamodule.batch_size == cfg.data.batch_size
         augmentation = datamodule.augmentation
-        assert isinstance(augmentation, SteeringAugment)
+        assert isinstance(augmentation, (BatchAugment, SteeringAugment))
         assert augmentation.flip_prob == cfg.augmentation.flip_prob
 
 
