@@ -58,7 +58,7 @@ def recording_inputs(table: pd.DataFrame) -> list[tuple[Any, dict[str, str]]]:
         images = [path for camera in udacity.CAMERAS if camera in rows
                   for path in rows[camera].dropna().astype(str) if path]
         with warnings.catch_warnings():  # MLflow registers its local source class twice
-            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple")
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
             dataset = mlflow.data.from_pandas(rows[list(udacity.LOG_COLUMNS)].reset_index(drop=True),
                                               source=str(folder), name=folder.name, targets="steering",
                                               digest=content_digest(folder, images))

@@ -42,7 +42,8 @@ def export_onnx(net: "torch.nn.Module", spec: "Preprocess", outputs: Sequence[st
 
     example = torch.zeros(1, *spec.input_shape)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export",
+                                category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r".*torch\.jit.*is deprecated", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r"The feature will be removed", category=DeprecationWarning)
         torch.onnx.export(net, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
@@ -104,7 +105,8 @@ def load_onnx(path: str | Path, source: str | None = None, num_threads: int = 1)
         raise OnnxError(f"{path} has no {SPEC_KEY} metadata: not exported by bc")
     try:
         spec = Preprocess.from_dict(json.loads(net.metadata[SPEC_KEY]))
-        outputs = check_outputs(json.loads(net.metadata.get(OUTPUTS_KEY, '["steering"]')), f"{path}: {OUTPUTS_KEY}")
+        outputs = check_outputs(json.loads(net.metadata.get(OUTPUTS_KEY, '["steering"]')),
+                                f"{path}: {OUTPUTS_KEY}")
     except (BcError, ValueError) as error:
         raise OnnxError(f"{path}: {error}") from None
     return LoadedModel(net=net, spec=spec, source=source or str(path), outputs=outputs)

@@ -310,7 +310,8 @@ def load_exported(path: str | Path, runtime: str | None = None) -> LoadedModel:
     file_runtime = "onnx" if path.suffix == ".onnx" else "torch"
     if runtime is not None and check_runtime(runtime) != file_runtime:
         raise ConfigError(f"runtime={runtime} does not serve {path.name} (a {file_runtime} model): "
-                          f"use runtime={file_runtime}, or the model's .{'ts' if runtime == 'torch' else 'onnx'} file")
+                          f"use runtime={file_runtime}, or the model's "
+                          f".{'ts' if runtime == 'torch' else 'onnx'} file")
     if file_runtime == "onnx":
         return load_onnx(path)
     extra = {SPEC_EXTRA_FILE: "", OUTPUTS_EXTRA_FILE: ""}

@@ -1,9 +1,10 @@
 """A training run as a team sees it in the MLflow UI: a real `mlflow server` process (sqlite
 backend, proxied artifacts), training with `register=`, `bc.registry.promote` (what
-scripts/promote.py runs) setting `champion`, and everything read back through the server's REST API (the API the UI uses):
-the run's logged model, the registered version with its alias, the dataset inputs and the
-plot artifacts. Then `drive.py model_uri=models:/<name>@champion` and
-`mlflow.pyfunc.load_model` both serve that version over HTTP."""
+scripts/promote.py runs) setting `champion`, and everything read back through the server's
+REST API (the API the UI uses): the run's logged model, the registered version with its
+alias, the dataset inputs and the plot artifacts. Then `drive.py
+model_uri=models:/<name>@champion` and `mlflow.pyfunc.load_model` both serve that version
+over HTTP."""
 
 from __future__ import annotations
 
