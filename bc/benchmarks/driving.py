@@ -24,6 +24,13 @@ Pace = the expert's time to the same progress / the model's time x 100 (= expert
 lap time for a whole lap). Autonomy: NVIDIA's (6 s per intervention), bc/sim/metrics.py.
 A cell ends after its laps or after `max_time_factor` x the expert's time.
 
+The `dagger` preset (conf/benchmark/dagger.yaml) compares at an equal number of labelled
+frames (`labels`): `bc` on the expert's first `labels` rows, `bc_select` on the same rows with the
+checkpoint chosen by the closed-loop `eval/score` on the trained track (bc/closed_loop.py), and
+`dagger` (scripts/dagger.py with `label_budget=labels`), at the expert's pace only; the table's
+`held-out mean` column leaves out the trained track's own cell, and each of them minus plain BC
+is reported paired by seed.
+
 Reported per method, pace and cell: mean ± 95 % CI over the training seeds (Student's t, n-1
 degrees of freedom) of autonomy, pace, interventions and mean |CTE|; the leaderboard (JSON, one
 entry per method) and a markdown table are written after every seed to `<out>/leaderboard.*`
