@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import os
 from collections import abc
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -203,7 +204,8 @@ class GaussianBlur(BatchTransform):
 
 
 class GaussianNoise(BatchTransform):
-    """Additive Gaussian noise, standard deviation in `std` (fractions of 255) per sample."""
+    """Additive Gaussian noise, standard deviation in `std` (fractions of 255) per sample, the
+    same on the three channels (luminance noise; a third of the random numbers)."""
 
     name = "augmentation.photometric.GaussianNoise"
 
@@ -216,7 +218,8 @@ class GaussianNoise(BatchTransform):
 
     def _noise(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         std = _per_sample(_uniform(len(x), self.std, generator, x.device)) * 255
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = torch.randn((len(x), 1, *x.shape[2:]), generator=generator, device=x.device,
+                            dtype=x.dtype)
         return x.add_(noise.mul_(std))
 
 
@@ -373,7 +376,24 @@ def model_batch(frames: torch.Tensor, labels: torch.Tensor, spec: Preprocess,
                 augment: BatchAugment | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cached frames and their labels -> the model's input batch and labels, augmented when
     `augment` is given (training)."""
-    if augment is None or augment.is_identity:
-        return model_input(frames, spec), labels
-    rgb, labels = augment(frames, labels)
-    return color_batch(rgb, spec), labels
+    with _one_thread_on_cpu(frames.device):
+        if augment is None or augment.is_identity:
+            return model_input(frames, spec), labels
+        rgb, labels = augment(frames, labels)
+        return color_batch(rgb, spec), labels
+
+
+@contextmanager
+def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
+    """One torch thread for the batch's operations on a CPU: each is a pass over a few MB,
+    which a second thread does not speed up, but which waits for it (several times slower on
+    a busy 2-core machine). DataLoader workers have one thread already."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
