@@ -120,7 +120,8 @@ def test_same_seed_same_batches_another_seed_others(compose):
 
     def run(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         augment = instantiate(augmentation, seed=seed)
-        return tuple(torch.cat(part) for part in zip(*(augment(frames, steering) for _ in range(3))))
+        batches = [augment(frames, steering) for _ in range(3)]
+        return tuple(torch.cat(part) for part in zip(*batches))
 
     first, again, other = run(5), run(5), run(6)
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])

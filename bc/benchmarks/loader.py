@@ -26,7 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -75,6 +75,19 @@ def _epoch(batches: Any, ready: Any = lambda batch: batch) -> tuple[int, float]:
         x, _ = ready(batch)
         count += len(x)
     return count, time.perf_counter() - started
+
+
+def _rate(count: int, seconds: float) -> float:
+    return count / seconds
+
+
+def _best_of_rounds(timers: Mapping[Any, Callable[[], float]]) -> dict[Any, float]:
+    """The best rate of each timer over `ROUNDS` rounds, the timers taking turns."""
+    best = dict.fromkeys(timers, 0.0)
+    for _ in range(ROUNDS):
+        for key, timer in timers.items():
+            best[key] = max(best[key], timer())
+    return best
 
 
 @dataclass
@@ -135,26 +148,24 @@ class LoaderBenchmark:
             move_data_to_device(batch, device), 0)
 
     def bc_loader(self, folder: Path, cache_dir: Path, workers: int,
-                  augmentation: Mapping[str, Any]) -> dict[str, float]:
-        """Samples/s of a bc training loader: cold (setup + first epoch) and warm."""
+                  augmentation: Mapping[str, Any]) -> tuple[float, Callable[[], float]]:
+        """Samples/s of a bc training loader cold (setup + first epoch), and a function that
+        times one more (warm) epoch."""
         datamodule = self.datamodule(folder, cache_dir, workers, augmentation)
         started = time.perf_counter()
         datamodule.setup("fit")  # decodes every JPEG into the cache
         setup_s = time.perf_counter() - started
         loader, ready = datamodule.train_dataloader(), self._ready(datamodule)
-        cold_n, cold_s = _epoch(loader, ready)
-        warm_n, warm_s = _epoch(loader, ready)
-        return {"cold": cold_n / (cold_s + setup_s), "warm": warm_n / warm_s, "samples": warm_n}
+        count, seconds = _epoch(loader, ready)
+        return count / (seconds + setup_s), lambda: _rate(*_epoch(loader, ready))
 
-    def tutorial(self, folder: Path) -> dict[str, float]:
-        """Samples/s of the tutorial's generator (every epoch decodes, so cold = warm)."""
+    def tutorial(self, folder: Path) -> Callable[[], float]:
+        """A function that times one epoch of the tutorial's generator (each decodes)."""
         from lightning_fabric.utilities.apply_func import move_data_to_device
 
         device, rng = self._torch_device(), np.random.default_rng(0)
         ready = lambda batch: move_data_to_device(batch, device)  # noqa: E731
-        cold_n, cold_s = _epoch(tutorial_batches(folder, self.batch_size, rng), ready)
-        warm_n, warm_s = _epoch(tutorial_batches(folder, self.batch_size, rng), ready)
-        return {"cold": cold_n / cold_s, "warm": warm_n / warm_s, "samples": warm_n}
+        return lambda: _rate(*_epoch(tutorial_batches(folder, self.batch_size, rng), ready))
 
     def _net(self) -> tuple[Any, Any]:
         import torch
@@ -164,10 +175,12 @@ class LoaderBenchmark:
         net = build_model(self.model).to(self._torch_device()).train()
         return net, torch.optim.Adam(net.parameters(), lr=1e-3)
 
-    def _steps(self, net: Any, optimizer: Any, batches: Iterator[tuple[Any, Any]]) -> float:
-        """Samples/s of training steps (forward, MSE, backward, Adam) on `batches`: the best of
-        `ROUNDS` rounds of `model_steps` steps (a shared machine slows some rounds down)."""
+    def _steps(self, batches: Iterator[tuple[Any, Any]]) -> Callable[[], float]:
+        """A function that times `model_steps` training steps (forward, MSE, backward, Adam)
+        of a fresh `model` on `batches` (after a few untimed ones)."""
         import torch
+
+        net, optimizer = self._net()
 
         def step() -> int:
             x, y = next(batches)
@@ -178,14 +191,15 @@ class LoaderBenchmark:
 
         for _ in range(MODEL_WARMUP_STEPS):
             step()
-        best = 0.0
-        for _ in range(ROUNDS):
+
+        def timed() -> float:
             self._sync()
             started = time.perf_counter()
             count = sum(step() for _ in range(self.model_steps))
             self._sync()
-            best = max(best, count / (time.perf_counter() - started))
-        return best
+            return _rate(count, time.perf_counter() - started)
+
+        return timed
 
     def _sync(self) -> None:
         import torch
@@ -193,21 +207,20 @@ class LoaderBenchmark:
         if self._torch_device().type == "cuda":
             torch.cuda.synchronize()
 
-    def model_throughput(self) -> float:
-        """Samples/s of training steps on one in-memory random batch on the device."""
+    def in_memory_steps(self) -> Callable[[], float]:
+        """Training steps on one in-memory random batch on the device."""
         import itertools
 
         import torch
 
-        net, optimizer = self._net()
-        device = self._torch_device()
-        x = torch.rand(self.batch_size, *net.input_shape, device=device) * 255
+        device, shape = self._torch_device(), self._net()[0].input_shape
+        x = torch.rand(self.batch_size, *shape, device=device) * 255
         y = torch.rand(self.batch_size, 1, device=device) * 2 - 1
-        return self._steps(net, optimizer, itertools.repeat((x, y)))
+        return self._steps(itertools.repeat((x, y)))
 
-    def full_step_throughput(self, folder: Path, cache_dir: Path, workers: int) -> float:
-        """Samples/s of training steps fed by the batched loader (warm cache), moved to the
-        device and augmented there, as training runs them."""
+    def loader_steps(self, folder: Path, cache_dir: Path, workers: int) -> Callable[[], float]:
+        """Training steps fed by the batched loader (warm cache), moved to the device and
+        augmented there, as training runs them."""
         datamodule = self.datamodule(folder, cache_dir, workers, self.augmentation)
         datamodule.setup("fit")
         loader, ready = datamodule.train_dataloader(), self._ready(datamodule)
@@ -217,10 +230,12 @@ class LoaderBenchmark:
                 for batch in loader:
                     yield ready(batch)
 
-        return self._steps(*self._net(), batches())
+        return self._steps(batches())
 
     def run(self) -> dict[str, Any]:
-        """Time everything; print and return the numbers."""
+        """Time everything; print and return the numbers. Cold numbers are one epoch each,
+        back to back; warm ones and the steps the best of `ROUNDS` rounds taken in turn, so a
+        busy spell on a shared machine slows no contender alone."""
         import torch
 
         from bc.data.synthetic import write_recording
@@ -231,17 +246,24 @@ class LoaderBenchmark:
                                    "loader": {}, "per_sample": {}}
         with tempfile.TemporaryDirectory(prefix="bc-benchmark-") as tmp:
             folder = write_recording(Path(tmp) / "recording", rows=self.samples // 3, seed=0)
-            results["tutorial"] = self.tutorial(folder)
+            tutorial = self.tutorial(folder)
+            samples = self.samples // 3 * 3  # per epoch
+            results["tutorial"] = {"cold": tutorial(), "samples": samples}
+            warm: dict[tuple[str, Any], Callable[[], float]] = {("tutorial", None): tutorial}
             for count in self.workers:
-                # A fresh cache per loader, so every cold number includes decoding every JPEG.
-                results["per_sample"][count] = self.bc_loader(
-                    folder, Path(tmp) / f"per-sample-{count}", count, self.per_sample)
-                results["loader"][count] = self.bc_loader(
-                    folder, Path(tmp) / f"batched-{count}", count, self.augmentation)
-            results["model"] = self.model_throughput()
+                for kind, augmentation in (("per_sample", self.per_sample),
+                                           ("loader", self.augmentation)):
+                    # A fresh cache each, so every cold number includes decoding every JPEG.
+                    cold, warm[kind, count] = self.bc_loader(
+                        folder, Path(tmp) / f"{kind}-{count}", count, augmentation)
+                    results[kind][count] = {"cold": cold, "samples": samples}
+            for (kind, count), rate in _best_of_rounds(warm).items():
+                (results[kind] if count is None else results[kind][count])["warm"] = rate
             workers = max(self.workers)
-            results["full_step"] = self.full_step_throughput(
-                folder, Path(tmp) / f"batched-{workers}", workers)
+            steps = _best_of_rounds({
+                "model": self.in_memory_steps(),
+                "full_step": self.loader_steps(folder, Path(tmp) / f"loader-{workers}", workers)})
+            results.update(steps)
         self.report(results)
         return results
 
@@ -251,26 +273,27 @@ class LoaderBenchmark:
         gpu = f" ({torch_device_name()})" if results["device"].startswith("cuda") else ""
         print(f"machine: {results['cpus']} CPUs, torch threads {results['torch_threads']}, "
               f"device {results['device']}{gpu}, batch {self.batch_size}, "
-              f"{tutorial['samples']} samples")
+              f"{tutorial['samples']} samples an epoch; warm and steps: best of {ROUNDS} rounds")
 
         def line(label: str, result: Mapping[str, float]) -> None:
-            print(f"{label:<28} cold {result['cold']:8.0f}/s ({result['cold'] / tutorial['cold']:5.2f}x)"
-                  f"   warm {result['warm']:8.0f}/s ({result['warm'] / tutorial['warm']:5.2f}x)")
+            cold, warm = result["cold"], result["warm"]
+            print(f"{label:<28} cold {cold:8.0f}/s ({cold / tutorial['cold']:5.2f}x)"
+                  f"   warm {warm:8.0f}/s ({warm / tutorial['warm']:5.2f}x)")
 
         line("tutorial generator", tutorial)
         for count in self.workers:
             line(f"bc per-sample, workers={count}", results["per_sample"][count])
             line(f"bc batched, workers={count}", results["loader"][count])
-        best = max(self.workers, key=lambda count: results["loader"][count]["warm"])
-        batched = results["loader"][best]
-        ratios = {"warm": batched["warm"] / tutorial["warm"],
-                  "cold": batched["cold"] / tutorial["cold"],
-                  "full_step": results["full_step"] / results["model"]}
+        batched = results["loader"].values()
+        ratios = {key: max(result[key] for result in batched) / tutorial[key]
+                  for key in ("warm", "cold")}  # the best worker count of each
+        ratios["full_step"] = results["full_step"] / results["model"]
         results["ratios"] = ratios
         print(f"{name + ' step, in-memory':<28} {results['model']:8.0f}/s")
         print(f"{name + ' step, batched loader':<28} {results['full_step']:8.0f}/s "
               f"({ratios['full_step']:.2f} of in-memory)")
-        for key, label in (("warm", "batched warm / tutorial"), ("cold", "batched cold / tutorial"),
+        for key, label in (("warm", "batched warm / tutorial"),
+                           ("cold", "batched cold / tutorial"),
                            ("full_step", "full step / in-memory step")):
             met = ratios[key] >= TARGETS[key]
             note = "" if key != "full_step" or results["device"] != "cpu" else " (a GPU target)"

@@ -31,7 +31,6 @@ from collections import abc
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -49,10 +48,12 @@ _Y_ROUND = 2.0**13
 _GRAY = (0.299, 0.587, 0.114)
 
 
-def _range(field: str, value: Any, low: float = 0.0, high: float = float("inf")) -> tuple[float, float]:
+def _range(field: str, value: Any, low: float = 0.0,
+           high: float = float("inf")) -> tuple[float, float]:
     """[low, high] from a config list (or one number: [value, value])."""
     def convert(item: Any) -> tuple[float, float]:
-        pair = list(item) if isinstance(item, abc.Sequence) and not isinstance(item, str) else [item, item]
+        listed = isinstance(item, abc.Sequence) and not isinstance(item, str)
+        pair = list(item) if listed else [item, item]
         if len(pair) != 2:
             raise ValueError(item)
         return number(pair[0]), number(pair[1])
@@ -89,7 +90,8 @@ class BatchTransform:
         picked = torch.rand(len(x), generator=generator, device=x.device) < self.p
         return self.apply(x, picked, generator)
 
-    def apply(self, x: torch.Tensor, picked: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, picked: torch.Tensor,
+              generator: torch.Generator) -> torch.Tensor:
         """Change the samples where `picked` (bool N) is true, in place where it can."""
         raise NotImplementedError
 
@@ -125,7 +127,8 @@ class BrightnessContrast(BatchTransform):
         self.contrast = setting(f"{self.name}.contrast", contrast, number,
                                 lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
-    def apply(self, x: torch.Tensor, picked: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, picked: torch.Tensor,
+              generator: torch.Generator) -> torch.Tensor:
         gain = _uniform(len(x), (1 - self.contrast, 1 + self.contrast), generator, x.device)
         offset = _uniform(len(x), (-self.brightness, self.brightness), generator, x.device)
         return x.mul_(_where(picked, gain, 1.0)).add_(_where(picked, offset * 255, 0.0))
@@ -141,7 +144,8 @@ class Saturation(BatchTransform):
         self.limit = setting(f"{self.name}.limit", limit, number, lambda v: 0 <= v <= 1,
                              "a number in [0, 1]")
 
-    def apply(self, x: torch.Tensor, picked: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, picked: torch.Tensor,
+              generator: torch.Generator) -> torch.Tensor:
         weights = torch.tensor(_GRAY, device=x.device).view(1, 3, 1, 1)
         gray = (x * weights).sum(1, keepdim=True)
         scale = _uniform(len(x), (1 - self.limit, 1 + self.limit), generator, x.device)
@@ -158,7 +162,8 @@ class Shadow(BatchTransform):
         super().__init__(p)
         self.intensity = _range(f"{self.name}.intensity", intensity, 0.0, 1.0)
 
-    def apply(self, x: torch.Tensor, picked: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, picked: torch.Tensor,
+              generator: torch.Generator) -> torch.Tensor:
         return _on_picked(x, picked, lambda samples: self._shade(samples, generator))
 
     def _shade(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -180,13 +185,15 @@ class GaussianBlur(BatchTransform):
 
     name = "augmentation.photometric.GaussianBlur"
 
-    def __init__(self, sigma: Sequence[float] = (0.3, 1.0), kernel: int = 3, p: float = 1.0) -> None:
+    def __init__(self, sigma: Sequence[float] = (0.3, 1.0), kernel: int = 3,
+                 p: float = 1.0) -> None:
         super().__init__(p)
         self.sigma = _range(f"{self.name}.sigma", sigma, 0.01)
         self.kernel = setting(f"{self.name}.kernel", kernel, integer,
                               lambda v: v >= 3 and v % 2 == 1, "an odd integer >= 3")
 
-    def apply(self, x: torch.Tensor, picked: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, picked: torch.Tensor,
+              generator: torch.Generator) -> torch.Tensor:
         return _on_picked(x, picked, lambda samples: self._blur(samples, generator))
 
     def _blur(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -213,7 +220,8 @@ class GaussianNoise(BatchTransform):
         super().__init__(p)
         self.std = _range(f"{self.name}.std", std, 0.0, 1.0)
 
-    def apply(self, x: torch.Tensor, picked: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, picked: torch.Tensor,
+              generator: torch.Generator) -> torch.Tensor:
         return _on_picked(x, picked, lambda samples: self._noise(samples, generator))
 
     def _noise(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -235,7 +243,8 @@ class OneOf(BatchTransform):
         if not self.transforms:
             raise ConfigError(f"{self.name}.transforms: expected at least one transform, got []")
 
-    def apply(self, x: torch.Tensor, picked: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, picked: torch.Tensor,
+              generator: torch.Generator) -> torch.Tensor:
         which = torch.randint(len(self.transforms), (len(x),), generator=generator,
                               device=x.device)
         for choice, transform in enumerate(self.transforms):
@@ -292,7 +301,8 @@ class BatchAugment:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_generators": {}}  # each process (and copy) seeds its own
 
-    def __call__(self, frames: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, frames: torch.Tensor,
+                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment cached frames (uint8 N x W x H x 3, see `bc.data.dataset.FrameCache`) and
         their labels; returns float RGB N x 3 x H x W in 0..255 and the new labels."""
         generator = self.generator(frames.device)

@@ -138,7 +138,8 @@ class DrivingDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.paths: expected a list of recording folders, got {paths!r}")
         self.paths = [str(Path(path).expanduser()) for path in paths]
         self.spec = as_spec(preprocess)
-        if augmentation is not None and not isinstance(augmentation, (BatchAugment, SteeringAugment)):
+        kinds = (BatchAugment, SteeringAugment)
+        if augmentation is not None and not isinstance(augmentation, kinds):
             raise ConfigError(
                 "augmentation: expected a BatchAugment or SteeringAugment (choose one with"
                 f" augmentation=...), got {type(augmentation).__name__}"
@@ -214,7 +215,8 @@ class DrivingDataModule(pl.LightningDataModule):
         self.pin_memory = flag("data.pin_memory", pin_memory)
         self.drop_last = flag("data.drop_last", drop_last)
         self.augment_on = setting(
-            "data.augment_on", augment_on, str, lambda v: v in AUGMENT_ON, f"one of {list(AUGMENT_ON)}"
+            "data.augment_on", augment_on, str, lambda v: v in AUGMENT_ON,
+            f"one of {list(AUGMENT_ON)}",
         )
         try:
             self.outputs = check_outputs(_plain(outputs), "data.outputs")
