@@ -35,10 +35,12 @@ import copy
 import logging
 import math
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
+import torch
 from pytorch_lightning import Callback, LightningModule, Trainer
 
 from bc import udacity
@@ -62,6 +64,18 @@ STALL_TIMEOUT_S = 10.0  # simulated seconds standing still before an episode giv
 # (state info, executed action, learner's action, expert's label (steering, throttle, speed mph))
 StepCallback = Callable[[Mapping[str, Any], tuple[float, float], tuple[float, float],
                          tuple[float, float, float]], None]
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Batch-1 forward passes on one intra-op thread (bc/drive/predictor.py explains why: on
+    shared cores a second thread stalls every pass), the training's setting restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class Learner:
@@ -118,6 +132,15 @@ def rollout(env: "DrivingEnv", learner: Learner, max_steps: int, *, expert: "Exp
     if expert is not None:
         expert.reset()
     episode = Episode(env, max_steps, max(1, math.ceil(STALL_TIMEOUT_S / env.dt)))
+    with one_torch_thread():
+        _drive(episode, env, learner, expert, beta, rng, on_step, label_speed)
+    return DriveResult.from_steps(env, episode.infos, env.laps or 0.0,
+                                  stop_reason=episode.stop_reason)
+
+
+def _drive(episode: Any, env: "DrivingEnv", learner: Learner, expert: "Expert | None",
+           beta: float, rng: random.Random, on_step: StepCallback | None,
+           label_speed: str) -> None:
     while episode.stop_reason is None:
         info = episode.info
         action = learner.act(episode.frame, info)
@@ -133,8 +156,6 @@ def rollout(env: "DrivingEnv", learner: Learner, max_steps: int, *, expert: "Exp
         episode.step(executed)
         if expert is not None and episode.info["off_road"]:
             expert.reset()  # the safety driver moved the car: the expert's integral is stale
-    return DriveResult.from_steps(env, episode.infos, env.laps or 0.0,
-                                  stop_reason=episode.stop_reason)
 
 
 # --------------------------------------------------------------------------------------------
