@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 from collections import abc
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -106,7 +106,8 @@ def _where(picked: torch.Tensor, values: torch.Tensor, neutral: float) -> torch.
     return _per_sample(torch.where(picked, values, neutral))
 
 
-def _on_picked(x: torch.Tensor, picked: torch.Tensor, change: Any) -> torch.Tensor:
+def _on_picked(x: torch.Tensor, picked: torch.Tensor,
+               change: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """`change(samples)` on the picked samples only (transforms that cost per pixel)."""
     rows = picked.nonzero().squeeze(1)
     if len(rows):
