@@ -252,9 +252,9 @@ class MlflowRun(MLFlowLogger, Callback):
         for path in filter(None, latest):
             if not os.path.isfile(path) or self._logged_checkpoints.get(path) == os.path.getmtime(path):
                 continue
-            self.experiment.log_artifact(self.run_id, path, CHECKPOINT_ARTIFACT_DIR)
-            if path not in self._logged_checkpoints:
+            if path not in self._logged_checkpoints:  # first the tag: the local file exists already
                 self.experiment.set_tag(self.run_id, TAG_LAST_CHECKPOINT, str(Path(path).resolve()))
+            self.experiment.log_artifact(self.run_id, path, CHECKPOINT_ARTIFACT_DIR)
             self._logged_checkpoints[path] = os.path.getmtime(path)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
