@@ -105,7 +105,8 @@ class Learner:
         from bc.images import encode_jpeg
 
         jpeg = encode_jpeg(rgb, udacity.UNITY_JPEG_QUALITY)
-        telemetry = {"steering_angle": udacity.format_n4(info["steering"] * udacity.MAX_STEERING_DEG),
+        steering_deg = info["steering"] * udacity.MAX_STEERING_DEG
+        telemetry = {"steering_angle": udacity.format_n4(steering_deg),
                      "throttle": udacity.format_n4(max(0.0, info["throttle"])),
                      "speed": udacity.format_n4(info["speed"] / MPS_PER_MPH),
                      "image": base64.b64encode(jpeg).decode("ascii")}
@@ -219,7 +220,8 @@ class Scorer:
     the envs (their renderers) are built once and reused."""
 
     def __init__(self, tracks: Sequence[Any], max_time_factor: float = 2.0) -> None:
-        self.tracks = [EvalTrack.of(track, f"tracks[{index}]") for index, track in enumerate(tracks)]
+        self.tracks = [EvalTrack.of(track, f"tracks[{index}]")
+                       for index, track in enumerate(tracks)]
         if not self.tracks:
             raise ConfigError("tracks: expected at least one track to drive")
         self.max_time_factor = setting("max_time_factor", max_time_factor, number,

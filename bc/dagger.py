@@ -275,9 +275,9 @@ class Job:
         """Round 0: the noisy expert's demonstrations (scripts/simulate.py's recorder)."""
         from bc.sim.recorder import Recorder
 
-        noise = OmegaConf.to_container(self.cfg.noise, resolve=True) if self.cfg.get("noise") is not None else None
-        recovery = (OmegaConf.to_container(self.cfg.recovery, resolve=True)
-                    if self.cfg.get("recovery") is not None else None)
+        noise, recovery = (OmegaConf.to_container(self.cfg[key], resolve=True)
+                           if self.cfg.get(key) is not None else None
+                           for key in ("noise", "recovery"))
         recorder = Recorder(laps=self.settings.demo_laps, seed=int(self.cfg.seed),
                             speed_mph=self.settings.expert_speed_mph, noise=noise,
                             recovery=recovery, max_rows=rows,

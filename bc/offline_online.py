@@ -151,8 +151,8 @@ class OfflineOnline:
         axes.set_xlabel(f"{self.offline_metric} (offline)")
         axes.set_ylabel(f"{self.online_metric} (closed loop)")
         axes.set_title(f"per epoch; Spearman rho = {'n/a' if rho is None else f'{rho:+.2f}'} "
-                       f"(square: {self.offline_metric} choice, circle: {self.online_metric} choice)",
-                       fontsize=9)
+                       f"(square: {self.offline_metric} choice, circle: "
+                       f"{self.online_metric} choice)", fontsize=9)
         if len(by_run) <= 12:
             axes.legend(fontsize=7)
         figure.tight_layout()

@@ -84,7 +84,8 @@ def test_dagger_rounds_nested_runs_interrupt_resume_and_a_drivable_model(tmp_pat
     assert run.data.tags[TAG_ROLE] == "parent"
     assert [m.step for m in client.get_metric_history(parent, "round/rows")] == [0, 1]
     assert run.data.metrics["labels_total"] == BUDGET
-    table = json.loads(Path(client.download_artifacts(parent, "rounds.json", str(tmp_path))).read_text())
+    table = json.loads(Path(client.download_artifacts(parent, "rounds.json",
+                                                      str(tmp_path))).read_text())
     assert [row["run_id"] for row in table] == [item["run_id"] for item in state["rounds"]]
     model = tracking.load_model(parent, uri)  # what `drive.py run_id=<parent>` serves
     final = tracking.load_model(state["rounds"][1]["run_id"], uri)

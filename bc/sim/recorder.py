@@ -163,13 +163,15 @@ class RecordingWriter:
             writer.write(info["frames"], steering, throttle, speed_mph)
     """
 
-    def __init__(self, out: str | Path, dt: float = SAMPLE_PERIOD_S, jpeg_quality: int = 90) -> None:
+    def __init__(self, out: str | Path, dt: float = SAMPLE_PERIOD_S,
+                 jpeg_quality: int = 90) -> None:
         self.out = Path(out).expanduser().resolve()
         self.img_dir = self.out / IMAGE_DIR
         try:
             self.img_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise ConfigError(f"out: cannot create {self.img_dir}: {error.strerror or error}") from None
+            raise ConfigError(f"out: cannot create {self.img_dir}: "
+                              f"{error.strerror or error}") from None
         self.log_path = self.out / LOG_NAME
         self.jpeg_quality = jpeg_quality
         self.step = timedelta(seconds=dt)
