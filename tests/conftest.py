@@ -28,3 +28,17 @@ def compose_config(config_name: str, overrides: list[str] | tuple[str, ...] = ()
 def compose() -> Callable:
     """`compose("train", ["model=small", ...])`: the one way tests build a config."""
     return compose_config
+
+
+@pytest.fixture(autouse=True)
+def isolated_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees another's MLflow store: Lightning's MLflow logger exports
+    MLFLOW_TRACKING_URI, and MLflow keeps a process-wide URI once one is set."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # so that teardown removes what a test exported
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    import sys
+
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._tracking_service import utils
+
+        monkeypatch.setattr(utils, "_tracking_uri", None)
