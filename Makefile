@@ -39,11 +39,14 @@ ifeq ($(PG_CTL),)
 	fi
 endif
 
+# Two test processes (the tests are mostly single-threaded subprocesses); a file's tests stay in one.
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
+
 test: install postgres
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 test-all: install postgres
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 demo: install
 	$(PY) scripts/demo.py
