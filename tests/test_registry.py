@@ -134,3 +134,26 @@ def test_promote_picks_the_best_version_of_the_experiment_and_drive_serves_the_a
         registry.promote(NAME, "champion", "bc", "val/nothing", "max", uri)
     with pytest.raises(ConfigError, match=r"alias: expected a name"):
         registry.promote(NAME, "12", "bc", METRIC, "max", uri)
+
+
+def test_evaluate_drives_a_registered_version_and_logs_to_its_source_run(store: dict, tmp_path: Path) -> None:
+    """`evaluate.py model_uri=models:/<name>@<alias>` drives that version (here with ONNX Runtime)
+    and logs the closed-loop metrics to the run the version came from."""
+    uri = store["uri"]
+    client = MlflowClient(uri)
+    net, config = trained_like(11, ["steering"])
+    run_id = client.create_run(tracking.get_or_create_experiment("evaluated", uri)).info.run_id
+    version = tracking.log_model(run_id, net, config, uri, register=NAME)[1]
+    client.set_terminated(run_id)
+    client.set_registered_model_alias(NAME, "candidate", version)
+    out = tmp_path / "eval"
+    command = [sys.executable, str(REPO / "scripts" / "evaluate.py"), "run_id=null",
+               f"model_uri=models:/{NAME}@candidate", "runtime=onnx", f"tracking_uri={uri}",
+               "track=lake", "laps=1", "max_steps=15", "realtime=false", "video=false", "progress=false",
+               f"out={out}", f"hydra.run.dir={out}"]
+    evaluated = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert f"evaluating MLflow run {run_id}" in evaluated.stdout
+    assert (out / "lake" / "metrics.json").is_file()
+    assert "eval/lake/distance_m" in client.get_run(run_id).data.metrics
+    assert all("eval/lake/distance_m" not in client.get_run(other).data.metrics for other in store["runs"])
