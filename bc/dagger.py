@@ -32,7 +32,6 @@ import math
 import os
 import random
 import shutil
-import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -164,7 +163,7 @@ class Job:
             cfg.output_dir = str(out)  # the rounds train in out/round<i>/train
         client = tracking.client(uri)
         run = client.create_run(experiment, run_name=name, tags={
-            TAG_ROLE: "parent", TAG_OUT: str(out), **_process_tags(),
+            TAG_ROLE: "parent", TAG_OUT: str(out), **tracking.process_tags(),
             "model": str(cfg.model._target_)})
         text = OmegaConf.to_yaml(cfg, resolve=True)
         (out / CONFIG_FILE).write_text(text)
@@ -196,7 +195,7 @@ class Job:
             stored.tracking_uri, stored.resume = uri, None
         state = json.loads(state_path.read_text())
         client.update_run(parent, status="RUNNING")
-        for key, value in _process_tags().items():
+        for key, value in tracking.process_tags().items():
             client.set_tag(parent, key, value)
         print(f"DAgger job {parent}: resuming after {len(state['rounds'])} complete round(s)",
               flush=True)
@@ -425,10 +424,6 @@ def rounds_markdown(rounds: Sequence[Mapping[str, Any]]) -> str:
                      f"| {row['expert_share']:.2f} | {'-' if loss is None else f'{loss:.4g}'} "
                      f"| {row.get('eval/score', float('nan')):.1f} | {row['run_id']} |")
     return "\n".join(lines) + "\n"
-
-
-def _process_tags() -> dict[str, str]:
-    return {tracking.TAG_PID: str(os.getpid()), tracking.TAG_HOST: socket.gethostname()}
 
 
 def _find_parent(resume: Any, experiment: str, uri: str) -> str:

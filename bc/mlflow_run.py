@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import socket
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -204,7 +203,7 @@ class MlflowRun(MLFlowLogger, Callback):
             self._experiment_id = tracking.get_or_create_experiment(self._experiment_name, self._tracking_uri)
         for run_id in tracking.mark_dead_runs(self._experiment_id, self._tracking_uri):
             log.warning("MLflow run %s was RUNNING but its process is gone: marked KILLED", run_id)
-        process = {tracking.TAG_PID: str(os.getpid()), tracking.TAG_HOST: socket.gethostname()}
+        process = tracking.process_tags()
         if self.reopened:
             client.update_run(self.run_id, status="RUNNING")
             for key, value in process.items():

@@ -401,6 +401,11 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def process_tags() -> dict[str, str]:
+    """Tags naming this process (``pid``, ``host``): what `mark_dead_runs` checks later."""
+    return {TAG_PID: str(os.getpid()), TAG_HOST: socket.gethostname()}
+
+
 def mark_dead_runs(experiment_id: str, tracking_uri: str | None = None) -> list[str]:
     """Mark KILLED the RUNNING runs of ``experiment_id`` whose training process (tags ``pid``
     and ``host``) no longer exists on this host; returns their ids. A run of another host,

@@ -25,12 +25,6 @@ EPOCHS = 3
 TRACKS = "[{track: lake, laps: 0.1}]"
 
 
-@pytest.fixture(autouse=True)
-def no_tracking_uri_leaks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """MLflow's logger exports MLFLOW_TRACKING_URI; each test keeps its own store."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
-
-
 def test_checkpoint_chosen_by_eval_score_is_the_logged_model(tmp_path: Path) -> None:
     data = tmp_path / "lake"
     Recorder(max_rows=60, speed_mph=None, progress=False).record("lake", data)

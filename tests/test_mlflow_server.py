@@ -43,7 +43,6 @@ def rest(server: str, endpoint: str, **query: str) -> dict[str, Any]:
 
 
 def test_a_trained_run_through_the_mlflow_server_rest_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
     monkeypatch.chdir(tmp_path)
     recording = write_recording(tmp_path / "lake-rec", rows=ROWS, seed=3)
     with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path) as server:

@@ -32,11 +32,6 @@ from conftest import compose_config
 POSTGRES_USER = "postgres"  # initdb refuses root: as root, the server runs as this account
 
 
-@pytest.fixture(autouse=True)
-def no_tracking_uri_leaks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
-
-
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_recording(tmp_path_factory.mktemp("data") / "rec", rows=ROWS, seed=3)

@@ -23,12 +23,6 @@ from bc.train import objective, train
 from conftest import compose_config
 
 
-@pytest.fixture(autouse=True)
-def no_tracking_uri_leaks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """MLflow's logger exports MLFLOW_TRACKING_URI; each test trains into its own store."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
-
-
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_recording(tmp_path_factory.mktemp("data") / "rec", rows=ROWS, seed=3)

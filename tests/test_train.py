@@ -33,13 +33,6 @@ DB = "mlruns/mlflow.db"
 UI_HINT = "mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db"
 
 
-@pytest.fixture(autouse=True)
-def no_tracking_uri_leaks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """MLflow's logger exports MLFLOW_TRACKING_URI; drop it after each test so the next one
-    trains into its own store."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
-
-
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_recording(tmp_path_factory.mktemp("data") / "rec", rows=ROWS, seed=3)

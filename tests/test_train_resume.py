@@ -26,11 +26,6 @@ BATCH = 8
 TIMEOUT_S = 300
 
 
-@pytest.fixture(autouse=True)
-def no_tracking_uri_leaks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # MLflow's logger exports it; drop it after the test
-
-
 def script(cwd: Path, *args: str) -> list[str]:
     return [sys.executable, str(SCRIPT), "model=small", f"data.batch_size={BATCH}", "data.block_rows=10",
             "data.num_workers=0", f"data.cache_dir={cwd / 'cache'}", *args]
