@@ -30,7 +30,6 @@ from bc.data.synthetic import write_recording
 from bc.mlflow_datasets import recording_inputs
 from bc.review import browser, flags
 from bc.review.app import Review, make_server
-from bc.review.model import load
 from conftest import REPO, compose_config
 
 ROWS = 90
@@ -60,17 +59,15 @@ def recording(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_run(tmp_path_factory) -> dict:
-    """A SmallNet logged to a real MLflow store (untrained: the views need a model, not a good one)."""
+def model() -> tracking.LoadedModel:
+    """A SmallNet as `tracking.load_model` returns one (untrained: the views need a model, not a
+    good one; loading from MLflow is drive.py's, tested with it)."""
     import torch
 
-    folder = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    config = compose_config("train", ["model=small"]).model
     torch.manual_seed(0)
-    run_id = tracking.client(uri).create_run(tracking.get_or_create_experiment("bc", uri)).info.run_id
-    tracking.log_model(run_id, tracking.build_model(config).eval(), config, uri)
-    return {"run_id": run_id, "uri": uri}
+    net = tracking.build_model(compose_config("train", ["model=small"]).model).eval()
+    return tracking.LoadedModel(net=net, spec=net.preprocess_spec, source="SmallNet (test)",
+                                outputs=net.outputs)
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +196,10 @@ def test_serves_only_the_given_folders(recording: Path, drive_output: Path, tmp_
             status, body = served.get(path)
             assert status in (308, 400, 404), (path, status)  # 308: // merged, still under /static
             assert b"root:" not in body and b"import" not in body
+        # a name of another site pointed at 127.0.0.1 (DNS rebinding) is refused
+        connection = http.client.HTTPConnection("127.0.0.1", served.server.server_port)
+        connection.request("GET", "/api/recording", headers={"Host": "attacker.example:80"})
+        assert connection.getresponse().status == 400
         # a writing request that is not JSON (what a page of another site can send) is refused
         connection = http.client.HTTPConnection("127.0.0.1", served.server.server_port)
         connection.request("POST", "/api/exclusions", body="first=1&last=5",
@@ -263,14 +264,13 @@ def screenshot(driver, name: str) -> None:
         driver.save_screenshot(str(Path(SCREENSHOTS) / f"review-{name}.png"))
 
 
-def test_browser_recording_flow(chromium, recording: Path, model_run: dict, tmp_path: Path) -> None:
+def test_browser_recording_flow(chromium, recording: Path, model, tmp_path: Path) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
     driver = chromium
     before = checksums(recording)
-    model = load(model_run["run_id"], None, model_run["uri"], "bc", "val/loss", "min")
     served = Served(Review(recording, model))
     try:
         driver.get(served.url)
@@ -331,11 +331,10 @@ def test_browser_recording_flow(chromium, recording: Path, model_run: dict, tmp_
         sidecar_path(recording).unlink()
 
 
-def test_browser_drive_flow(chromium, drive_output: Path, model_run: dict) -> None:
+def test_browser_drive_flow(chromium, drive_output: Path, model) -> None:
     from selenium.webdriver.common.by import By
 
     driver = chromium
-    model = load(model_run["run_id"], None, model_run["uri"], "bc", "val/loss", "min")
     served = Served(Review(drive_output, model))
     try:
         driver.get(served.url)

@@ -26,6 +26,7 @@ from bc.review.recording import Recording
 
 STATIC = Path(__file__).parent / "static"
 FRAME_MAX_AGE_S = 3600  # recorded frames never change while the app runs
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 class Review:
@@ -34,7 +35,8 @@ class Review:
     def __init__(self, path: str | os.PathLike, model: Any = None) -> None:
         folder = Path(path).expanduser()
         if not folder.exists():
-            raise ReviewError(f"{folder} does not exist")
+            raise ReviewError(f"{folder} does not exist (expected a recording folder, an "
+                              "evaluate.py output or a drive.py image folder)")
         self.recording: Recording | None = None
         self.drives: list[Drive] = []
         if (folder / udacity.LOG_NAME).is_file() or folder.suffix.lower() == ".csv":
@@ -64,10 +66,14 @@ def _jpeg(data: bytes, headers: dict[str, str] | None = None) -> Response:
                                                           **(headers or {})})
 
 
-def create_app(review: Review) -> Flask:
-    """The Flask app serving `review` (the page, its JSON and the frames)."""
+def create_app(review: Review, loopback: bool = True) -> Flask:
+    """The Flask app serving `review` (the page, its JSON and the frames). With `loopback`,
+    a request naming another host is refused (a web page cannot reach the app by pointing a
+    name of its own at 127.0.0.1)."""
     app = Flask(__name__, static_folder=str(STATIC), static_url_path="/static")
     app.json.sort_keys = False
+    if loopback:
+        app.config["TRUSTED_HOSTS"] = list(LOOPBACK_NAMES)
 
     @app.get("/")
     def index() -> Response:
@@ -194,7 +200,8 @@ def make_server(review: Review, host: str = "127.0.0.1", port: int = 0) -> Any:
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per frame served
     try:
-        return werkzeug_server(host, port, create_app(review), threaded=True)
+        loopback = host in LOOPBACK_NAMES
+        return werkzeug_server(host, port, create_app(review, loopback), threaded=True)
     except OSError as error:
         raise ReviewError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
 

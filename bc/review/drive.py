@@ -33,6 +33,7 @@ TRAJECTORY_COLUMNS = ("t", "x", "y", "speed_mph", "steering", "cte", "interventi
 DRIVE_LOG_COLUMNS = ("time", "image", "steering", "throttle", "speed")
 VIDEO_JPEG_QUALITY = 90
 VIDEO_WAIT_S = 120.0
+ROAD_POINT_SPACING_M = 1.0
 
 
 class ReviewError(BcError, ValueError):
@@ -135,6 +136,19 @@ class Drive:
         index = step if count == len(self) else round(step * (count - 1) / max(1, len(self) - 1))
         return self._frames[min(index, count - 1)]
 
+    def road(self) -> dict[str, list] | None:
+        """The road's edges (every ~1 m) when metrics.json names a shipped track, else None
+        (a track file is only ever read from the shipped ones, not from a path in the data)."""
+        from bc.sim.track import load_track, shipped_tracks
+
+        name = str(self.metrics.get("track", ""))
+        if name not in shipped_tracks():
+            return None
+        track = load_track(name)
+        every = max(1, round(ROAD_POINT_SPACING_M / track.spacing))
+        left, right = (np.round(edge[::every], 2).tolist() for edge in track.edges())
+        return {"left": left, "right": right}
+
     def payload(self) -> dict[str, Any]:
         table = self.table
         if self.source == "evaluate":
@@ -145,6 +159,7 @@ class Drive:
                     "steering": _numbers(table["steering"]), "abs_cte": _numbers(cte),
                     "x": _numbers(table["x"]), "y": _numbers(table["y"]),
                     "interventions": np.flatnonzero(flags > 0).tolist(),
+                    "road": self.road(),
                     "metrics": {k: v for k, v in self.metrics.items()
                                 if isinstance(v, (int, float, str)) or v is None},
                     "frames_error": self._frames_error}
@@ -153,7 +168,7 @@ class Drive:
         return {"name": self.name, "source": self.source, "folder": str(self.folder),
                 "t": _numbers(seconds), "speed": _numbers(table["speed"]),
                 "steering": _numbers(table["steering"]), "abs_cte": None, "x": None, "y": None,
-                "interventions": [], "metrics": {}, "frames_error": None}
+                "interventions": [], "road": None, "metrics": {}, "frames_error": None}
 
 
 def find_drives(path: str | os.PathLike) -> list[Drive]:

@@ -425,7 +425,9 @@ function cteColor(v) {  // 0 m green -> 1 m yellow -> 2 m and more red
 function trajectoryTransform() {
   const d = drive(), canvas = $("trajectory");
   const xs = d.x.filter((v) => v !== null), ys = d.y.filter((v) => v !== null);
-  const minX = Math.min(...xs), maxX = Math.max(...xs), minY = Math.min(...ys), maxY = Math.max(...ys);
+  if (d.road) for (const [x, y] of [...d.road.left, ...d.road.right]) { xs.push(x); ys.push(y); }
+  const minX = xs.reduce((a, b) => Math.min(a, b)), maxX = xs.reduce((a, b) => Math.max(a, b));
+  const minY = ys.reduce((a, b) => Math.min(a, b)), maxY = ys.reduce((a, b) => Math.max(a, b));
   const pad = 20, scale = Math.min((canvas.width - 2 * pad) / Math.max(1e-6, maxX - minX), (canvas.height - 2 * pad) / Math.max(1e-6, maxY - minY));
   return { px: (x) => pad + (x - minX) * scale, py: (y) => canvas.height - pad - (y - minY) * scale };
 }
@@ -436,6 +438,12 @@ function drawTrajectory() {
   if (d.x === null) { canvas.hidden = true; return; }
   canvas.hidden = false;
   const { px, py } = trajectoryTransform();
+  if (d.road) {  // the road as a grey band between its edges
+    ctx.fillStyle = "#d5d8dc";
+    const edge = (points) => points.forEach(([x, y], i) => (i ? ctx.lineTo(px(x), py(y)) : ctx.moveTo(px(x), py(y))));
+    ctx.beginPath(); edge(d.road.left); ctx.closePath(); edge([...d.road.right].reverse()); ctx.closePath();
+    ctx.fill("evenodd");
+  }
   ctx.lineWidth = 3;
   for (let i = 1; i < d.x.length; i++) {
     if (d.x[i] === null || d.x[i - 1] === null || d.interventions.includes(i)) continue;
