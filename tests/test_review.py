@@ -96,6 +96,14 @@ def drive_output(tmp_path_factory) -> Path:
     return out.parent
 
 
+def datamodule(recording: Path) -> DrivingDataModule:
+    """The training datamodule (conf/data, model=small) on `recording`, set up."""
+    preprocess = compose_config("train", ["model=small"]).model.preprocess
+    dm = DrivingDataModule([str(recording)], preprocess, block_rows=10, cache="none")
+    dm.setup()
+    return dm
+
+
 class Served:
     """The app on a loopback port in this process, with a keep-alive HTTP client."""
 
@@ -123,9 +131,7 @@ def test_training_skips_excluded_rows(recording: Path, tmp_path: Path) -> None:
     excluded = Range(31, 45, "drove off")  # csv lines (the unity log has no header)
     write_exclusions(recording, [excluded])
     try:
-        dm = DrivingDataModule([str(recording)], compose_config("train", ["model=small"]).model.preprocess,
-                               block_rows=10, cache="none")
-        dm.setup()
+        dm = datamodule(recording)
         used = {int(re.search(r"row (\d+)", source).group(1))
                 for dataset in (dm.train_set, dm.val_set) for source in dataset.sources}
         assert used and not used & set(range(31, 46))  # trained and validated on: none excluded
@@ -135,7 +141,8 @@ def test_training_skips_excluded_rows(recording: Path, tmp_path: Path) -> None:
         assert tags["excluded_rows"] == "15" and tags["rows"] == str(ROWS - 15)
         plain = dataset.digest
         write_exclusions(recording, [Range(31, 44)])
-        assert recording_inputs(drop_excluded(read_driving_logs([recording])).assign(split="train"))[0][0].digest != plain
+        table = drop_excluded(read_driving_logs([recording])).assign(split="train")
+        assert recording_inputs(table)[0][0].digest != plain  # other exclusions, other data
     finally:
         sidecar_path(recording).unlink()
 
@@ -217,7 +224,8 @@ def test_script_prints_the_url_binds_loopback_and_reports_bad_input(recording: P
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "does not exist" in bad.stderr
     process = subprocess.Popen([sys.executable, str(REPO / "scripts" / "review.py"), str(recording)],
-                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     try:
         lines = [process.stdout.readline() for _ in range(2)]
         match = re.search(r"open http://127\.0\.0\.1:(\d+)/ in a browser", lines[1])
@@ -253,9 +261,13 @@ def wait_for(driver, script: str, timeout: float = 30.0):
     raise AssertionError(f"timed out waiting for: {script}")
 
 
-def loaded(driver, element_id: str) -> bool:
-    return driver.execute_script(
-        f"const i = document.getElementById('{element_id}'); return i.complete && i.naturalWidth > 0;")
+CENTER_SHOWS = ("const i = document.getElementById('img-center');"
+                " return i.src.includes('{part}') && i.complete && i.naturalWidth === 320")
+STRIP_LOADED = ("return [...document.querySelectorAll('#intervention-frames img')]"
+                ".every(i => i.complete && i.naturalWidth === 320)")
+LAST_STRIP_SHOWS = ("const i = [...document.querySelectorAll('#intervention-frames img')].pop();"
+                    " return i.src.includes('{part}') && i.complete && i.naturalWidth === 320")
+FLAG_TEXTS = "return [...document.querySelectorAll('#flags li')].map(l => l.textContent).join('|')"
 
 
 def screenshot(driver, name: str) -> None:
@@ -281,18 +293,18 @@ def test_browser_recording_flow(chromium, recording: Path, model, tmp_path: Path
         body.send_keys(Keys.ARROW_RIGHT)
         body.send_keys(Keys.SHIFT, Keys.ARROW_RIGHT)
         assert "row 13/90" in driver.find_element(By.ID, "cursor-row").text
-        wait_for(driver, "const i = document.getElementById('img-center'); return i.complete && i.naturalWidth === 320")
+        wait_for(driver, CENTER_SHOWS.format(part="/frame/center/12"))
         assert driver.find_element(By.ID, "img-center").get_attribute("src").endswith("/frame/center/12")
         body.send_keys(Keys.ARROW_LEFT)
         assert "row 12/90" in driver.find_element(By.ID, "cursor-row").text
-        flagged = wait_for(driver, "return [...document.querySelectorAll('#flags li')].map(l => l.textContent).join('|')")
+        flagged = wait_for(driver, FLAG_TEXTS)
         assert "standstill" in flagged and "spike" in flagged
         # the model: predictions along the timeline, disagreements listed, saliency on demand
         wait_for(driver, "return window.review.model && window.review.model.done === 90")
         wait_for(driver, "return document.querySelectorAll('#disagreements li').length > 0")
         driver.find_element(By.CSS_SELECTOR, "#disagreements li").click()
         driver.find_element(By.ID, "chk-saliency").click()
-        wait_for(driver, "const i = document.getElementById('img-center'); return i.src.includes('/saliency/') && i.complete && i.naturalWidth === 320")
+        wait_for(driver, CENTER_SHOWS.format(part="/saliency/"))
 
         # drag across the detail timeline: rows from a third to two thirds of the recording
         canvas = driver.find_element(By.ID, "detail")
@@ -319,9 +331,7 @@ def test_browser_recording_flow(chromium, recording: Path, model, tmp_path: Path
     try:
         # training skips those rows
         (excluded,) = read_exclusions(recording)
-        dm = DrivingDataModule([str(recording)], compose_config("train", ["model=small"]).model.preprocess,
-                               block_rows=10, cache="none")
-        dm.setup()
+        dm = datamodule(recording)
         rows = set(dm.table["row"])
         assert not rows & set(range(excluded.first_row, excluded.last_row + 1))
         assert dm.stats["excluded_rows"] == excluded.last_row - excluded.first_row + 1
@@ -356,11 +366,12 @@ def test_browser_drive_flow(chromium, drive_output: Path, model) -> None:
         assert f"step {step}" in driver.find_element(By.ID, "intervention-title").text
         strip = driver.find_elements(By.CSS_SELECTOR, "#intervention-frames img")
         assert len(strip) >= 2
-        wait_for(driver, "return [...document.querySelectorAll('#intervention-frames img')].every(i => i.complete && i.naturalWidth === 320)")
-        captions = [element.text for element in driver.find_elements(By.CSS_SELECTOR, "#intervention-frames figcaption")]
+        wait_for(driver, STRIP_LOADED)
+        captions = [element.text for element in
+                    driver.find_elements(By.CSS_SELECTOR, "#intervention-frames figcaption")]
         assert all("steering" in caption for caption in captions) and captions[-1].startswith("0.00 s")
         strip[-1].click()  # the model's saliency on the frame before the intervention
-        wait_for(driver, "const i = [...document.querySelectorAll('#intervention-frames img')].pop(); return i.src.includes('/saliency/') && i.complete && i.naturalWidth === 320")
+        wait_for(driver, LAST_STRIP_SHOWS.format(part="/saliency/"))
         screenshot(driver, "drive")
     finally:
         served.close()
