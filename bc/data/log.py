@@ -231,7 +231,7 @@ def _parse(folder: str | os.PathLike, cameras: Sequence[str]) -> _Log:
 
     available = set(os.listdir(image_dir))
     for camera in udacity.CAMERAS:
-        names = [file_name_from_log_path(value) for value in raw[camera]]
+        names = [file_name_from_log_path(value) for value in raw[camera].tolist()]
         prefix = f"{image_dir}{os.sep}"
         table[camera] = [prefix + name if name else "" for name in names]
         if camera in cameras:

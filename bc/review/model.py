@@ -60,7 +60,9 @@ class ModelReview:
         import torch
 
         from bc.preprocess import to_tensor
+        from bc.review.recording import lower_priority
 
+        lower_priority()
         spec, net = self.model.spec, self.model.net
         for first in range(0, len(paths), BATCH):
             if self._stop.is_set():

@@ -23,6 +23,18 @@ from bc.data.log import read_driving_log_as_is
 from bc.review import flags
 
 
+BACKGROUND_NICENESS = 10
+
+
+def lower_priority() -> None:
+    """Run the calling (background) thread at a lower priority, so the app's answers stay
+    quick while it works (Linux sets niceness per thread; elsewhere nothing changes)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
+    except (AttributeError, OSError):
+        pass
+
+
 def _finite(values: np.ndarray, digits: int = 4) -> list:
     """Numbers for JSON: rounded, NaN/inf as null."""
     rounded = np.round(values.astype(np.float64), digits)
@@ -56,6 +68,7 @@ class Recording:
         return len(self.table)
 
     def _find_duplicates(self) -> None:
+        lower_priority()
         def progress(count: int) -> None:
             self.duplicates_checked = count
 

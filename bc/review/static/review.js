@@ -40,7 +40,7 @@ function lanesFor(data) {
 // ---------------------------------------------------------------------------------------------
 // Recording view
 const rec = { data: null, cursor: 0, selection: null, playing: null, lanes: null, model: null,
-              flags: [], saliency: false };
+              flags: [], saliency: false, version: 0, drawPending: false, direction: 1 };
 window.review = rec;  // for tests and the console
 
 async function openRecording() {
@@ -91,7 +91,7 @@ function setCursor(index) {
   drawTimelines();
 }
 
-function move(step) { setCursor(rec.cursor + step); }
+function move(step) { rec.direction = step < 0 ? -1 : 1; setCursor(rec.cursor + step); }
 
 function showFrames() {
   const i = rec.cursor;
@@ -101,9 +101,10 @@ function showFrames() {
     img.src = camera === "center" && rec.saliency ? `/saliency/${i}` : `/frame/${camera}/${i}`;
   }
   $("center-caption").textContent = rec.saliency ? "center + saliency (where the model looks)" : "center";
-  // Warm the browser cache for the next frames while playing or stepping.
-  for (let ahead = 1; ahead <= 2 && i + ahead < rec.data.rows.length; ahead++) {
-    new Image().src = `/frame/center/${i + ahead}`;
+  // The next row in the direction of travel, into the browser's cache: the next step shows at once.
+  const next = i + rec.direction;
+  if (next >= 0 && next < rec.data.rows.length) {
+    for (const camera of rec.data.cameras) new Image().src = `/frame/${camera}/${next}`;
   }
 }
 
@@ -123,15 +124,43 @@ function showReadout() {
 function isExcluded(row) { return rec.data.exclusions.some((e) => row >= e.first_row && row <= e.last_row); }
 
 // Timelines ------------------------------------------------------------------------------------
+// Redrawn once per animation frame however often the cursor moves; what does not depend on
+// the cursor is drawn once into an offscreen canvas (`rec.version` changes when it must be redrawn).
 function drawTimelines() {
-  if (!rec.data) return;
-  drawTimeline($("overview"), [0, rec.data.rows.length - 1], true);
-  drawTimeline($("detail"), detailWindow(), false);
+  if (!rec.data || rec.drawPending) return;
+  rec.drawPending = true;
+  requestAnimationFrame(() => {
+    rec.drawPending = false;
+    drawTimeline($("overview"), [0, rec.data.rows.length - 1], true);
+    drawTimeline($("detail"), detailWindow(), false);
+  });
 }
 
 function drawTimeline(canvas, [first, last], overview) {
   const ctx = sizeCanvas(canvas);
-  const W = canvas.width, H = canvas.height, d = rec.data;
+  const W = canvas.width, H = canvas.height;
+  const key = `${W}|${H}|${first}|${last}|${rec.version}`;
+  if (!canvas.cache || canvas.cache.key !== key) {
+    const background = canvas.cache ? canvas.cache.canvas : document.createElement("canvas");
+    background.width = W; background.height = H;
+    drawLanes(background.getContext("2d"), W, H, first, last);
+    canvas.cache = { key, canvas: background };
+  }
+  ctx.clearRect(0, 0, W, H);
+  ctx.drawImage(canvas.cache.canvas, 0, 0);
+  const span = Math.max(1, last - first + 1);
+  const xOf = (i) => GUTTER + ((i - first + 0.5) / span) * (W - GUTTER);
+  ctx.strokeStyle = "#000"; ctx.lineWidth = 1;
+  ctx.beginPath(); ctx.moveTo(xOf(rec.cursor), 0); ctx.lineTo(xOf(rec.cursor), H); ctx.stroke();
+  if (overview) {  // the detail timeline's window
+    const [a, b] = detailWindow();
+    ctx.strokeStyle = "rgba(0,0,0,0.35)";
+    ctx.strokeRect(xOf(a - 0.5), 0.5, xOf(b + 0.5) - xOf(a - 0.5), H - 1);
+  }
+}
+
+function drawLanes(ctx, W, H, first, last) {
+  const d = rec.data;
   const flagH = 10, laneGap = 4, lanes = rec.lanes;
   const laneH = (H - flagH - laneGap * lanes.length) / lanes.length;
   const span = Math.max(1, last - first + 1);
@@ -170,14 +199,6 @@ function drawTimeline(canvas, [first, last], overview) {
     ctx.fillText(`${low}…${high}`, 4, top + 24);
     if (name === "steering" && rec.model) { ctx.fillStyle = COLORS.model; ctx.fillText("— model", 4, top + 36); }
   });
-  // cursor, and on the overview the detail window
-  ctx.strokeStyle = "#000"; ctx.lineWidth = 1;
-  ctx.beginPath(); ctx.moveTo(xOf(rec.cursor), 0); ctx.lineTo(xOf(rec.cursor), H); ctx.stroke();
-  if (overview) {
-    const [a, b] = detailWindow();
-    ctx.strokeStyle = "rgba(0,0,0,0.35)";
-    ctx.strokeRect(xOf(a - 0.5), 0.5, xOf(b + 0.5) - xOf(a - 0.5), H - 1);
-  }
 }
 
 // Min/max per pixel column: 30,000 rows draw as fast as 300.
@@ -235,6 +256,7 @@ function bindTimeline(canvas, windowOf) {
 }
 
 function showSelection() {
+  rec.version++;
   const s = rec.selection;
   $("selection").textContent = s ? `selected rows ${s[0] + 1}–${s[1] + 1} (${s[1] - s[0] + 1}, csv lines ${rec.data.rows[s[0]]}–${rec.data.rows[s[1]]})` : "";
   $("btn-exclude").disabled = !s;
@@ -280,6 +302,7 @@ async function undoExclusion(index) {
 }
 
 function renderExclusions() {
+  rec.version++;
   const list = $("exclusions");
   list.replaceChildren();
   rec.data.exclusions.forEach((e, k) => {
@@ -298,6 +321,7 @@ function renderExclusions() {
 
 // Flags ----------------------------------------------------------------------------------------
 function renderFlags(done, checked) {
+  rec.version++;
   const list = $("flags");
   list.replaceChildren();
   for (const s of rec.flags) {
@@ -343,6 +367,7 @@ function drawHistogram() {
 async function pollPredictions() {
   const result = await getJSON("/api/predictions");
   rec.model = result;
+  rec.version++;
   $("status").textContent = `model ${result.source}`;
   $("model-status").textContent = result.done < result.total ? `(predicted ${result.done}/${result.total}…)` : "";
   renderDisagreements();
@@ -549,6 +574,7 @@ let info = null;
   try {
     info = await getJSON("/api/info");
     if (info.kind === "recording") await openRecording(); else await openDrives();
+    document.body.dataset.readyMs = Math.round(performance.now());  // since the page was asked for
     document.body.dataset.ready = "1";
   } catch (error) {
     $("status").textContent = `error: ${error.message}`;
