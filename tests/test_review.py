@@ -375,3 +375,17 @@ def test_browser_drive_flow(chromium, drive_output: Path, model) -> None:
         screenshot(driver, "drive")
     finally:
         served.close()
+
+
+def test_review_benchmark_runs_on_a_small_recording(compose, capsys) -> None:
+    from hydra.utils import instantiate
+
+    from bc.benchmarks.review import ReviewBenchmark
+
+    benchmark = instantiate(compose("benchmark", ["benchmark=review", "rows=40", "distinct=10",
+                                                  "steps=5", "browser=false"]), _convert_="all")
+    assert type(benchmark) is ReviewBenchmark
+    result = benchmark.run()
+    assert result["rows"] == 40 and 0 < result["read_s"] <= result["open_s"]
+    assert 0 < result["step_ms"]["p50"] <= result["step_ms"]["max"]
+    assert "one frame on (3 JPEGs, sequential)" in capsys.readouterr().out
