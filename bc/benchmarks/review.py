@@ -6,8 +6,9 @@ generated frames per camera (hard links under the simulator's file names, so `IM
 
 - `open`: from nothing to the page's data: reading the log and `IMG/`, then over HTTP the
   page, its script, the recording's JSON and the three first frames;
-- `step`: one frame on: the three camera JPEGs of the next row over one keep-alive
-  connection, one after the other (a browser fetches them at once), p50 / p95 / max;
+- `step`: one frame on: the three camera JPEGs of the next row, one request after the other
+  (a browser sends them at once; the app's server answers each on its own connection),
+  p50 / p95 / max;
 - with `browser`: the same in headless Chromium (the recording already read): from asking for
   the page until it has drawn (the page's clock), and one `→` key until the three new frames
   are decoded, a step every 1/15 s (the page fetches the next row ahead while the user
