@@ -389,3 +389,18 @@ def test_review_benchmark_runs_on_a_small_recording(compose, capsys) -> None:
     assert result["rows"] == 40 and 0 < result["read_s"] <= result["open_s"]
     assert 0 < result["step_ms"]["p50"] <= result["step_ms"]["max"]
     assert "one frame on (3 JPEGs, sequential)" in capsys.readouterr().out
+
+
+def test_a_model_for_other_frames_is_explained_not_crashed(model, tmp_path: Path) -> None:
+    small = write_recording(tmp_path / "rec96", rows=3, frame_size=(96, 96), cameras=["center"])
+    served = Served(Review(small, model))
+    try:
+        status, body = served.get("/saliency/0")
+        assert status == 400 and "trained on 320x160 frames" in json.loads(body)["error"]
+        deadline = time.monotonic() + 30
+        while served.review.model.done < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        payload = json.loads(served.get("/api/predictions")[1])
+        assert payload["steering"] == [None] * 3 and "row 1: frame is 96x96" in payload["problem"]
+    finally:
+        served.close()

@@ -38,6 +38,7 @@ class ModelReview:
         self._lock = threading.Lock()  # one forward pass at a time
         self.predictions: np.ndarray | None = None
         self.done = 0
+        self.problem: str | None = None  # why the first frame without a prediction has none
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -72,7 +73,8 @@ class ModelReview:
                 try:
                     rgb = read_rgb(paths[index])
                     spec.check_frame(rgb)
-                except Exception:  # noqa: BLE001 - an unreadable frame has no prediction
+                except Exception as error:  # noqa: BLE001 - such a frame has no prediction
+                    self.problem = self.problem or f"row {index + 1}: {error}"
                     continue
                 frames.append(spec(rgb))
                 where.append(index)
@@ -86,7 +88,7 @@ class ModelReview:
         values = self.predictions
         listed = [] if values is None else [
             None if not np.isfinite(v) else round(float(v), 4) for v in values[: self.done]]
-        return {"source": self.source, "done": self.done,
+        return {"source": self.source, "done": self.done, "problem": self.problem,
                 "total": 0 if values is None else len(values), "steering": listed}
 
     def saliency_jpeg(self, rgb: np.ndarray) -> tuple[bytes, float]:

@@ -99,6 +99,7 @@ function showFrames() {
     const img = $(`img-${camera}`);
     if (!rec.data.cameras.includes(camera)) { img.removeAttribute("src"); continue; }
     img.src = camera === "center" && rec.saliency ? `/saliency/${i}` : `/frame/${camera}/${i}`;
+    img.onerror = () => explainFailure(img.src);
   }
   $("center-caption").textContent = rec.saliency ? "center + saliency (where the model looks)" : "center";
   // The next row in the direction of travel, into the browser's cache: the next step shows at once.
@@ -106,6 +107,15 @@ function showFrames() {
   if (next >= 0 && next < rec.data.rows.length) {
     for (const camera of rec.data.cameras) new Image().src = `/frame/${camera}/${next}`;
   }
+}
+
+// An image that did not load: the app says why in JSON (e.g. a frame of another size than the model's).
+async function explainFailure(url) {
+  try {
+    const response = await fetch(url);
+    const body = await response.json();
+    $("status").textContent = `${url.split("/").slice(3).join("/")}: ${body.error || response.status}`;
+  } catch (error) { $("status").textContent = `${url}: not available`; }
 }
 
 function fmt(value, digits = 3) { return value === null || value === undefined ? "—" : Number(value).toFixed(digits); }
@@ -370,6 +380,7 @@ async function pollPredictions() {
   rec.version++;
   $("status").textContent = `model ${result.source}`;
   $("model-status").textContent = result.done < result.total ? `(predicted ${result.done}/${result.total}…)` : "";
+  if (result.problem) $("model-status").textContent += ` (no prediction for some frames: ${result.problem})`;
   renderDisagreements();
   drawTimelines(); showReadout();
   if (result.done < result.total) setTimeout(pollPredictions, 700);
@@ -560,6 +571,7 @@ function showIntervention(step) {
         const salient = img.dataset.saliency !== "1";
         img.dataset.saliency = salient ? "1" : "0";
         img.src = salient ? `/drive/${drv.current}/saliency/${s}` : `/drive/${drv.current}/frame/${s}`;
+        img.onerror = () => explainFailure(img.src);
       };
     }
     figure.append(img, caption); strip.append(figure);
