@@ -14,7 +14,7 @@ OPTUNA_SWEEPER := hydra-optuna-sweeper==1.3.0
 # PostgreSQL server binaries (initdb, pg_ctl) for the tests that start a throwaway server.
 PG_CTL := $(firstword $(wildcard /usr/lib/postgresql/*/bin/pg_ctl) $(shell command -v pg_ctl))
 
-.PHONY: install postgres test test-all demo benchmark clean
+.PHONY: install postgres chromium test test-all demo benchmark clean
 
 install: $(STAMP)
 
@@ -39,20 +39,36 @@ ifeq ($(PG_CTL),)
 	fi
 endif
 
+# Debian's chromium and chromium-driver for the review app's browser tests (tests/test_review.py),
+# installed like PostgreSQL above; the browser tests skip, saying why, where they cannot be.
+CHROMEDRIVER := $(firstword $(wildcard /usr/bin/chromedriver) $(shell command -v chromedriver))
+
+chromium:
+ifeq ($(CHROMEDRIVER),)
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium and chromium-driver (headless browser for the tests)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends chromium chromium-driver >/dev/null; } \
+	  || echo "note: installing chromium failed: the browser tests will skip"; \
+	else \
+	  echo "note: no chromedriver, and apt-get needs root: the browser tests will skip"; \
+	fi
+endif
+
 # Two test processes (the tests are mostly single-threaded subprocesses); a file's tests stay in one.
 PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
 
-test: install postgres
+test: install postgres chromium
 	$(PYTEST) -m "not slow"
 
-test-all: install postgres
+test-all: install postgres chromium
 	$(PYTEST)
 
 demo: install
 	$(PY) scripts/demo.py
 
 # `make benchmark` runs the speed benchmarks; `make benchmark BENCHMARKS=driving` the 11-min one.
-BENCHMARKS ?= loader sim drive
+BENCHMARKS ?= loader sim drive review
 benchmark: install
 	for name in $(BENCHMARKS); do $(PY) scripts/benchmark.py $$name || exit 1; done
 

@@ -4,7 +4,9 @@ One input per recording folder (context ``training``): its driving log as a data
 Udacity columns as schema, the rows used as profile) whose source is the folder and whose
 digest is a content digest (SHA-256 of the driving log and of every camera frame the rows
 name, so a re-recorded or edited folder gets another digest), tagged with row counts
-(used, train, val) and the steering statistics of the rows used.
+(used, train, val, and the rows its exclusions sidecar left out: `bc.data.exclusions`) and the
+steering statistics of the rows used. The digest covers the sidecar too: other exclusions are
+other data.
 """
 
 from __future__ import annotations
@@ -28,9 +30,14 @@ STRAIGHT = 0.01  # |steering| below this counts as driving straight
 
 
 def content_digest(folder: Path, image_paths: list[str]) -> str:
-    """SHA-256 over the folder's driving log and the bytes of ``image_paths`` (in order)."""
+    """SHA-256 over the folder's driving log, its exclusions sidecar (if any) and the bytes of
+    ``image_paths`` (in order)."""
     digest = hashlib.sha256()
-    for path in [str(folder / udacity.LOG_NAME), *image_paths]:
+    from bc.data.exclusions import sidecar_path
+
+    sidecar = sidecar_path(folder)
+    extra = [str(sidecar)] if sidecar.is_file() else []
+    for path in [str(folder / udacity.LOG_NAME), *extra, *image_paths]:
         digest.update(Path(path).name.encode() + b"\0")
         with open(path, "rb") as file:
             while chunk := file.read(CHUNK_BYTES):
@@ -52,6 +59,9 @@ def recording_inputs(table: pd.DataFrame) -> list[tuple[Any, dict[str, str]]]:
     their ``recording`` folder and ``split``)."""
     import mlflow.data
 
+    from bc.data.exclusions import EXCLUDED_BY_RECORDING
+
+    excluded = table.attrs.get(EXCLUDED_BY_RECORDING, {})
     inputs = []
     for recording, rows in table.groupby("recording", sort=False):
         folder = Path(str(recording))
@@ -65,7 +75,8 @@ def recording_inputs(table: pd.DataFrame) -> list[tuple[Any, dict[str, str]]]:
         split = rows["split"] if "split" in rows else None
         counts = {"rows": len(rows),
                   "train_rows": int((split == "train").sum()) if split is not None else len(rows),
-                  "val_rows": int((split == "val").sum()) if split is not None else 0}
+                  "val_rows": int((split == "val").sum()) if split is not None else 0,
+                  "excluded_rows": int(excluded.get(str(recording), 0))}
         stats = steering_stats(rows["steering"].to_numpy(np.float64))
         tags = {**{key: str(value) for key, value in counts.items()},
                 **{key: f"{value:.4g}" for key, value in stats.items()}}

@@ -41,6 +41,7 @@ from bc.data.dataset import (
     FrameStore,
     collate_frames,
 )
+from bc.data.exclusions import EXCLUDED_BY_RECORDING, EXCLUDED_ROWS, drop_excluded
 from bc.data.log import (
     ON_BAD_ROW,
     SKIPPED_ROWS,
@@ -288,6 +289,7 @@ class DrivingDataModule(pl.LightningDataModule):
         )
         size = self._frame_size(needed)
         table = read_driving_logs(self.paths, self.on_bad_row, needed, self.verify_images, size)
+        table = drop_excluded(table)  # the review app's sidecars (bc.data.exclusions)
         is_val = split_rows(
             table["recording"].to_numpy(), self.split, self.val_fraction, self.block_rows, self.seed
         )
@@ -328,9 +330,11 @@ class DrivingDataModule(pl.LightningDataModule):
         self.table = table.assign(split=np.where(is_val, "val", "train"))[~bad].reset_index(
             drop=True
         )
+        self.table.attrs[EXCLUDED_BY_RECORDING] = table.attrs[EXCLUDED_BY_RECORDING]
         self.stats = {
             "rows": int((~bad).sum()),
             "skipped_rows": table.attrs.get(SKIPPED_ROWS, 0) + int(bad.sum()),
+            "excluded_rows": table.attrs[EXCLUDED_ROWS],
             "train_rows": int((~bad[train_rows]).sum()),
             "train_rows_balanced": int((~bad[kept]).sum()),
             "val_rows": int((~bad[val_rows]).sum()),
