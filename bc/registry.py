@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import warnings
 from contextlib import contextmanager
 from importlib import metadata
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from bc.errors import ConfigError
+from bc.scratch import scratch_folder
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow.entities.model_registry import ModelVersion
@@ -166,7 +166,7 @@ def load_registered(model_uri: str, tracking_uri: str | None = None, runtime: st
     uri = tracking.resolve_tracking_uri(tracking_uri)
     location = tracking.client(uri).get_model_version_download_uri(version.name, version.version)
     source = f"models:/{version.name}/{version.version}"
-    with tempfile.TemporaryDirectory(prefix="bc-model-") as tmp:
+    with scratch_folder("bc-model-") as tmp:  # removed even after a kill (bc.scratch)
         try:
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=f"{location.rstrip('/')}/{PYFUNC_ARTIFACTS}/{MODEL_ARTIFACT}",

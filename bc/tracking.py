@@ -45,6 +45,7 @@ from hydra.experimental.callback import Callback
 from bc.errors import BcError, ConfigError
 from bc.onnx_export import ONNX_FILE, export_onnx, load_onnx
 from bc.preprocess import Preprocess
+from bc.scratch import scratch_folder
 
 if TYPE_CHECKING:
     import torch
@@ -287,7 +288,7 @@ def load_model(run_id: str, tracking_uri: str | None = None, runtime: str = "tor
     if f"{MODEL_ARTIFACT_DIR}/{CONFIG_FILE}" not in names:
         raise TrackingError(f"MLflow run {run_id} has no logged model (no {MODEL_ARTIFACT_DIR}/ artifacts)")
     source = f"runs:/{run_id}/{MODEL_ARTIFACT_DIR}"
-    with tempfile.TemporaryDirectory(prefix="bc-model-") as tmp:  # loaded fully, then removed
+    with scratch_folder("bc-model-") as tmp:  # loaded fully, then removed (even after a kill)
         local = mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path=MODEL_ARTIFACT_DIR, tracking_uri=uri, dst_path=tmp)
         try:

@@ -363,6 +363,23 @@ def test_run_is_chosen_by_id_name_latest_or_best(store, compose):
     assert chosen("run_id=best", "mode=max") == f"runs:/{runs['a']}/model"
 
 
+def test_loading_by_run_id_removes_what_a_killed_load_left(store, tmp_path, monkeypatch):
+    """A SIGKILL while drive.py downloads its model leaves the download folder; the next
+    load (any process's) removes it, and its own."""
+    import tempfile
+
+    from bc.scratch import default_root
+    from test_scratch import hold_a_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    killed, leftover = hold_a_folder(default_root())
+    killed.kill()
+    killed.wait()
+    assert leftover.is_dir()
+    tracking.load_model(store["runs"]["a"], store["uri"])
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_served_model_steers_like_the_chosen_run(store, compose):
     cfg = compose("drive", ["run_id=best", f"experiment_name={EXPERIMENT}",
                             f"tracking_uri={store['uri']}"])

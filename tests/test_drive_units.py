@@ -282,6 +282,9 @@ def test_default_torch_threads_leave_cores_for_the_simulator():
     ("port=http", "port: expected an integer in 0..65535, got 'http'"),
     ("port=70000", "port: expected an integer in 0..65535, got 70000"),
     ("idle_timeout_s=0", "idle_timeout_s: expected a number of seconds > 0"),
+    ("request_timeout_s=-1", "request_timeout_s: expected a number of seconds > 0"),
+    ("max_request_bytes=0", "max_request_bytes: expected an integer >= 1 or null, got 0"),
+    ("max_request_bytes=4MB", "max_request_bytes: expected an integer >= 1 or null, got '4MB'"),
     ("host=''", "host: expected an address"),
 ])
 def test_listener_settings_are_checked_where_the_listener_is_built(compose, override, message):
@@ -297,6 +300,10 @@ def test_drive_config_builds_its_objects(compose, tmp_path):
                             "max_message_bytes=5000"])
     listener = instantiate(cfg.listener)
     assert isinstance(listener, Listener) and listener.idle_timeout_s == 60
+    limits = listener.limits(5000)  # max_request_bytes: null -> 4 x max_message_bytes
+    assert (limits.max_request_bytes, limits.request_timeout_s) == (20000, 10)
+    explicit = instantiate(compose("drive", ["max_request_bytes=7"]).listener)
+    assert explicit.limits(5000).max_request_bytes == 7
     controller = instantiate(cfg.controller)
     assert controller.set_speed == 12.0
     recorder = instantiate(cfg.frames)

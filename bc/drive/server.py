@@ -26,12 +26,16 @@ event (acks, errors, other namespaces, binary placeholders, unknown events).
 Adjustments to the stack (`create_app`, `serve`):
 - eventlet unmasks websocket frames one byte at a time in Python (~5 ms per camera frame),
   replaced by one big-integer XOR;
-- websocket frames are capped at ``TRANSPORT_LIMIT_FACTOR`` x ``max_message_bytes``;
+- every request is bounded in size and time on both transports (`bc.drive.transport`): an
+  HTTP body over ``max_request_bytes`` (default ``TRANSPORT_LIMIT_FACTOR`` x
+  ``max_message_bytes``) is answered 413, a websocket message over it gets close code 1009,
+  a request or message slower than ``request_timeout_s`` is closed; Engine.IO sessions end
+  with their connection;
 - handlers run inline (``async_handlers=False``: lockstep needs no task per message);
 - binary Socket.IO packets are refused instead of waiting for attachments (python-socketio
   would otherwise take the next frame as the attachment and swallow it);
 - a connection reset while eventlet answers a bad request no longer leaks its descriptor
-  (`_ClosingProtocol`); running out of descriptors makes ``accept`` wait and retry
+  (`transport.BoundedHttpProtocol`); running out of descriptors makes ``accept`` wait and retry
   instead of ending the server (`_PatientListener`); connections idle for
   ``idle_timeout_s`` before their websocket upgrade are closed;
 - eventlet's default ``SO_REUSEPORT`` is off (a second server on 4567 fails instead of
@@ -60,6 +64,8 @@ from bc import udacity
 from bc.drive.controller import SpeedController
 from bc.drive.frames import FrameRecorder
 from bc.drive.predictor import Predictor, decode_base64
+from bc.drive.transport import (GreenTask, RequestLimits, SessionEngineIO, bound_websocket,
+                                 http_protocol)
 from bc.errors import EXIT_INTERRUPTED, BcError, ConfigError
 
 # eventlet's green DNS resolver (dnspython, ~0.13 s of startup) is not needed: we resolve
@@ -80,8 +86,9 @@ LOG = logging.getLogger("bc.drive")
 PROG = "drive.py"
 MAX_PORT = 65535
 # Messages up to this many times max_message_bytes are read and answered with the safe
-# reply; larger websocket frames are refused by the transport (connection closed) so memory
-# stays bounded. The server itself keeps running either way.
+# reply; larger requests and websocket messages are refused by the transport (HTTP 413 /
+# close code 1009, connection closed) so memory stays bounded: the default of
+# max_request_bytes. The server itself keeps running either way.
 TRANSPORT_LIMIT_FACTOR = 4
 SAFE_BRAKE_THROTTLE = -0.5
 # Engine.IO packet types a client may send that need no reply: ping (answered by
@@ -263,6 +270,9 @@ class _GuardedSocketIO(socketio.Server):
         super().__init__(**kwargs)
         self.drive = drive
 
+    def _engineio_server_class(self) -> type:
+        return SessionEngineIO
+
     def answer(self, sid: str, reply: Reply) -> None:
         self.emit(reply.event, reply.data, room=sid)
 
@@ -318,8 +328,12 @@ def xor_unmask(data: bytes, mask: tuple[int, ...] | bytes, length: int | None = 
     return value.to_bytes(length, "little")
 
 
-def create_app(drive: DriveServer) -> tuple[socketio.Server, Callable]:
-    """The Socket.IO server and the WSGI app (Flask behind Socket.IO) serving ``drive``."""
+def create_app(drive: DriveServer, limits: RequestLimits | None = None,
+               ) -> tuple[socketio.Server, Callable]:
+    """The Socket.IO server and the WSGI app (Flask behind Socket.IO) serving ``drive``;
+    ``limits`` (default: `Listener`'s) bound the websocket messages and polling bodies."""
+    if limits is None:
+        limits = Listener("127.0.0.1", 0, 60).limits(drive.max_message_bytes)
     for name in ("engineio.server", "socketio.server"):  # per-connection chatter at INFO
         logging.getLogger(name).setLevel(logging.WARNING)
     eventlet.websocket.RFC6455WebSocket._apply_mask = staticmethod(xor_unmask)
@@ -327,24 +341,25 @@ def create_app(drive: DriveServer) -> tuple[socketio.Server, Callable]:
         drive, async_mode="eventlet", logger=False, engineio_logger=False,
         always_connect=True,  # send "40" before our connect-time steer (python clients like it)
         async_handlers=False,  # lockstep: handle in the reader, no task per message
-        max_http_buffer_size=drive.max_message_bytes)
+        max_http_buffer_size=limits.max_request_bytes)
     websocket_app = sio.eio._async["websocket"]
 
     def filtered_websocket(handler: Callable) -> Any:
         """python-engineio's websocket app for one session (``handler`` is the bound
         ``_websocket_handler`` of its engine.io socket), reading through the junk filter;
         python-engineio 3.x bounds only HTTP polling by max_http_buffer_size, so the
-        websocket frame size is bounded here."""
+        websocket message size and time are bounded here."""
         sid = handler.__self__.sid
 
         def on_junk(reason: str) -> None:
             sio.answer(sid, drive.bad_input(reason))
 
-        return websocket_app(lambda ws: handler(_JunkFrameFilter(ws, on_junk)),
-                             max_frame_length=drive.max_message_bytes * TRANSPORT_LIMIT_FACTOR)
+        return websocket_app(
+            lambda ws: handler(_JunkFrameFilter(bound_websocket(ws, limits), on_junk)),
+            max_frame_length=limits.max_request_bytes)
 
     # The driver table is shared by all servers, so replace it with a copy.
-    sio.eio._async = dict(sio.eio._async, websocket=filtered_websocket)
+    sio.eio._async = dict(sio.eio._async, websocket=filtered_websocket, thread=GreenTask)
 
     @sio.on("connect")
     def connect(sid: str, environ: dict) -> None:
@@ -359,7 +374,8 @@ def create_app(drive: DriveServer) -> tuple[socketio.Server, Callable]:
 
     @flask_app.get("/")
     def index() -> str:
-        return f"bc drive server: {drive.predictor.source}\n"
+        return (f"bc drive server: {drive.predictor.source}\n"
+                f"sessions: {len(sio.eio.sockets)}\n")
 
     return sio, socketio.WSGIApp(sio, flask_app)
 
@@ -379,12 +395,16 @@ def listen(host: str, port: int) -> socket.socket:
 
 @dataclass(frozen=True)
 class Listener:
-    """Where the server listens and how long a connection may idle before its websocket
-    upgrade (conf/drive.yaml ``host``, ``port``, ``idle_timeout_s``)."""
+    """Where the server listens, how long a connection may idle before its websocket
+    upgrade, and how big and slow one request may be (conf/drive.yaml ``host``, ``port``,
+    ``idle_timeout_s``, ``request_timeout_s``, ``max_request_bytes``; None:
+    ``TRANSPORT_LIMIT_FACTOR`` x ``max_message_bytes``)."""
 
     host: str
     port: int
     idle_timeout_s: float
+    request_timeout_s: float = 10.0
+    max_request_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -392,10 +412,22 @@ class Listener:
         if isinstance(self.port, bool) or not isinstance(self.port, int) \
                 or not 0 <= self.port <= MAX_PORT:
             raise ConfigError(f"port: expected an integer in 0..{MAX_PORT}, got {self.port!r}")
-        timeout = self.idle_timeout_s
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
-                or not 0 < timeout < math.inf:
-            raise ConfigError(f"idle_timeout_s: expected a number of seconds > 0, got {timeout!r}")
+        for name in ("idle_timeout_s", "request_timeout_s"):
+            timeout = getattr(self, name)
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                    or not 0 < timeout < math.inf:
+                raise ConfigError(f"{name}: expected a number of seconds > 0, got {timeout!r}")
+        size = self.max_request_bytes
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ConfigError(f"max_request_bytes: expected an integer >= 1 or null, got {size!r}")
+
+    def limits(self, max_message_bytes: int) -> RequestLimits:
+        """The request bounds, ``max_request_bytes`` defaulting to
+        ``TRANSPORT_LIMIT_FACTOR`` x ``max_message_bytes``."""
+        size = self.max_request_bytes
+        return RequestLimits(
+            max_request_bytes=TRANSPORT_LIMIT_FACTOR * max_message_bytes if size is None else size,
+            request_timeout_s=self.request_timeout_s, idle_timeout_s=self.idle_timeout_s)
 
     def check_free(self) -> None:
         """Fail now if the port is taken, without keeping it: tools (and the simulator) take
@@ -443,23 +475,6 @@ class _PatientListener:
         return getattr(self._sock, name)
 
 
-class _ClosingProtocol(eventlet.wsgi.HttpProtocol):
-    """eventlet's HTTP protocol, but a connection reset while a reply is still buffered
-    (a 400 to a cut-off request, say) closes the connection: eventlet's ``finish`` stops at
-    the failed flush and leaves the read side open, one leaked descriptor per reset."""
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            for stream in (self.wfile, self.rfile):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
-            self.connection.close()
-
-
 def _stop_on_signals(drive: DriveServer) -> None:
     """SIGINT / SIGTERM: flush the recorder and exit at once (eventlet's server would
     otherwise wait for the simulator to hang up). Ctrl-C ends like every bc script (one
@@ -482,11 +497,11 @@ def _stop_on_signals(drive: DriveServer) -> None:
         signal.signal(signum, stop)
 
 
-def serve(drive: DriveServer, listener: socket.socket, idle_timeout_s: float,
+def serve(drive: DriveServer, listener: socket.socket, limits: RequestLimits,
           announce: Callable[[str], None] = partial(print, flush=True)) -> None:
     """Announce ``serving <source> on http://host:port for WxH frames`` (the port is open by
     then) and serve until stopped; the recorder is flushed on the way out."""
-    _, app = create_app(drive)
+    _, app = create_app(drive, limits)
     host, port = listener.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
     width, height = drive.predictor.frame_size
@@ -495,8 +510,9 @@ def serve(drive: DriveServer, listener: socket.socket, idle_timeout_s: float,
              f"for {width}x{height} frames, speed_source={drive.controller.speed_source}")
     try:
         eventlet.wsgi.server(_PatientListener(listener), app, log_output=False, debug=False,
-                             protocol=_ClosingProtocol, socket_timeout=idle_timeout_s,
-                             keepalive=idle_timeout_s)
+                             protocol=http_protocol(limits),
+                             socket_timeout=limits.idle_timeout_s,
+                             keepalive=limits.idle_timeout_s)
     finally:
         if drive.recorder is not None:
             drive.recorder.close()
@@ -527,4 +543,4 @@ def run_from_config(cfg: DictConfig) -> None:
         if recorder is not None:
             recorder.close()
         raise
-    serve(drive, sock, listener.idle_timeout_s)
+    serve(drive, sock, listener.limits(drive.max_message_bytes))
