@@ -55,7 +55,7 @@ def test_train_py_started_at_once_on_a_fresh_store_all_finish(tmp_path: Path, re
 
 
 def test_parallel_sweep_with_default_loader_workers_shares_one_store(tmp_path: Path, recording: Path) -> None:
-    """The README's `-m hydra/launcher=parallel` sweep as written: default data.num_workers
+    """The documented `-m hydra/launcher=parallel` sweep as written: default data.num_workers
     (DataLoader worker processes inside loky workers), both jobs in one fresh store."""
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     overrides = [item for item in tiny_training(recording, tmp_path / "cache") if not item.startswith(
