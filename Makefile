@@ -14,7 +14,7 @@ OPTUNA_SWEEPER := hydra-optuna-sweeper==1.3.0
 # PostgreSQL server binaries (initdb, pg_ctl) for the tests that start a throwaway server.
 PG_CTL := $(firstword $(wildcard /usr/lib/postgresql/*/bin/pg_ctl) $(shell command -v pg_ctl))
 
-.PHONY: install postgres chromium test test-all demo benchmark clean
+.PHONY: install postgres chromium test test-all demo docs benchmark clean
 
 install: $(STAMP)
 
@@ -67,10 +67,14 @@ test-all: install postgres chromium
 demo: install
 	$(PY) scripts/demo.py
 
+# The documentation site (docs/, mkdocs.yml) in site/; the test suite builds it too, --strict.
+docs: install
+	$(PY) -m mkdocs build --strict
+
 # `make benchmark` runs the speed benchmarks; `make benchmark BENCHMARKS=driving` the 11-min one.
 BENCHMARKS ?= loader sim drive review
 benchmark: install
 	for name in $(BENCHMARKS); do $(PY) scripts/benchmark.py $$name || exit 1; done
 
 clean:
-	rm -rf outputs multirun .pytest_cache
+	rm -rf outputs multirun .pytest_cache site

@@ -93,5 +93,16 @@ def log_recordings(client: Any, run_id: str, table: pd.DataFrame) -> int:
                             [InputTag(MLFLOW_DATASET_CONTEXT, CONTEXT),
                              *(InputTag(key, value) for key, value in tags.items())])
                for dataset, tags in recording_inputs(table)]
-    client.log_inputs(run_id, datasets=entries)
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(3):
+        try:
+            client.log_inputs(run_id, datasets=entries)
+            break
+        except MlflowException as error:
+            # Runs started at the same moment on one recording (a parallel sweep) both find the
+            # dataset missing and insert it; the loser's transaction is rolled back whole, and
+            # the next try finds the winner's row and only links it.
+            if "UNIQUE constraint failed" not in str(error) or attempt == 2:
+                raise
     return len(entries)

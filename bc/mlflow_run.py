@@ -178,8 +178,10 @@ class MlflowRun(MLFlowLogger, Callback):
 
     def __init__(self, experiment_name: str = "bc", run_name: str | None = None,
                  tracking_uri: str | None = None, **kwargs: Any) -> None:
+        tracking_uri = tracking.resolve_tracking_uri(tracking_uri)
+        tracking.prepare_store(tracking_uri)  # before Lightning's logger opens the store
         super().__init__(experiment_name=experiment_name, run_name=run_name,
-                         tracking_uri=tracking.resolve_tracking_uri(tracking_uri), **kwargs)
+                         tracking_uri=tracking_uri, **kwargs)
         self.config: DictConfig | None = None
         self.reopened = False
         self.interrupted = False

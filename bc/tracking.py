@@ -125,7 +125,33 @@ def client(uri: str | None = None) -> "mlflow.MlflowClient":  # noqa: F821
 
     uri = resolve_tracking_uri(uri)
     check_reachable(uri)
+    prepare_store(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+def prepare_store(uri: str) -> None:
+    """Create or migrate an SQLite store once, under an exclusive lock on ``<db>.lock`` beside
+    the database, before anything else in this process uses it. MLflow creates the tables of a
+    new SQLite store on first use without a lock: processes starting at the same moment (a
+    parallel sweep, several ``train.py``) each run the migrations and leave the store
+    half-migrated. With the lock the first creates it and the others find it complete. A server
+    (``http://...``) or another database is left to itself."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return
+    import fcntl
+
+    from mlflow.tracking._tracking_service.utils import _get_store
+
+    db = Path(uri[len(prefix):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        try:
+            _get_store(uri)  # builds (creating the tables if needed) and caches MLflow's store
+        except Exception as error:  # noqa: BLE001 - MLflow raises several kinds for a bad store
+            raise TrackingError(f"tracking_uri: the MLflow store {db} cannot be opened: "
+                                f"{str(error).splitlines()[0]}") from error
 
 
 def get_or_create_experiment(name: str, uri: str | None = None) -> str:

@@ -9,7 +9,7 @@
 
 Settings: conf/benchmark/NAME.yaml (`python scripts/benchmark.py NAME --cfg job` shows them);
 the code: bc/benchmarks/. `benchmark.py NAME ...` is short for `benchmark.py benchmark=NAME ...`.
-Numbers: README.md.
+Numbers: docs/benchmarks.md.
 """
 
 from __future__ import annotations

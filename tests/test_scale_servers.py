@@ -114,7 +114,7 @@ def postgres() -> Iterator[Postgres]:
 @pytest.fixture
 def mlflow_server(postgres: Postgres, tmp_path: Path) -> Iterator[str]:
     """`mlflow server` with a PostgreSQL backend store and proxied artifacts in tmp_path/artifacts:
-    the README's command. Yields its URI."""
+    the documented command. Yields its URI."""
     with start_mlflow_server(postgres.database("mlflow"), tmp_path) as uri:
         yield uri
 
@@ -144,7 +144,7 @@ def test_training_logs_to_an_mlflow_server_on_postgresql_and_drive_loads_over_ht
 @pytest.mark.slow
 def test_two_sweep_processes_share_one_optuna_study_in_postgresql(
         tmp_path: Path, recording: Path, postgres: Postgres) -> None:
-    """The README's recipe for several machines: create the study once, then start
+    """The documented recipe for several machines: create the study once, then start
     `train.py hparams_search=optuna` with the same storage and study name on each machine; the
     second process runs its trials two at a time (hydra/launcher=parallel)."""
     import optuna

@@ -1,7 +1,7 @@
 """Benchmarks, one home and one command: `python scripts/benchmark.py NAME [key=value ...]`.
 
 Each NAME has its settings in conf/benchmark/NAME.yaml, whose `_target_` builds the benchmark
-here; `run()` measures, prints and returns the numbers (README.md shows measured ones).
+here; `run()` measures, prints and returns the numbers (docs/benchmarks.md shows measured ones).
 
   loader   training-loader samples/s (with augmentation) vs PilotNet training-step samples/s
   sim      rendered camera frames/s on one core and recorded samples/s

@@ -1,4 +1,4 @@
-"""Scaling out on one machine, measured as a user runs it (README "Scaling out"):
+"""Scaling out on one machine, measured as a user runs it (docs/scaling.md):
 
   sweep     a 4-job `train.py -m` sweep with Hydra's basic launcher (one job after another)
             against `hydra/launcher=parallel` (joblib, `n_jobs` at once); target <= 0.65x

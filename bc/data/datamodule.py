@@ -20,6 +20,7 @@ moved there, from pinned memory without blocking, and made ready in
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -95,6 +96,18 @@ def as_spec(preprocess: Preprocess | Mapping[str, Any]) -> Preprocess:
         )
     return Preprocess.from_dict(preprocess)
 
+
+
+def worker_context() -> multiprocessing.context.BaseContext | None:
+    """The start method for DataLoader workers: the default one, unless this process runs
+    inside a joblib (loky) worker (hydra/launcher=parallel). There the default start method is
+    loky's own, whose process launcher only starts loky's process class; the DataLoader's plain
+    `Process` then fails (`'Process' object has no attribute 'env'`). So use the platform's
+    standard default there (the first of `get_all_start_methods()`)."""
+    standard = multiprocessing.get_all_start_methods()
+    if multiprocessing.get_start_method(allow_none=True) in (None, *standard):
+        return None  # torch's usual choice
+    return multiprocessing.get_context(standard[0])
 
 class DrivingDataModule(pl.LightningDataModule):
     """Udacity recordings (`paths`) to train/val DataLoaders for one model's preprocessing.
@@ -417,6 +430,7 @@ class DrivingDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory or (on_device and self._device().type == "cuda"),
             drop_last=self.drop_last and shuffle,
             persistent_workers=self.num_workers > 0,
+            multiprocessing_context=worker_context() if self.num_workers > 0 else None,
         )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
