@@ -85,6 +85,25 @@ def fluent_tracking_uri(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
+class PortablePyfunc:
+    """``mlflow.pyfunc`` as `Model.log`'s flavor, with an ``MLmodel`` file free of this
+    machine's paths: the code file by its name (MLflow loads it by that name from the model
+    folder) and each artifact by its place in the model folder (the temporary folder it was
+    copied from is dropped)."""
+
+    @staticmethod
+    def save_model(path: str, mlflow_model: Any, **kwargs: Any) -> None:
+        import mlflow.pyfunc
+        from mlflow.models.model import MLMODEL_FILE_NAME
+
+        mlflow.pyfunc.save_model(path, mlflow_model=mlflow_model, **kwargs)
+        pyfunc = mlflow_model.flavors[mlflow.pyfunc.FLAVOR_NAME]
+        pyfunc["model_code_path"] = os.path.basename(pyfunc["model_code_path"])
+        for artifact in (pyfunc.get("artifacts") or {}).values():
+            artifact.pop("uri", None)
+        mlflow_model.save(os.path.join(path, MLMODEL_FILE_NAME))
+
+
 def log_logged_model(run_id: str, folder: Path, name: str, spec: Preprocess, outputs: Sequence[str],
                      params: Mapping[str, str], uri: str, register: str | None = None,
                      step: int = 0) -> tuple[str, str | None]:
@@ -93,7 +112,6 @@ def log_logged_model(run_id: str, folder: Path, name: str, spec: Preprocess, out
     None). The run's metrics at ``step`` (e.g. ``val/loss_best``) are linked to the model.
     ``name`` must not be ``model``: MLflow 3 would mix the logged model's files into the
     run's ``model/`` artifacts (``runs:/<run id>/model`` lists both)."""
-    import mlflow.pyfunc
     from mlflow.entities import LoggedModelStatus
     from mlflow.models import Model
 
@@ -106,7 +124,7 @@ def log_logged_model(run_id: str, folder: Path, name: str, spec: Preprocess, out
                                        params=dict(params), model_type=MODEL_TYPE)
     with fluent_tracking_uri(uri), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*input example was not provided", category=UserWarning)
-        info = Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc,
+        info = Model.log(artifact_path=None, name=name, flavor=PortablePyfunc,
                          python_model=str(CODE_FILE), artifacts={MODEL_ARTIFACT: str(folder)},
                          signature=signature(spec, outputs), pip_requirements=pip_requirements(),
                          run_id=run_id, model_id=model.model_id, step=step,

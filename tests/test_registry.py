@@ -85,7 +85,8 @@ def test_the_logged_model_is_code_plus_files_and_pyfunc_predicts_like_the_drive_
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{model.artifact_location}/MLmodel",
                                                      tracking_uri=store["uri"]))
     pyfunc = yaml.safe_load(local.read_text())["flavors"]["python_function"]
-    assert pyfunc["model_code_path"].endswith("mlflow_model.py") and "python_model" not in pyfunc
+    assert pyfunc["model_code_path"] == "mlflow_model.py" and "python_model" not in pyfunc
+    assert pyfunc["artifacts"] == {"model": {"path": "artifacts/model"}}  # no local temporary path
 
     with registry.fluent_tracking_uri(store["uri"]):
         for model_id, net in [(store["models"][0], store["nets"][0]), (store["speed"][1], store["speed"][0])]:
