@@ -94,7 +94,9 @@ def log_recordings(client: Any, run_id: str, table: pd.DataFrame) -> int:
                              *(InputTag(key, value) for key, value in tags.items())])
                for dataset, tags in recording_inputs(table)]
     client.log_inputs(run_id, datasets=entries)
-    client.log_table(run_id, recordings_table(entries), TABLE_ARTIFACT)
+    with warnings.catch_warnings():  # MLflow's dtype check, deprecated in pandas 3
+        warnings.filterwarnings("ignore", message="For backward compatibility, 'str' dtypes")
+        client.log_table(run_id, recordings_table(entries), TABLE_ARTIFACT)
     return len(entries)
 
 
