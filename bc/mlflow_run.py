@@ -29,6 +29,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -62,7 +64,11 @@ PARAMS_PER_BATCH = 100  # MLflow accepts at most 100 params per log_batch call
 # Config keys (last part) whose values are paths of this machine or run: tags, not params.
 PATH_KEYS = frozenset({"output_dir", "tracking_uri", "cache_dir", "dirpath", "folder", "paths", "resume"})
 CONFIG_TAG_PREFIX = "config."
-NOT_IN_NAME = frozenset({"experiment_name", "run_name", "register", "optimized_metric"})
+NOT_RECORDED = frozenset({"experiment_name", "run_name", "register", "optimized_metric"})
+# Settings (last part of the key) that change how a run runs, not what it learns: not in its name.
+NOT_IN_NAME = frozenset({"num_workers", "refresh_rate", "pin_memory", "augment_on", "cache",
+                         "verify_images", "on_bad_row", "progress", "log_every_n_steps"})
+SWEEP_FUNCTION = re.compile(r"\s*(range|choice|interval|glob|tag|sort|shuffle)\(")
 RUN_NAME_CHARS = 200  # MLflow allows 250
 TAG_DESCRIPTION = "mlflow.note.content"  # the run page's Description
 
@@ -95,7 +101,21 @@ def hydra_context() -> dict[str, Any]:
     if hydra_cfg.mode == RunMode.MULTIRUN:
         context["tags"][TAG_SWEEP] = str(Path(hydra_cfg.sweep.dir).resolve())
         context["tags"][TAG_JOB] = str(hydra_cfg.job.num)
+        context["swept"] = swept_keys(OmegaConf.select(hydra_cfg, "sweeper.params") or {}, sys.argv[1:])
     return context
+
+
+def swept_keys(sweeper_params: Any, arguments: list[str]) -> set[str]:
+    """The keys a sweep varies: its sweeper's search space (``hydra.sweeper.params``) and the
+    command-line overrides with several values (``optimizer.lr=0.001,0.003``, ``range(...)``,
+    ``choice(...)``, ...; a list value ``[a,b]`` is one value)."""
+    keys = {str(key) for key in sweeper_params}
+    for argument in arguments:
+        key, sep, value = argument.partition("=")
+        if sep and not key.startswith("-") and (SWEEP_FUNCTION.match(value)
+                                                or "," in re.sub(r"\[[^\]]*\]", "", value)):
+            keys.add(key.lstrip("+~"))
+    return keys
 
 
 def is_path_key(key: str) -> bool:
@@ -117,7 +137,7 @@ def differing_overrides(overrides: list[str]) -> list[str]:
     kept = []
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
-        if "=" in override and not is_path_key(key) and key not in NOT_IN_NAME \
+        if "=" in override and not is_path_key(key) and key not in NOT_RECORDED \
                 and not key.startswith("hydra."):
             kept.append(override.lstrip("+"))
     return kept
@@ -125,13 +145,15 @@ def differing_overrides(overrides: list[str]) -> list[str]:
 
 def default_run_name(cfg: DictConfig, context: dict[str, Any]) -> str:
     """`<model>[ <key>=<value>...]-<date>-<time>[-job<n>]`: the overrides that differ from the
-    defaults (a sweep's swept values among them; keys shortened to their last part), so runs
-    tell themselves apart in the run list."""
+    defaults (in a sweep only the swept ones; keys shortened to their last part; no paths,
+    no settings that only change how it runs), so runs tell themselves apart in the run list."""
     model = context.get("model_choice") or str(cfg.model._target_).rsplit(".", 1)[-1].lower()
     words = [model]
-    for override in differing_overrides(context.get("overrides", [])):
+    overrides = differing_overrides(context.get("overrides", []))
+    swept = [item for item in overrides if item.split("=", 1)[0] in context.get("swept", ())]
+    for override in swept or overrides:
         key, value = override.split("=", 1)
-        if key != "model":
+        if key != "model" and key.rsplit(".", 1)[-1] not in NOT_IN_NAME:
             words.append(f"{key.rsplit('.', 1)[-1]}={value}")
     name = " ".join(words)[:RUN_NAME_CHARS] + f"-{datetime.now():%Y%m%d-%H%M%S}"
     job = context["tags"].get(TAG_JOB)
