@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 CONTEXT = "training"
 EVAL_CONTEXT = "evaluation"
 TABLE_ARTIFACT = "datasets/recordings.json"
+TRACK_SUFFIX = " track"  # "lake track": not the recording folder "lake" beside it in the UI
 DIGEST_CHARS = 32  # MLflow stores at most 36
 CHUNK_BYTES = 1 << 20
 STRAIGHT = 0.01  # |steering| below this counts as driving straight
@@ -121,7 +122,7 @@ def _number(text: str) -> Any:
 
 
 def track_dataset(track: Any, label: str) -> Any:
-    """The track ``label`` as an MLflow dataset: its centreline points (x, y in m) and width,
+    """The track ``label`` as an MLflow dataset (``<label> track``): its centreline points (x, y in m) and width,
     from the track's file, with a digest of that geometry."""
     import mlflow.data
     import pandas as pd
@@ -132,7 +133,7 @@ def track_dataset(track: Any, label: str) -> Any:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
         return mlflow.data.from_pandas(points, source=str(getattr(track, "source", label)),
-                                       name=label, digest=digest)
+                                       name=f"{label}{TRACK_SUFFIX}", digest=digest)
 
 
 def log_track(client: Any, run_id: str, track: Any, label: str) -> dict[str, str]:

@@ -127,7 +127,8 @@ def split_config(flat: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
     """(params, tags) of a flattened config: paths become ``config.<key>`` tags, so the
     compare view's params are the settings that tell models apart."""
     params = {key: value for key, value in flat.items() if not is_path_key(key)}
-    tags = {CONFIG_TAG_PREFIX + key: value for key, value in flat.items() if is_path_key(key)}
+    tags = {CONFIG_TAG_PREFIX + key: value for key, value in flat.items()
+            if is_path_key(key) and value != "null"}
     return params, tags
 
 

@@ -207,6 +207,7 @@ def load_registered(model_uri: str, tracking_uri: str | None = None, runtime: st
             raise tracking.TrackingError(str(error).replace(str(local), f"{model_uri} ({source})")) from None
 
 
+DESCRIPTION_TAG = "mlflow.note.content"  # what the UI shows as a logged model's Description
 TIE_BREAKS = "newest, oldest or <metric>:min|max (e.g. val/loss_best:min)"
 REASON_TAGS = ("promoted_as", "promotion.metric", "promotion.value", "promotion.runner_up",
                "promotion.tie_break", "promotion.experiment")
@@ -221,6 +222,12 @@ class Promotion:
     runner_up: tuple[str, float] | None  # (version, value) of the second best, if any
     tie_break: str | None  # the rule that decided between equal values (None: no tie)
     reason: str
+
+
+def _logged_model_id(version: ModelVersion | None) -> str | None:
+    """The logged model a registered version was made from (its ``models:/<id>`` source)."""
+    source = str(getattr(version, "source", "") or "")
+    return source[len("models:/"):] if source.startswith("models:/m-") else None
 
 
 def _parse_tie_break(tie_break: str | None) -> tuple[str, str | None, str]:
@@ -238,8 +245,8 @@ def promote(name: str, alias: str, experiment: str, metric: str, mode: str = "ma
             tracking_uri: str | None = None, tie_break: str | None = None) -> Promotion:
     """Set ``alias`` on the version of registered model ``name`` whose training run, in
     ``experiment``, has the best ``metric`` (``mode`` max|min), and write why on that version
-    (tags ``promoted_as``, ``promotion.*`` and its description; the version that held the alias
-    before loses those tags). Equal best values are a `TrackingError` unless ``tie_break``
+    (tags ``promoted_as``, ``promotion.*`` and its description, which its logged model's page
+    shows too; the version that held the alias before loses those tags). Equal best values are a `TrackingError` unless ``tie_break``
     names the rule: ``newest``/``oldest`` version, or a second metric ``<metric>:min|max``."""
     from bc import tracking
 
@@ -317,4 +324,12 @@ def promote(name: str, alias: str, experiment: str, metric: str, mode: str = "ma
     for key, text in tags.items():
         client.set_model_version_tag(name, best.version, key, text)
     client.update_model_version(name, best.version, description=reason)
+    for version, text in ((previous, None), (best, reason)):  # the logged models' pages say it too
+        model_id = _logged_model_id(version)
+        if model_id is None or (version is previous and str(previous.version) == str(best.version)):
+            continue
+        if text is None:
+            client.delete_logged_model_tag(model_id, DESCRIPTION_TAG)
+        else:
+            client.set_logged_model_tags(model_id, {DESCRIPTION_TAG: text})
     return Promotion(client.get_model_version(name, best.version), value, runner_up, used_rule, reason)

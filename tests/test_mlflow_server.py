@@ -78,7 +78,7 @@ def test_a_trained_run_through_the_mlflow_server_rest_api(tmp_path: Path, monkey
         # The model's page shows its driving score, on the track it drove (the run's evaluation input).
         linked = {metric["key"]: metric for metric in model["data"].get("metrics", [])}
         assert {"val/loss_best", METRIC, "eval/lake/mean_abs_cte"} <= set(linked)
-        assert linked[METRIC]["value"] == driven["autonomy"] and linked[METRIC]["dataset_name"] == "lake"
+        assert linked[METRIC]["value"] == driven["autonomy"] and linked[METRIC]["dataset_name"] == "lake track"
         assert not [key for key in linked if key.startswith("eval/") and key.rsplit("/", 1)[-1] in DIAGNOSTICS]
         assert run_metrics(run)["diag/lake/steps"] == 40  # diagnostics: their own charts
         mlmodel = get(f"{server}/ajax-api/2.0/mlflow/logged-models/{output['model_id']}/artifacts/files?"
@@ -104,7 +104,7 @@ def test_a_trained_run_through_the_mlflow_server_rest_api(tmp_path: Path, monkey
         inputs = run["inputs"]["dataset_inputs"]
         contexts = {tag["value"]: item for item in inputs for tag in item["tags"] if tag["key"] == "mlflow.data.context"}
         assert sorted(contexts) == ["evaluation", "training"]
-        assert contexts["evaluation"]["dataset"]["name"] == "lake"
+        assert contexts["evaluation"]["dataset"]["name"] == "lake track"
         assert contexts["evaluation"]["dataset"]["digest"] == linked[METRIC]["dataset_digest"]
         dataset_input = contexts["training"]
         dataset, tags = dataset_input["dataset"], {tag["key"]: tag["value"] for tag in dataset_input["tags"]}

@@ -161,6 +161,9 @@ def test_promote_refuses_a_tie_unless_told_how_to_break_it(store: dict) -> None:
     by_loss = registry.promote(NAME, "tied", "bc", "eval/tied", "max", uri, tie_break="val/loss_best:min")
     assert str(by_loss.version.version) == "2" and by_loss.runner_up == ("1", 50.0)
     assert "promoted_as" not in client.get_model_version(NAME, "1").tags  # the alias moved on
+    # the logged models' pages (their Description) follow the alias
+    assert client.get_logged_model(store["models"][1]).tags["mlflow.note.content"] == by_loss.reason
+    assert "mlflow.note.content" not in client.get_logged_model(store["models"][0]).tags
 
 
 def test_evaluate_drives_a_registered_version_and_logs_to_its_source_run(store: dict, tmp_path: Path) -> None:

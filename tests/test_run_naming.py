@@ -34,4 +34,4 @@ def test_paths_of_the_machine_and_run_are_tags_not_params() -> None:
                                  "callbacks.insight_plots.folder": "/o/plots", "data.cache_dir": "null",
                                  "tracking_uri": "sqlite:///m.db"})
     assert params == {"optimizer.lr": "0.001"}
-    assert tags["config.callbacks.model_checkpoint.dirpath"] == "/o/checkpoints" and len(tags) == 6
+    assert tags["config.callbacks.model_checkpoint.dirpath"] == "/o/checkpoints" and len(tags) == 5  # not null ones

@@ -162,7 +162,7 @@ def test_log_to_mlflow(track, tmp_path, monkeypatch):
     # The run's logged model carries the metrics too, with the track as their dataset.
     linked = {metric.key: metric for metric in mlflow_client.get_logged_model(model.model_id).metrics}
     assert linked["eval/lake/autonomy"].value == pytest.approx(m["autonomy"])
-    assert linked["eval/lake/autonomy"].dataset_name == "lake"
+    assert linked["eval/lake/autonomy"].dataset_name == "lake track"
     (evaluation,) = mlflow_client.get_run(run.info.run_id).inputs.dataset_inputs
     assert evaluation.dataset.digest == linked["eval/lake/autonomy"].dataset_digest
     assert {tag.key: tag.value for tag in evaluation.tags}["mlflow.data.context"] == "evaluation"
