@@ -80,7 +80,7 @@ def test_a_trained_run_through_the_mlflow_server_rest_api(tmp_path: Path, monkey
         assert {"val/loss_best", METRIC, "eval/lake/mean_abs_cte"} <= set(linked)
         assert linked[METRIC]["value"] == driven["autonomy"] and linked[METRIC]["dataset_name"] == "lake track"
         assert not [key for key in linked if key.startswith("eval/") and key.rsplit("/", 1)[-1] in DIAGNOSTICS]
-        assert run_metrics(run)["diag/lake/steps"] == 40  # diagnostics: their own charts
+        assert run_metrics(run)["system/eval/lake/steps"] == 40  # diagnostics: their own charts
         mlmodel = get(f"{server}/ajax-api/2.0/mlflow/logged-models/{output['model_id']}/artifacts/files?"
                       + urllib.parse.urlencode({"artifact_file_path": "MLmodel"})).decode()
         assert str(tmp_path) not in mlmodel and "/tmp" not in mlmodel.replace(str(tmp_path), "")

@@ -158,7 +158,7 @@ def test_log_to_mlflow(track, tmp_path, monkeypatch):
     mlflow_client.log_outputs(run.info.run_id, [LoggedModelOutput(model.model_id, 0)])
     keys = log_to_mlflow(run.info.run_id, "lake", m, [png, js], tracking_uri=uri, track=track)
     assert "eval/lake/autonomy" in keys and "eval/lake/mean_abs_cte" in keys
-    assert "diag/lake/frames" in keys and "diag/lake/round_trip_ms_p50" in keys  # their own charts
+    assert "system/eval/lake/frames" in keys and "system/eval/lake/round_trip_ms_p50" in keys  # their own charts
     # The run's logged model carries the metrics too, with the track as their dataset.
     linked = {metric.key: metric for metric in mlflow_client.get_logged_model(model.model_id).metrics}
     assert linked["eval/lake/autonomy"].value == pytest.approx(m["autonomy"])

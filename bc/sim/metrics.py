@@ -28,9 +28,10 @@ INTERVENTION_COST_S = 6.0  # NVIDIA's assumed human time per intervention
 EXPERT_MIN_SPEED_MPS = 1.0  # the expert's drive gives up below this mean speed
 CTE_PERCENTILE = 95
 METRIC_PREFIX = "eval"
-# How the drive was served and measured, not how well the model drove: logged under
-# diag/<track>/ so the run's eval/ charts compare models (all of them stay in metrics.json).
-DIAGNOSTIC_PREFIX = "diag"
+# How the drive was served and measured, not how well the model drove: logged as
+# system/eval/<track>/<key>, which the MLflow UI shows on the run's "System metrics" tab, so
+# the "Model metrics" tab's eval/ charts compare models (all stay in metrics.json).
+DIAGNOSTIC_PREFIX = "system/eval"
 DIAGNOSTICS = frozenset({"steps", "frames", "manual_replies", "round_trip_ms_p50",
                          "round_trip_ms_p99", "frames_per_s"})
 
@@ -249,7 +250,8 @@ def metric_label(track_name: str) -> str:
 def log_to_mlflow(run_id: str, track_name: str, metrics: Mapping[str, Any],
                   artifacts: Iterable[str | Path] = (),
                   tracking_uri: str | None = None, track: Any = None) -> list[str]:
-    """Log the numeric metrics as ``eval/<track>/<key>`` (diagnostics as ``diag/<track>/<key>``)
+    """Log the numeric metrics as ``eval/<track>/<key>`` (diagnostics as
+    ``system/eval/<track>/<key>``)
     and the files under ``eval/<track>/`` in an existing run (finished training runs included);
     returns the metric keys logged. The metrics are linked to the run's logged model too (its
     page and the registry show them), and, with ``track``, to the track as the run's
