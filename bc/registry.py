@@ -246,7 +246,8 @@ def promote(name: str, alias: str, experiment: str, metric: str, mode: str = "ma
     """Set ``alias`` on the version of registered model ``name`` whose training run, in
     ``experiment``, has the best ``metric`` (``mode`` max|min), and write why on that version
     (tags ``promoted_as``, ``promotion.*`` and its description, which its logged model's page
-    shows too; the version that held the alias before loses those tags). Equal best values are a `TrackingError` unless ``tie_break``
+    shows too; the version that held the alias before loses those tags). Equal best values
+    are a `TrackingError` unless ``tie_break``
     names the rule: ``newest``/``oldest`` version, or a second metric ``<metric>:min|max``."""
     from bc import tracking
 

@@ -102,7 +102,8 @@ def test_a_trained_run_through_the_mlflow_server_rest_api(tmp_path: Path, monkey
         assert version["source"] == f"models:/{output['model_id']}"
         # The dataset input: the recording folder, its content digest, rows and steering stats.
         inputs = run["inputs"]["dataset_inputs"]
-        contexts = {tag["value"]: item for item in inputs for tag in item["tags"] if tag["key"] == "mlflow.data.context"}
+        contexts = {tag["value"]: item for item in inputs for tag in item["tags"]
+                    if tag["key"] == "mlflow.data.context"}
         assert sorted(contexts) == ["evaluation", "training"]
         assert contexts["evaluation"]["dataset"]["name"] == "lake track"
         assert contexts["evaluation"]["dataset"]["digest"] == linked[METRIC]["dataset_digest"]
