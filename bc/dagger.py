@@ -374,10 +374,12 @@ class Job:
         from mlflow.entities import Metric
 
         from bc.closed_loop import eval_metrics
+        from bc.registry import logged_model_of
 
         metrics = eval_metrics(self.scorer.score(self.learner(model_dir)))
         now = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(key, value, now, 0)
+        model_id = logged_model_of(self.client, run_id)  # the model's page shows its score too
+        self.client.log_batch(run_id, metrics=[Metric(key, value, now, 0, model_id=model_id)
                                                for key, value in metrics.items()])
         return metrics
 

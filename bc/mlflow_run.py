@@ -4,9 +4,11 @@
 stays a recipe (conf/logger/mlflow.yaml):
 
 - `start(cfg)`: first marks KILLED the experiment's RUNNING runs whose process died
-  (`tracking.mark_dead_runs`); then opens the run with tags (model, output dir, Hydra
-  sweep / job / overrides, this process's `pid` and `host`) and logs the flattened resolved
-  config as params, `config.yaml` and Hydra's own files (`hydra/`);
+  (`tracking.mark_dead_runs`); then opens the run, named and described by the overrides that
+  differ from the defaults, with tags (model, output dir, Hydra sweep / job / overrides, this
+  process's `pid` and `host`) and logs the flattened resolved config as params (its paths of
+  this machine and run as `config.*` tags instead), `config.yaml` and Hydra's own files
+  (`hydra/`);
 - at fit start: the datamodule's row / sample counts (`data_stats.*` params) and its
   recordings as MLflow dataset inputs (`bc.mlflow_datasets`: source folder, content digest,
   row counts, steering statistics);
@@ -27,6 +29,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +61,16 @@ TAG_LAST_CHECKPOINT = "last_checkpoint"  # local path of the latest checkpoint (
 DATA_STATS_PREFIX = "data_stats."  # row / sample counts the datamodule reports after setup
 NET_PREFIX = "net."  # SteeringModule keeps the network as `self.net`
 PARAMS_PER_BATCH = 100  # MLflow accepts at most 100 params per log_batch call
+# Config keys (last part) whose values are paths of this machine or run: tags, not params.
+PATH_KEYS = frozenset({"output_dir", "tracking_uri", "cache_dir", "dirpath", "folder", "paths", "resume"})
+CONFIG_TAG_PREFIX = "config."
+NOT_RECORDED = frozenset({"experiment_name", "run_name", "register", "optimized_metric"})
+# Settings (last part of the key) that change how a run runs, not what it learns: not in its name.
+NOT_IN_NAME = frozenset({"num_workers", "refresh_rate", "pin_memory", "augment_on", "cache",
+                         "verify_images", "on_bad_row", "progress", "log_every_n_steps"})
+SWEEP_FUNCTION = re.compile(r"\s*(range|choice|interval|glob|tag|sort|shuffle)\(")
+RUN_NAME_CHARS = 200  # MLflow allows 250
+TAG_DESCRIPTION = "mlflow.note.content"  # the run page's Description
 
 
 def _limit(name: str) -> int:
@@ -72,13 +86,14 @@ def flatten_config(cfg: DictConfig) -> dict[str, str]:
 
 
 def hydra_context() -> dict[str, Any]:
-    """Tags, folders and the model choice of this Hydra job (empty without Hydra)."""
+    """Tags, folders, overrides and the model choice of this Hydra job (empty without Hydra)."""
     if not HydraConfig.initialized():
-        return {"tags": {}}
+        return {"tags": {}, "overrides": []}
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     context: dict[str, Any] = {
         "tags": {TAG_OVERRIDES: " ".join(hydra_cfg.overrides.task)[:_limit("MAX_TAG_VAL_LENGTH")]},
+        "overrides": list(hydra_cfg.overrides.task),
         "hydra_dir": output_dir / hydra_cfg.output_subdir if hydra_cfg.output_subdir else None,
         "log_file": output_dir / f"{hydra_cfg.job.name}.log",
         "model_choice": hydra_cfg.runtime.choices.get("model"),
@@ -86,16 +101,76 @@ def hydra_context() -> dict[str, Any]:
     if hydra_cfg.mode == RunMode.MULTIRUN:
         context["tags"][TAG_SWEEP] = str(Path(hydra_cfg.sweep.dir).resolve())
         context["tags"][TAG_JOB] = str(hydra_cfg.job.num)
+        context["swept"] = swept_keys(OmegaConf.select(hydra_cfg, "sweeper.params") or {}, sys.argv[1:])
     return context
 
 
+def swept_keys(sweeper_params: Any, arguments: list[str]) -> set[str]:
+    """The keys a sweep varies: its sweeper's search space (``hydra.sweeper.params``) and the
+    command-line overrides with several values (``optimizer.lr=0.001,0.003``, ``range(...)``,
+    ``choice(...)``, ...; a list value ``[a,b]`` is one value)."""
+    keys = {str(key) for key in sweeper_params}
+    for argument in arguments:
+        key, sep, value = argument.partition("=")
+        if sep and not key.startswith("-") and (SWEEP_FUNCTION.match(value)
+                                                or "," in re.sub(r"\[[^\]]*\]", "", value)):
+            keys.add(key.lstrip("+~"))
+    return keys
+
+
+def is_path_key(key: str) -> bool:
+    """Whether config key ``key`` holds a machine- or run-specific path (logged as a tag)."""
+    return key.rsplit(".", 1)[-1] in PATH_KEYS
+
+
+def split_config(flat: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(params, tags) of a flattened config: paths become ``config.<key>`` tags, so the
+    compare view's params are the settings that tell models apart."""
+    params = {key: value for key, value in flat.items() if not is_path_key(key)}
+    tags = {CONFIG_TAG_PREFIX + key: value for key, value in flat.items()
+            if is_path_key(key) and value != "null"}
+    return params, tags
+
+
+def differing_overrides(overrides: list[str]) -> list[str]:
+    """The command-line overrides that choose what is trained (``model=small``,
+    ``optimizer.lr=0.003``): not paths, not where the run is recorded."""
+    kept = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if "=" in override and not is_path_key(key) and key not in NOT_RECORDED \
+                and not key.startswith("hydra."):
+            kept.append(override.lstrip("+"))
+    return kept
+
+
 def default_run_name(cfg: DictConfig, context: dict[str, Any]) -> str:
-    """`<model>-<date>-<time>[-job<n>]`: readable and distinct (MLflow's random names repeat
-    once `seed_everything` has seeded Python's `random`)."""
+    """`<model>[ <key>=<value>...]-<date>-<time>[-job<n>]`: the overrides that differ from the
+    defaults (in a sweep only the swept ones; keys shortened to their last part; no paths,
+    no settings that only change how it runs), so runs tell themselves apart in the run list."""
     model = context.get("model_choice") or str(cfg.model._target_).rsplit(".", 1)[-1].lower()
-    name = f"{model}-{datetime.now():%Y%m%d-%H%M%S}"
+    words = [model]
+    overrides = differing_overrides(context.get("overrides", []))
+    swept = [item for item in overrides if item.split("=", 1)[0] in context.get("swept", ())]
+    for override in swept or overrides:
+        key, value = override.split("=", 1)
+        if key != "model" and key.rsplit(".", 1)[-1] not in NOT_IN_NAME:
+            words.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    name = " ".join(words)[:RUN_NAME_CHARS] + f"-{datetime.now():%Y%m%d-%H%M%S}"
     job = context["tags"].get(TAG_JOB)
     return f"{name}-job{job}" if job is not None else name
+
+
+def run_description(context: dict[str, Any]) -> str:
+    """The run page's description (Markdown): what differs from the defaults, the sweep job."""
+    overrides = differing_overrides(context.get("overrides", []))
+    lines = ["Overrides of the defaults: " + (", ".join(f"`{item}`" for item in overrides)
+                                              if overrides else "none (the defaults of conf/train.yaml)")]
+    if TAG_JOB in context["tags"]:
+        lines.append(f"Job {context['tags'][TAG_JOB]} of the sweep in `{context['tags'][TAG_SWEEP]}`.")
+    lines.append("Paths of this machine and run (output folder, checkpoints, data) are the "
+                 f"`{CONFIG_TAG_PREFIX}*` tags; the full config is `{CONFIG_ARTIFACT}`.")
+    return "\n\n".join(lines)
 
 
 def load_net_weights(net: torch.nn.Module, checkpoint_path: str | Path) -> None:
@@ -213,9 +288,11 @@ class MlflowRun(MLFlowLogger, Callback):
             log.info("MLflow run %s reopened (resume)", self.run_id)
             return
         self._run_name = self._run_name or default_run_name(cfg, self._context)
-        self.tags = {**(self.tags or {}), **self._context["tags"], **process,
-                     TAG_MODEL: str(cfg.model._target_), TAG_OUTPUT_DIR: str(cfg.output_dir)}
-        self._log_params(flatten_config(cfg))
+        params, path_tags = split_config(flatten_config(cfg))
+        self.tags = {**(self.tags or {}), **self._context["tags"], **process, **path_tags,
+                     TAG_MODEL: str(cfg.model._target_), TAG_OUTPUT_DIR: str(cfg.output_dir),
+                     TAG_DESCRIPTION: run_description(self._context)}
+        self._log_params(params)
         self.experiment.log_text(self.run_id, OmegaConf.to_yaml(cfg, resolve=True), CONFIG_ARTIFACT)
         hydra_dir = self._context.get("hydra_dir")
         if hydra_dir is not None and hydra_dir.is_dir():

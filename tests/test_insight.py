@@ -121,6 +121,7 @@ def test_plot_data_is_what_training_uses(setup_data):
     # flip_prob=1: every frame mirrored and its label negated, exactly as training gets it
     torch.testing.assert_close(augmented.x, plain.x.flip(-1))
     torch.testing.assert_close(augmented.y, -plain.y)
+    assert augmented.changes == [["flip"]] * 6  # what the preview writes under each frame
 
 
 def test_predictions_and_held_out_block(setup_data):
@@ -181,6 +182,25 @@ def test_visualbackprop_marks_what_the_conv_layers_respond_to():
         assert masks.shape == (2, 66, 200) and float(masks.max()) == pytest.approx(1.0)
     with pytest.raises(SaliencyError, match="Sequential has no conv layers"):
         VisualBackProp(nn.Sequential(nn.Flatten(), nn.Linear(3, 1)))
+
+
+def test_visualbackprop_has_no_place_of_its_own():
+    """A blob at one place on every frame is the model's, not the method's: on a uniform frame
+    the mask is uniform (kernel windows overlap unevenly at stride 2, which the coverage
+    division evens out), and only fades at the bottom rows and right columns, which
+    PilotNet's strided convs read less (or never); moving the picture moves the peak with it."""
+    torch.manual_seed(0)
+    net = build_model({"_target_": "bc.models.nvidia.PilotNet", "preprocess": {"height": 66, "width": 200}}).eval()
+    mask = VisualBackProp(net)(torch.full((1, 3, 66, 200), 128.0))[0][0]
+    inside = mask[:52, :194]
+    assert float(inside.min()) == pytest.approx(1.0, abs=1e-4)  # uniform where every layer reads
+    assert float(mask[52:, :].max()) <= 1.0 and float(mask[:, 197:].max()) < 0.6  # edges fade, no blob
+    assert float(mask[61:, :].max()) == 0.0 and float(mask[:, 197:].min()) == 0.0  # never read
+    picture = torch.zeros(1, 3, 66, 200)
+    picture[..., 20:40, 120:140] = 255.0
+    moved = picture.roll(-60, dims=-1)
+    peaks = [int(mask.sum(dim=0).argmax()) for mask in VisualBackProp(net)(torch.cat([picture, moved]))[0]]
+    assert abs((peaks[0] - peaks[1]) - 60) <= 2, peaks
 
 
 def test_saliency_is_drawn_where_the_model_looks_on_the_camera_frame():

@@ -85,7 +85,8 @@ def test_the_logged_model_is_code_plus_files_and_pyfunc_predicts_like_the_drive_
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{model.artifact_location}/MLmodel",
                                                      tracking_uri=store["uri"]))
     pyfunc = yaml.safe_load(local.read_text())["flavors"]["python_function"]
-    assert pyfunc["model_code_path"].endswith("mlflow_model.py") and "python_model" not in pyfunc
+    assert pyfunc["model_code_path"] == "mlflow_model.py" and "python_model" not in pyfunc
+    assert pyfunc["artifacts"] == {"model": {"path": "artifacts/model"}}  # no local temporary path
 
     with registry.fluent_tracking_uri(store["uri"]):
         for model_id, net in [(store["models"][0], store["nets"][0]), (store["speed"][1], store["speed"][0])]:
@@ -105,7 +106,15 @@ def test_promote_picks_the_best_version_of_the_experiment_and_drive_serves_the_a
     promoted = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert promoted.returncode == 0, promoted.stderr[-3000:]
     assert "version 2" in promoted.stdout and "= 95" in promoted.stdout  # not run 3's 100: other experiment
-    assert str(MlflowClient(uri).get_model_version_by_alias(NAME, "champion").version) == "2"
+    champion_version = MlflowClient(uri).get_model_version_by_alias(NAME, "champion")
+    assert str(champion_version.version) == "2"
+    assert champion_version.tags["promoted_as"] == "champion"
+    assert champion_version.tags["promotion.metric"] == f"{METRIC} (max)"
+    assert champion_version.tags["promotion.value"] == "95"
+    assert champion_version.tags["promotion.runner_up"] == "version 1: 80"  # run 3: another experiment
+    assert champion_version.tags["promotion.tie_break"] == "no tie"
+    assert "Runner-up: version 1 with 80" in champion_version.description
+    assert not list(tmp_path.iterdir())  # no promote.log (or anything else) where it ran
 
     keys = dict(run_id=None, model_path=None, experiment_name="bc", metric="val/loss", mode="min",
                 tracking_uri=uri)
@@ -134,6 +143,27 @@ def test_promote_picks_the_best_version_of_the_experiment_and_drive_serves_the_a
         registry.promote(NAME, "champion", "bc", "val/nothing", "max", uri)
     with pytest.raises(ConfigError, match=r"alias: expected a name"):
         registry.promote(NAME, "12", "bc", METRIC, "max", uri)
+
+
+def test_promote_refuses_a_tie_unless_told_how_to_break_it(store: dict) -> None:
+    uri, client = store["uri"], MlflowClient(store["uri"])
+    for run_id, loss in zip(store["runs"][:2], (0.3, 0.2)):
+        client.log_metric(run_id, "eval/tied", 50.0)
+        client.log_metric(run_id, "val/loss_best", loss)
+    with pytest.raises(tracking.TrackingError, match=r"^tie: versions 1, 2 of 'steer' all have eval/tied = 50; "
+                                                     r"say how to choose with tie_break="):
+        registry.promote(NAME, "tied", "bc", "eval/tied", "max", uri)
+    with pytest.raises(ConfigError, match=r"^tie_break: expected newest, oldest or <metric>:min\|max"):
+        registry.promote(NAME, "tied", "bc", "eval/tied", "max", uri, tie_break="first")
+    oldest = registry.promote(NAME, "tied", "bc", "eval/tied", "max", uri, tie_break="oldest")
+    assert str(oldest.version.version) == "1" and oldest.version.tags["promotion.tie_break"] == "oldest"
+    assert "Tie on 50 broken by tie_break=oldest" in oldest.version.description
+    by_loss = registry.promote(NAME, "tied", "bc", "eval/tied", "max", uri, tie_break="val/loss_best:min")
+    assert str(by_loss.version.version) == "2" and by_loss.runner_up == ("1", 50.0)
+    assert "promoted_as" not in client.get_model_version(NAME, "1").tags  # the alias moved on
+    # the logged models' pages (their Description) follow the alias
+    assert client.get_logged_model(store["models"][1]).tags["mlflow.note.content"] == by_loss.reason
+    assert "mlflow.note.content" not in client.get_logged_model(store["models"][0]).tags
 
 
 def test_evaluate_drives_a_registered_version_and_logs_to_its_source_run(store: dict, tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ def test_two_tracks_in_parallel_processes_one_table_one_run(tmp_path: Path, mode
     for track in ("lake", "mountain"):
         written = json.loads((out / track / "metrics.json").read_text())
         assert written["steps"] == STEPS
-        assert metrics[f"eval/{track}/steps"] == STEPS
+        assert metrics[f"system/eval/{track}/steps"] == STEPS
         assert metrics[f"eval/{track}/mean_abs_cte"] == pytest.approx(written["mean_abs_cte"])
 
 

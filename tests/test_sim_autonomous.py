@@ -296,7 +296,7 @@ def test_configured_run_writes_metrics_pictures_video_and_logs_to_mlflow(fresh, 
     with imageio.get_reader(out / "center.mp4") as reader:
         assert reader.count_frames() == 45
     logged = client(uri).get_run(run_id).data.metrics
-    assert logged["eval/lake/steps"] == 45
+    assert logged["system/eval/lake/steps"] == 45 and "eval/lake/steps" not in logged
     assert logged["eval/lake/autonomy"] == pytest.approx(metrics["autonomy"])
     artifacts = {a.path for a in client(uri).list_artifacts(run_id, "eval/lake")}
     expected = {f"eval/lake/{name}" for name in ("metrics.json", "trajectory.png", "center.mp4")}

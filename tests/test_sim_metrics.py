@@ -141,6 +141,8 @@ def test_trajectory_png_and_csv(track, tmp_path):
 
 
 def test_log_to_mlflow(track, tmp_path, monkeypatch):
+    from mlflow.entities import LoggedModelOutput
+
     from bc.tracking import TrackingError, client, get_or_create_experiment
 
     monkeypatch.chdir(tmp_path)
@@ -148,12 +150,22 @@ def test_log_to_mlflow(track, tmp_path, monkeypatch):
     experiment = get_or_create_experiment("bc-test", uri)
     mlflow_client = client(uri)
     run = mlflow_client.create_run(experiment)
+    model = mlflow_client.create_logged_model(experiment, source_run_id=run.info.run_id)
     mlflow_client.set_terminated(run.info.run_id)  # a finished training run
     m = compute_metrics(hand_built(track, np.full(40, 0.25), interventions=(5,)))
     png = plot_trajectory(hand_built(track, np.full(40, 0.25)), tmp_path / "trajectory.png")
     js = write_json(m, tmp_path / "metrics.json")
-    keys = log_to_mlflow(run.info.run_id, "lake", m, [png, js], tracking_uri=uri)
+    mlflow_client.log_outputs(run.info.run_id, [LoggedModelOutput(model.model_id, 0)])
+    keys = log_to_mlflow(run.info.run_id, "lake", m, [png, js], tracking_uri=uri, track=track)
     assert "eval/lake/autonomy" in keys and "eval/lake/mean_abs_cte" in keys
+    assert "system/eval/lake/frames" in keys and "system/eval/lake/round_trip_ms_p50" in keys  # their own charts
+    # The run's logged model carries the metrics too, with the track as their dataset.
+    linked = {metric.key: metric for metric in mlflow_client.get_logged_model(model.model_id).metrics}
+    assert linked["eval/lake/autonomy"].value == pytest.approx(m["autonomy"])
+    assert linked["eval/lake/autonomy"].dataset_name == "lake track"
+    (evaluation,) = mlflow_client.get_run(run.info.run_id).inputs.dataset_inputs
+    assert evaluation.dataset.digest == linked["eval/lake/autonomy"].dataset_digest
+    assert {tag.key: tag.value for tag in evaluation.tags}["mlflow.data.context"] == "evaluation"
     logged = mlflow_client.get_run(run.info.run_id).data.metrics
     assert logged["eval/lake/autonomy"] == pytest.approx(m["autonomy"])
     assert logged["eval/lake/interventions"] == 1

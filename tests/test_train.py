@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 import signal
 import subprocess
@@ -110,6 +112,12 @@ def test_train_script_records_run_and_model(tmp_path: Path, recording: Path) -> 
     assert params["optimizer.lr"] == "0.001" and params["data.batch_size"] == "32"
     assert params["trainer.max_epochs"] == "1" and params["loss._target_"] == "torch.nn.MSELoss"
     assert int(params["data_stats.train_samples"]) > 0 and int(params["data_stats.val_samples"]) > 0
+    # Named and described by what differs from the defaults; paths are tags, not params.
+    assert run.info.run_name.startswith("nvidia batch_size=32 max_epochs=1 block_rows=")
+    assert "`data.batch_size=32`, `trainer.max_epochs=1`" in run.data.tags["mlflow.note.content"]
+    assert not [key for key in params if key.endswith((".dirpath", ".folder", "output_dir", ".paths"))]
+    assert run.data.tags["config.callbacks.model_checkpoint.dirpath"].endswith("checkpoints")
+    assert run.data.tags["config.data.paths"] == json.dumps([str(recording)])
     assert {"train/loss", "val/loss", "val/mae", "val/loss_best"} <= set(run.data.metrics)
     val_history = [metric.value for metric in client.get_metric_history(run_id, "val/loss")]
     assert run.data.metrics["val/loss_best"] == pytest.approx(min(val_history))

@@ -4,7 +4,8 @@ At the start of training (after the sanity check, so what training really sees):
 - `steering_histogram.png`: the training labels per camera before and after balancing
   (camera corrections included);
 - `augmentation_preview.png`: the same training frames before and after the training
-  augmentation, with their labels. "After" is made the way training makes it: the training
+  augmentation, with their labels and what each frame got (flip, shift, the photometric
+  transforms drawn for it). "After" is made the way training makes it: the training
   dataset's own batch fetch, then the trainer's move to the device (the batch-transfer hooks
   of the module and the datamodule), with a copy of the augmentation and the random state
   restored after, so the preview does not change what training draws.
@@ -83,12 +84,81 @@ def contiguous_blocks(recordings: np.ndarray, rows: np.ndarray) -> list[slice]:
 
 
 class Batch(NamedTuple):
-    """Training samples as the network gets them: x N x 3 x H x W, y N x outputs, and the
-    camera each frame comes from."""
+    """Training samples as the network gets them: x N x 3 x H x W, y N x outputs, the
+    camera each frame comes from, and (augmented batches) the changes each frame got."""
 
     x: torch.Tensor
     y: torch.Tensor
     cameras: list[str]
+    changes: list[list[str]] | None = None
+
+
+def _leaves(transforms: list[Any]) -> Iterator[Any]:
+    """The photometric transforms that change pixels (a `OneOf`'s choices, not the `OneOf`)."""
+    for transform in transforms:
+        inner = getattr(transform, "transforms", None)
+        yield from (_leaves(inner) if inner is not None else [transform])
+
+
+@contextmanager
+def recorded_changes(augments: list[Any]) -> Iterator[list[list[str]]]:
+    """While the block runs, what each `BatchAugment` in `augments` does to each sample of the
+    batch it augments: transform names, ``flip``, ``shift <dx> px`` (one list per sample,
+    filled when a batch goes through). The draws are observed, not changed: the flip and
+    shift draws are replayed from a copy of the generator's state, the transforms' own
+    `apply` calls report which samples they were given."""
+    from bc.data.batch_augment import BatchAugment
+
+    changes: list[list[str]] = []
+    patched: list[tuple[Any, str]] = []
+
+    def ensure(count: int) -> None:
+        if len(changes) < count:
+            changes.extend([] for _ in range(count - len(changes)))
+
+    def watch_flip_and_shift(augment: Any) -> None:
+        original = augment._flip_and_shift
+
+        def flip_and_shift(frames: torch.Tensor, labels: torch.Tensor,
+                           generator: torch.Generator) -> torch.Tensor:
+            state = generator.get_state()
+            out = original(frames, labels, generator)
+            replay = torch.Generator(device=generator.device)
+            replay.set_state(state)
+            count, shift, device = len(frames), int(augment.shift_px), frames.device
+            ensure(count)
+            dx = (torch.randint(-shift, shift + 1, (count,), generator=replay, device=device)
+                  if shift > 0 else torch.zeros(count, dtype=torch.long))
+            flip = (torch.rand(count, generator=replay, device=device) < augment.flip_prob
+                    if augment.flip_prob > 0 else torch.zeros(count, dtype=torch.bool))
+            for sample, (flipped, moved) in enumerate(zip(flip.tolist(), dx.tolist())):
+                changes[sample] += (["flip"] if flipped else []) + ([f"shift {moved:+d} px"] if moved else [])
+            return out
+
+        augment._flip_and_shift = flip_and_shift
+        patched.append((augment, "_flip_and_shift"))
+
+    def watch(transform: Any) -> None:
+        original = transform.apply
+
+        def apply(x: torch.Tensor, picked: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            ensure(len(x))
+            for sample in picked.nonzero().flatten().tolist():
+                changes[sample].append(type(transform).__name__)
+            return original(x, picked, generator)
+
+        transform.apply = apply
+        patched.append((transform, "apply"))
+
+    for augment in {id(item): item for item in augments if isinstance(item, BatchAugment)}.values():
+        watch_flip_and_shift(augment)
+        for transform in _leaves(augment.photometric):
+            watch(transform)
+    try:
+        yield changes
+    finally:
+        for owner, name in patched:
+            vars(owner).pop(name, None)
 
 
 def labels_per_camera(datamodule: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -126,10 +196,24 @@ def augmentation_pairs(datamodule: Any, count: int, seed: int = 0,
     augmented.augmentation = copy.deepcopy(dataset.augmentation)
     with preserved_random_state():
         x_before, y_before = move(collate_frames(plain.__getitems__(indices)))
-        x_after, y_after = move(collate_frames(augmented.__getitems__(indices)))
+        # the copy augments in the loader; the training set's own one on the device
+        with recorded_changes([augmented.augmentation, dataset.augmentation]) as changes:
+            x_after, y_after = move(collate_frames(augmented.__getitems__(indices)))
     cameras = [udacity.CAMERAS[slot % len(udacity.CAMERAS)]
                for slot in dataset.frame_index[indices]]
-    return Batch(x_before, y_before, cameras), Batch(x_after, y_after, cameras)
+    recorded = [changes[sample] if sample < len(changes) else [] for sample in range(count)] \
+        if changes else None
+    return Batch(x_before, y_before, cameras), Batch(x_after, y_after, cameras, recorded)
+
+
+def describe_changes(changes: list[str] | None, per_line: int = 2) -> str:
+    """A preview caption: the changes a frame got, two to a line ("none" if none)."""
+    if changes is None:
+        return "augmented"
+    if not changes:
+        return "no change drawn"
+    return "\n".join(", ".join(changes[first:first + per_line])
+                     for first in range(0, len(changes), per_line))
 
 
 def validation_predictions(datamodule: Any, net: torch.nn.Module) -> np.ndarray:
@@ -220,11 +304,12 @@ class InsightPlots(pl.Callback):
         before, after = augmentation_pairs(datamodule, self.preview_frames, self.seed,
                                            lambda batch: trainer.strategy.batch_to_device(batch))
         color_space = datamodule.spec.color_space
+        changes = after.changes or [None] * len(before.cameras)
         pairs = [((image_before, f"{camera} camera, steering {label_before:+.3f}"),
-                  (image_after, f"augmented, steering {label_after:+.3f}"))
-                 for image_before, image_after, label_before, label_after, camera
+                  (image_after, f"steering {label_after:+.3f}\n" + describe_changes(change)))
+                 for image_before, image_after, label_before, label_after, camera, change
                  in zip(to_rgb(before.x, color_space), to_rgb(after.x, color_space),
-                        before.y[:, 0].tolist(), after.y[:, 0].tolist(), before.cameras)]
+                        before.y[:, 0].tolist(), after.y[:, 0].tolist(), before.cameras, changes)]
         per_row = 2 if len(pairs) > 3 else 1
         rows = [[cell for pair in pairs[first:first + per_row] for cell in pair]
                 for first in range(0, len(pairs), per_row)]
@@ -247,7 +332,8 @@ class InsightPlots(pl.Callback):
     def saliency(self, datamodule: Any, net: torch.nn.Module, path: Path) -> Path:
         """A few validation camera frames with the network's VisualBackProp mask."""
         from bc.insight.plots import image_grid
-        from bc.insight.saliency import VisualBackProp, draw_saliency
+        from bc.insight.saliency import (MASK_GAMMA, OVERLAY_COLORMAP_NAME, VisualBackProp,
+                                         draw_saliency)
 
         val = datamodule.table[datamodule.table["split"] == "val"]
         count = min(self.saliency_frames, len(val))
@@ -264,7 +350,10 @@ class InsightPlots(pl.Callback):
         rows = [row for row in rows if len(row) == len(rows[0])]
         return image_grid(rows, path, "VisualBackProp: where the network looks "
                           "(validation frames; dimmed rows are cropped off)",
-                          ["camera frame", "saliency"] * (per_row // 2))
+                          ["camera frame", "saliency"] * (per_row // 2),
+                          colour_bar={"cmap": OVERLAY_COLORMAP_NAME, "gamma": MASK_GAMMA,
+                                      "label": "saliency (1: the frame's most salient pixel; "
+                                               "also shown as opacity)"})
 
     # -- plumbing ---------------------------------------------------------------------------
 

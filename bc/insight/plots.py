@@ -23,6 +23,8 @@ RECORDED_COLOUR = "#222222"
 PREDICTED_COLOUR = "#e8710a"
 IDENTITY_COLOUR = "#d62728"
 TITLE_SIZE = 12
+MIN_SCATTER_SPAN = 0.05  # steering units: the smallest range the scatter's axes show
+SCATTER_MARGIN = 0.06  # of the data's range, on each side
 SMALL_SIZE = 9
 
 
@@ -37,6 +39,16 @@ def _save(figure, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=DPI)
     return path
+
+
+def fitted_range(values: np.ndarray) -> tuple[float, float]:
+    """(low, high) around `values` with a margin, at least `MIN_SCATTER_SPAN` wide: the
+    scatter's axes fit the data (steering of a gentle track fills a tenth of [-1, 1])."""
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    low, high = (float(values.min()), float(values.max())) if len(values) else (-0.5, 0.5)
+    middle, span = (low + high) / 2, max(high - low, MIN_SCATTER_SPAN) * (1 + 2 * SCATTER_MARGIN)
+    return middle - span / 2, middle + span / 2
 
 
 def steering_histograms(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray],
@@ -91,12 +103,12 @@ def predicted_vs_recorded(recorded: np.ndarray, predicted: np.ndarray, block: sl
     series.grid(alpha=0.3)
 
     error = np.abs(predicted - recorded)
-    limit = max(1.0, float(np.abs(np.concatenate([recorded, predicted])).max(initial=0.0))) * 1.05
+    low, high = fitted_range(np.concatenate([recorded, predicted]))
     scatter.scatter(recorded, predicted, s=8, alpha=0.5, color=AFTER_COLOUR, linewidths=0)
-    scatter.plot([-limit, limit], [-limit, limit], color=IDENTITY_COLOUR, linestyle="--",
+    scatter.plot([low, high], [low, high], color=IDENTITY_COLOUR, linestyle="--",
                  linewidth=1.2, label="predicted = recorded")
-    scatter.set_xlim(-limit, limit)
-    scatter.set_ylim(-limit, limit)
+    scatter.set_xlim(low, high)  # the same range on both axes: the identity is the diagonal
+    scatter.set_ylim(low, high)
     scatter.set_aspect("equal")
     scatter.set_xlabel("recorded steering")
     scatter.set_ylabel("predicted steering")
@@ -110,12 +122,16 @@ def predicted_vs_recorded(recorded: np.ndarray, predicted: np.ndarray, block: sl
 
 
 def image_grid(rows: Sequence[Sequence[tuple[np.ndarray, str]]], path: str | Path,
-               title: str, column_titles: Sequence[str] = ()) -> Path:
-    """RGB images with a caption each, row by row (all rows as long as the first)."""
+               title: str, column_titles: Sequence[str] = (),
+               colour_bar: Mapping[str, object] | None = None) -> Path:
+    """RGB images with a caption each, row by row (all rows as long as the first). With
+    `colour_bar` ({"cmap", "gamma", "label"}), a bar for 0..1 values drawn in that colour
+    map with that gamma (e.g. a saliency overlay's scale)."""
     columns = len(rows[0])
     height, width = rows[0][0][0].shape[:2]
     cell_w = 2.6 if width <= 120 else 3.2
-    cell_h = cell_w * height / width + 0.45  # room for a caption line
+    lines = max(caption.count("\n") + 1 for row in rows for _, caption in row)
+    cell_h = cell_w * height / width + 0.3 + 0.16 * lines  # room for the caption lines
     figure = _figure(cell_w * columns, cell_h * len(rows) + 0.5 + 0.3 * bool(column_titles))
     axes = figure.subplots(len(rows), columns, squeeze=False)
     for row_axes, row in zip(axes, rows):
@@ -126,5 +142,14 @@ def image_grid(rows: Sequence[Sequence[tuple[np.ndarray, str]]], path: str | Pat
             axis.set_xlabel(caption, fontsize=SMALL_SIZE)
     for axis, column_title in zip(axes[0], column_titles):
         axis.set_title(column_title, fontsize=TITLE_SIZE - 1)
+    if colour_bar is not None:
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import PowerNorm
+
+        shown = ScalarMappable(norm=PowerNorm(float(colour_bar.get("gamma", 1.0)), 0.0, 1.0),
+                               cmap=str(colour_bar["cmap"]))
+        bar = figure.colorbar(shown, ax=axes, location="right", shrink=0.9, pad=0.01)
+        bar.set_label(str(colour_bar["label"]), fontsize=SMALL_SIZE)
+        bar.ax.tick_params(labelsize=SMALL_SIZE)
     figure.suptitle(title, fontsize=TITLE_SIZE + 1)
     return _save(figure, path)

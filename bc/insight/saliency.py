@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 OVERLAY_ALPHA = 0.8  # opacity of the heat colour where the mask is 1 (0 where it is 0)
 OVERLAY_COLORMAP = cv2.COLORMAP_INFERNO  # dark red (little) -> yellow (most)
+OVERLAY_COLORMAP_NAME = "inferno"  # the same map in matplotlib, for the colour bar
 MASK_GAMMA = 0.5  # shown as sqrt(mask): VBP's product of layers is peaky; this shows its spread
 CROP_LINE_RGB = (200, 200, 200)  # the rows the model does not see are dimmed, this line bounds them
 CROP_DIM = 0.55  # brightness of the cropped-off rows

@@ -541,7 +541,7 @@ class AutonomousDrive:
         print(f"wrote {', '.join(str(p) for p in artifacts)}")
         if self.run_id:
             keys = log_to_mlflow(self.run_id, self.label or result.track.name, metrics, artifacts,
-                                 self.tracking_uri)
+                                 self.tracking_uri, track=result.track)
             print(f"logged {len(keys)} metrics ({keys[0].rsplit('/', 1)[0]}/...) and "
                   f"{len(artifacts)} artifacts to MLflow run {self.run_id}")
         return metrics

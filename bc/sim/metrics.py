@@ -28,6 +28,12 @@ INTERVENTION_COST_S = 6.0  # NVIDIA's assumed human time per intervention
 EXPERT_MIN_SPEED_MPS = 1.0  # the expert's drive gives up below this mean speed
 CTE_PERCENTILE = 95
 METRIC_PREFIX = "eval"
+# How the drive was served and measured, not how well the model drove: logged as
+# system/eval/<track>/<key>, which the MLflow UI shows on the run's "System metrics" tab, so
+# the "Model metrics" tab's eval/ charts compare models (all stay in metrics.json).
+DIAGNOSTIC_PREFIX = "system/eval"
+DIAGNOSTICS = frozenset({"steps", "frames", "manual_replies", "round_trip_ms_p50",
+                         "round_trip_ms_p99", "frames_per_s"})
 
 # (key, label, format) in table order; the keys are the metric names logged to MLflow.
 TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
@@ -243,12 +249,17 @@ def metric_label(track_name: str) -> str:
 
 def log_to_mlflow(run_id: str, track_name: str, metrics: Mapping[str, Any],
                   artifacts: Iterable[str | Path] = (),
-                  tracking_uri: str | None = None) -> list[str]:
-    """Log the numeric metrics as ``eval/<track>/<key>`` and the files under ``eval/<track>/``
-    in an existing run (finished training runs included); returns the metric keys logged."""
+                  tracking_uri: str | None = None, track: Any = None) -> list[str]:
+    """Log the numeric metrics as ``eval/<track>/<key>`` (diagnostics as
+    ``system/eval/<track>/<key>``)
+    and the files under ``eval/<track>/`` in an existing run (finished training runs included);
+    returns the metric keys logged. The metrics are linked to the run's logged model too (its
+    page and the registry show them), and, with ``track``, to the track as the run's
+    ``evaluation`` dataset (`bc.mlflow_datasets.track_dataset`)."""
     from mlflow.entities import Metric
     from mlflow.exceptions import MlflowException
 
+    from bc.registry import logged_model_of
     from bc.tracking import TrackingError, client
 
     mlflow_client = client(tracking_uri)
@@ -257,10 +268,18 @@ def log_to_mlflow(run_id: str, track_name: str, metrics: Mapping[str, Any],
     except MlflowException as error:
         raise TrackingError(
             f"cannot log evaluation metrics: MLflow run {run_id!r} not found ({error})") from None
-    prefix = f"{METRIC_PREFIX}/{metric_label(track_name)}"
+    label = metric_label(track_name)
+    prefix = f"{METRIC_PREFIX}/{label}"
+    dataset: dict[str, str] = {}
+    if track is not None:
+        from bc.mlflow_datasets import log_track
+
+        dataset = log_track(mlflow_client, run_id, track, label)
+    model_id = logged_model_of(mlflow_client, run_id)
     now = int(time.time() * 1000)
     entries = [
-        Metric(f"{prefix}/{key}", float(value), now, 0)
+        Metric(f"{DIAGNOSTIC_PREFIX if key in DIAGNOSTICS else METRIC_PREFIX}/{label}/{key}",
+               float(value), now, 0, model_id=model_id, **dataset)
         for key, value in metrics.items()
         if isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
         and math.isfinite(value)

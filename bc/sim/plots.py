@@ -1,6 +1,7 @@
 """Pictures of an autonomous run: a top-down map of the driven path and a center-camera mp4.
 
-The map shows at a glance where a model drifts (path colour = |cross-track error|) and
+The map shows at a glance where a model drifts (path colour = |cross-track error|, on a scale
+fitted to the drive, with the road's half width marked on it when the drive reached it) and
 where it left the road (red crosses), which a single autonomy number hides.
 """
 
@@ -26,6 +27,7 @@ GRASS_COLOUR = "#cfe3c2"
 PATH_WIDTH_PT = 2.2
 START_ARROW_WIDTHS = 2.5  # length of the driving-direction arrow, in road widths
 CTE_COLOURMAP = "plasma"
+CTE_SCALE_MIN_M = 0.05  # the colour scale's smallest top (a perfect drive is not all yellow)
 VIDEO_CODEC = "libx264"
 VIDEO_MACRO_BLOCK = 16  # 320x160 frames are multiples of 16: no resizing
 
@@ -90,11 +92,16 @@ def plot_trajectory(result: Any, path: str | Path, title: str | None = None) -> 
         lines = LineCollection(segments[keep], cmap=CTE_COLOURMAP, linewidths=PATH_WIDTH_PT,
                                zorder=4)
         lines.set_array(0.5 * (abs_cte[:-1] + abs_cte[1:])[keep])
-        lines.set_clim(0.0, max(half, float(abs_cte.max())))
+        top = cte_scale_top(abs_cte)
+        lines.set_clim(0.0, top)
         ax.add_collection(lines)
         colour_axis = make_axes_locatable(ax).append_axes("right", size="3%", pad=0.12)
         bar = fig.colorbar(lines, cax=colour_axis)
-        bar.set_label("|cross-track error| (m)")
+        if half <= top:  # the road's edge on the scale: above it the car was off the road
+            colour_axis.axhline(half, color="red", linewidth=2.0)
+            bar.set_label(f"|cross-track error| (m); red: road edge ({half:g} m)")
+        else:
+            bar.set_label(f"|cross-track error| (m); road edge at {half:g} m")
     points = np.asarray(result.intervention_xy, dtype=np.float64).reshape(-1, 2)
     if len(points):
         ax.scatter(points[:, 0], points[:, 1], marker="x", s=60, color="red", linewidths=2.0,
@@ -111,12 +118,24 @@ def plot_trajectory(result: Any, path: str | Path, title: str | None = None) -> 
     return path
 
 
+def cte_scale_top(abs_cte: np.ndarray) -> float:
+    """The top of the |cte| colour scale: the drive's largest |cte| rounded up to a tidy
+    number, so the colours spread over what happened (a 0.5 m drift is not one colour on a
+    scale that ends at the road edge)."""
+    peak = float(np.max(abs_cte, initial=0.0))
+    if peak <= CTE_SCALE_MIN_M:
+        return CTE_SCALE_MIN_M
+    step = 10.0 ** np.floor(np.log10(peak)) / 2  # 0.5, 1, 5, ... times a power of ten
+    return float(np.ceil(peak / step) * step)
+
+
 def _default_title(result: Any) -> str:
     steps = len(result.t)
     elapsed = float(result.t[-1]) if steps else 0.0
     progress = float(result.s[-1]) / float(result.track.length) if steps else 0.0
     return (f"{result.track.name}: {progress:.2f} laps in {elapsed:.1f} s, "
-            f"{len(result.intervention_steps)} interventions")
+            f"{len(result.intervention_steps)} intervention"
+            f"{'' if len(result.intervention_steps) == 1 else 's'}")
 
 
 def open_video(path: str | Path, fps: float = SAMPLE_RATE_HZ):
