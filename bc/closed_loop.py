@@ -51,7 +51,7 @@ from bc.sim.car import MPS_PER_MPH
 if TYPE_CHECKING:  # pragma: no cover
     from bc.sim.env import DrivingEnv
     from bc.sim.expert import Expert
-    from bc.sim.metrics import DriveResult
+    from bc.evaluation.metrics import DriveResult
     from bc.tracking import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def rollout(env: "DrivingEnv", learner: Learner, max_steps: int, *, expert: "Exp
     throttle and a speed (mph): its planned speed there (`label_speed="target"`, the label of a
     speed-predicting model) or the car's speed (`"measured"`, what a recording logs)."""
     from bc.sim.autonomous import Episode
-    from bc.sim.metrics import DriveResult
+    from bc.evaluation.metrics import DriveResult
 
     if on_step is not None and expert is None:
         raise ValueError("rollout: on_step needs the expert that labels the states")
@@ -235,7 +235,7 @@ class Scorer:
         return self._envs[track]
 
     def expert(self, track: EvalTrack) -> "DriveResult":
-        from bc.sim.metrics import expert_drive
+        from bc.evaluation.metrics import expert_drive
 
         if track not in self._experts:
             self._experts[track] = expert_drive(track.track, track.laps, seed=track.lighting,
@@ -244,7 +244,7 @@ class Scorer:
 
     def score(self, learner: Learner) -> dict[str, dict[str, float]]:
         """{track name: metrics with `score`} and SCORE: {"score": the mean} for `learner`."""
-        from bc.sim.metrics import compute_metrics, relative_pace
+        from bc.evaluation.metrics import compute_metrics, relative_pace
 
         results: dict[str, dict[str, float]] = {}
         for track in self.tracks:

@@ -6,7 +6,7 @@ Offline validation loss is known to predict driving poorly; these metrics
 (`eval/<track>/autonomy`, `eval/<track>/pace_pct`, `eval/<track>/mean_abs_cte`, ...) are what
 `drive.py run_id=best metric=eval/lake/autonomy mode=max` can select on. As Unity runs it, the
 server's latency costs simulated time (`realtime`), and the lap time is reported beside the
-expert's on the same track, direction and car (`pace_pct`, bc/sim/metrics.py).
+expert's on the same track, direction and car (`pace_pct`, bc/evaluation/metrics.py).
 
 With `jobs` > 1 the tracks are driven in that many processes at once, each with its own drive
 server (a server's speed controller follows one car); the metrics still go to the one run, and
@@ -31,7 +31,7 @@ from bc.errors import ConfigError
 from bc.settings import flag, integer, setting
 from bc.sim.autonomous import AutonomousDrive
 from bc.sim.env import RANDOM_TRACK
-from bc.sim.metrics import METRIC_PREFIX, TABLE_ROWS, metric_label
+from bc.evaluation.metrics import METRIC_PREFIX, TABLE_ROWS, metric_label
 
 REVERSE_SUFFIX = "-reverse"  # eval/<track>-reverse/... for drives the other way round
 SALIENCY_VIDEO = "saliency.mp4"  # beside each track's center.mp4

@@ -21,7 +21,7 @@ at two **paces**:
 The expert (pure pursuit + a speed planned from curvature and friction, no camera) drives the
 same cells; at its own pace it is the reference: its row is 100 % pace and 100 % autonomy.
 Pace = the expert's time to the same progress / the model's time x 100 (= expert lap time /
-lap time for a whole lap). Autonomy: NVIDIA's (6 s per intervention), bc/sim/metrics.py.
+lap time for a whole lap). Autonomy: NVIDIA's (6 s per intervention), bc/evaluation/metrics.py.
 A cell ends after its laps or after `max_time_factor` x the expert's time.
 
 The `dagger` preset (conf/benchmark/dagger.yaml) compares at an equal number of labelled
@@ -113,7 +113,7 @@ def mean_ci(values: Sequence[float | None]) -> dict[str, Any]:
 
 def cell_metrics(result: Any, expert: Any) -> dict[str, Any]:
     """What the leaderboard keeps of one drive (a DriveResult) against the expert's."""
-    from bc.sim.metrics import compute_metrics, relative_pace
+    from bc.evaluation.metrics import compute_metrics, relative_pace
 
     metrics = {**compute_metrics(result), "pace_pct": relative_pace(result, expert)}
     return {**{key: metrics[key] for key in CELL_KEYS}, "stop_reason": metrics["stop_reason"]}
@@ -214,7 +214,7 @@ class DrivingBenchmark(Pipeline):
     # -- the expert ---------------------------------------------------------------------------
     def expert_drive(self, cell: Cell, speed_mph: float | None) -> Any:
         """The expert's drive of a cell (the lighting does not change what it sees), cached."""
-        from bc.sim.metrics import expert_drive
+        from bc.evaluation.metrics import expert_drive
 
         key = (cell.track, cell.reverse, speed_mph)
         if key not in self._expert_drives:

@@ -21,4 +21,5 @@ import gymnasium
 ENV_ID = "bc/Drive-v0"  # gymnasium.make(ENV_ID, track="lake", ...): bc.sim.env.DrivingEnv
 
 if ENV_ID not in gymnasium.registry:
-    gymnasium.register(id=ENV_ID, entry_point="bc.sim.env:DrivingEnv")
+    # the time limit: bc.sim.env.MAX_EPISODE_STEPS (not imported here: `bc.sim.car` stays cheap)
+    gymnasium.register(id=ENV_ID, entry_point="bc.sim.env:DrivingEnv", max_episode_steps=27000)

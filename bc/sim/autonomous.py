@@ -36,7 +36,7 @@ from bc.settings import flag, integer, number, optional, setting
 from bc.errors import BcError
 from bc.sim.car import MPS_PER_MPH, CarState
 from bc.sim.env import DrivingEnv, car_model, resolve_track
-from bc.sim.metrics import (DriveResult, compute_metrics, expert_drive, format_table, lap_time_s,
+from bc.evaluation.metrics import (DriveResult, compute_metrics, expert_drive, format_table, lap_time_s,
                             log_to_mlflow, whole_laps, write_json, write_trajectory_csv)
 from bc.udacity import (MANUAL_EVENT, MAX_STEERING_DEG, PORT, SAMPLE_PERIOD_S, SOCKET_PATH,
                         STEER_EVENT, STEER_FIELDS, TELEMETRY_EVENT, TELEMETRY_FIELDS,
