@@ -17,7 +17,8 @@ from bc.errors import ConfigError
 from bc.sim.autonomous import AutonomousDrive, AutonomousError, UnityClient
 from bc.sim.car import MPS_PER_MPH
 from bc.sim.expert import Expert
-from bc.sim.metrics import DriveResult, expert_drive, lap_time_s
+from bc.evaluation.expert import expert_drive
+from bc.evaluation.metrics import DriveResult, lap_time_s
 from bc.sim.track import load_track
 from bc.udacity import MAX_STEERING_DEG
 

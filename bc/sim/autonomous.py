@@ -36,8 +36,9 @@ from bc.settings import flag, integer, number, optional, setting
 from bc.errors import BcError
 from bc.sim.car import MPS_PER_MPH, CarState
 from bc.sim.env import DrivingEnv, car_model, resolve_track
-from bc.evaluation.metrics import (DriveResult, compute_metrics, expert_drive, format_table, lap_time_s,
-                            log_to_mlflow, whole_laps, write_json, write_trajectory_csv)
+from bc.evaluation.expert import expert_drive
+from bc.evaluation.metrics import (DriveResult, compute_metrics, format_table, lap_time_s,
+                                   log_to_mlflow, whole_laps, write_json, write_trajectory_csv)
 from bc.udacity import (MANUAL_EVENT, MAX_STEERING_DEG, PORT, SAMPLE_PERIOD_S, SOCKET_PATH,
                         STEER_EVENT, STEER_FIELDS, TELEMETRY_EVENT, TELEMETRY_FIELDS,
                         UNITY_JPEG_QUALITY, format_n4)
@@ -481,7 +482,7 @@ class AutonomousDrive:
                         break
                 controls = new
         return DriveResult.from_steps(
-            env, episode.infos, self.laps, frames=len(round_trips), manual_replies=manual,
+            env.track, env.dt, episode.infos, self.laps, frames=len(round_trips), manual_replies=manual,
             greetings=client.greetings, stray_steers=client.stray_steers,
             round_trip_s=np.asarray(round_trips, dtype=np.float64),
             wall_s=time.perf_counter() - started, realtime=self.realtime,
