@@ -41,13 +41,15 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import gymnasium
 import numpy as np
+from gymnasium import spaces
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+from gymnasium.vector.utils import batch_space
 
 from bc import images
 from bc.errors import ConfigError
 from bc.evaluation.metrics import DriveResult
 from bc.sim import ENV_ID
-from bc.sim.env import MAX_EPISODE_STEPS, resolve_track, reversed_track
+from bc.sim.env import MAX_EPISODE_STEPS, STATE_FIELDS, resolve_track, reversed_track
 from bc.sim.track import Track
 from bc.udacity import SAMPLE_PERIOD_S, UNITY_JPEG_QUALITY
 
@@ -171,17 +173,28 @@ class Episodes:
             raise ConfigError(f"vectorization: expected one of {list(VECTORIZATIONS)}, got "
                               f"{vectorization!r}")
         self.jpeg, self.vectorization = bool(jpeg), vectorization
+        kinds = {spec.obs_type for spec in self.specs}
+        if len(kinds) > 1:
+            raise ConfigError(f"episodes: one obs_type for all, got {sorted(kinds)}")
+        mode: Any = "same"
+        if kinds == {"state"}:  # its bounds are the track's: one unbounded box for any mix
+            single = spaces.Box(-np.inf, np.inf, (len(STATE_FIELDS),), np.float32)
+            mode = (batch_space(single, len(self.specs)), single)
         fns = [functools.partial(_make_env, spec, self.jpeg) for spec in self.specs]
         count = len(fns)
         if vectorization == "async":
+            if context == "forkserver":  # workers fork from a server that imported the sim once
+                multiprocessing.get_context(context).set_forkserver_preload([__name__])
             groups = min(GROUPS, count)
             bounds = [round(index * count / groups) for index in range(groups + 1)]
             self.groups = [AsyncVectorEnv(fns[first:last], context=context,
-                                          autoreset_mode=AutoresetMode.NEXT_STEP)
+                                          autoreset_mode=AutoresetMode.NEXT_STEP,
+                                          observation_mode=_part(mode, last - first))
                            for first, last in zip(bounds, bounds[1:])]
         else:
             bounds = [0, count]
-            self.groups = [_InProcess(SyncVectorEnv(fns, autoreset_mode=AutoresetMode.NEXT_STEP))]
+            self.groups = [_InProcess(SyncVectorEnv(fns, autoreset_mode=AutoresetMode.NEXT_STEP,
+                                                    observation_mode=mode))]
         self.offsets = bounds[:-1]
 
     def __enter__(self) -> "Episodes":
@@ -272,6 +285,10 @@ class Episodes:
             reason = "max_steps"
         return DriveResult.from_steps(slot.spec.road, slot.spec.dt, slot.infos,
                                       slot.spec.laps or 0.0, stop_reason=reason)
+
+
+def _part(mode: Any, count: int) -> Any:
+    return mode if isinstance(mode, str) else (batch_space(mode[1], count), mode[1])
 
 
 class _InProcess:

@@ -120,7 +120,7 @@ class DrivingEnv(gymnasium.Env):
         laps: float | None = 1.0,
         off_road: str = "intervene",
         off_road_penalty: float = OFF_ROAD_PENALTY_M,
-        start_s: float = 0.0,
+        start_s: float | str = 0.0,
         start_speed_mph: float = 0.0,
         obs_type: str = "rgb",
         stall_timeout_s: float | None = None,
@@ -138,7 +138,8 @@ class DrivingEnv(gymnasium.Env):
                                lambda names: set(names) <= set(CAMERAS), f"a subset of {CAMERAS}")
         self.off_road_penalty = setting("off_road_penalty", off_road_penalty, number,
                                         lambda value: value >= 0, ">= 0")
-        self.start_s = setting("start_s", start_s, number, lambda value: True, "a number (m)")
+        self.start_s = start_s if start_s == "random" else setting(
+            "start_s", start_s, number, lambda value: True, 'a number (m) or "random"')
         self.start_speed_mph = setting("start_speed_mph", start_speed_mph, number,
                                        lambda value: value >= 0, ">= 0")
         self.stall_timeout_s = setting("stall_timeout_s", stall_timeout_s, optional(number),
