@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 from bc.drive.launch import drive_server
 from bc.errors import ConfigError
 from bc.settings import flag, integer, setting
-from bc.sim.autonomous import AutonomousDrive
+from bc.evaluation.autonomous import AutonomousDrive
 from bc.sim.env import RANDOM_TRACK
 from bc.evaluation.metrics import METRIC_PREFIX, TABLE_ROWS, metric_label
 
