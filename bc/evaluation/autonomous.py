@@ -232,25 +232,31 @@ class AutonomousDrive:
     def run(self, track: Any) -> dict[str, Any]:
         """Drive `track`, print the metrics table, write metrics.json, trajectory.png/.csv
         (+ center.mp4) and log them to MLflow when `run_id` is set. Returns the metrics."""
-        from bc.sim.plots import plot_trajectory
-
         track = resolve_track(track, self.seed)
         out = self.output_folder(track.name)
         out.mkdir(parents=True, exist_ok=True)
         video_path = out / "center.mp4" if self.video else None
         result = self.drive(track, video_path=video_path)
+        return self.report(result, out, f"server {self.host}:{self.port}",
+                           [video_path] if video_path is not None else [])
+
+    def report(self, result: DriveResult, out: Path, driver: str,
+               extra: Sequence[Path] = ()) -> dict[str, Any]:
+        """A drive's metrics (pace against the expert's lap time) as a table, metrics.json,
+        trajectory.png/.csv in `out` (+ `extra` files), logged to MLflow with `run_id`."""
+        from bc.sim.plots import plot_trajectory
+
         metrics = compute_metrics(result, self.expert_lap_time(result))
         print(format_table(metrics, title=f"autonomous drive: track {result.track.name}, "
-                                          f"server {self.host}:{self.port}"))
+                                          f"{driver}"))
         if result.stop_reason != "laps":
             log.warning("the drive stopped before %s laps: %s", result.laps, result.stop_reason)
         artifacts = [
             write_json(metrics, out / "metrics.json"),
             plot_trajectory(result, out / "trajectory.png"),
             write_trajectory_csv(result, out / "trajectory.csv"),
+            *extra,
         ]
-        if video_path is not None:
-            artifacts.append(video_path)
         print(f"wrote {', '.join(str(p) for p in artifacts)}")
         if self.run_id:
             keys = log_to_mlflow(self.run_id, self.label or result.track.name, metrics, artifacts,
