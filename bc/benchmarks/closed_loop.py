@@ -110,7 +110,7 @@ class ClosedLoopBenchmark:
 
         with Episodes(specs, jpeg=jpeg, vectorization=vectorization) as episodes:
             episodes.run(policy)  # renderers, worker processes, first forward passes
-            started, cpu = time.perf_counter(), time.process_time()
+            started = time.perf_counter()
             results = episodes.run(policy)
             wall = time.perf_counter() - started
         steps = sum(result.steps for result in results)

@@ -56,6 +56,7 @@ from bc.udacity import SAMPLE_PERIOD_S, UNITY_JPEG_QUALITY
 STALL_TIMEOUT_S = 10.0  # simulated seconds standing still before an evaluation episode gives up
 VECTORIZATIONS = ("sync", "async")
 GROUPS = 2  # async: env groups that alternate (one renders while the policy runs on the other)
+ASYNC_MIN_CORES = 4  # default_vectorization: worker processes from this many cores on
 WORKER_CONTEXT = "forkserver"  # safe next to torch's threads, cheaper than spawn
 
 # on_step(slot, info of the state acted on, executed action): before the env steps
@@ -322,9 +323,11 @@ def drive(specs: Sequence[EpisodeSpec], policy: Policy, *, jpeg: bool = True,
 
 
 def default_vectorization(count: int) -> str:
-    """"async" when there are several episodes and more than one core, else "sync"."""
+    """"async" for several episodes on a machine with ASYNC_MIN_CORES cores or more, else
+    "sync": on 2 busy shared cores one process stepping all the envs measured faster than
+    worker processes, whose lockstep waits for the slowest (docs/evaluation.md)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cores = multiprocessing.cpu_count()
-    return "async" if count > 1 and cores > 1 else "sync"
+    return "async" if count > 1 and cores >= ASYNC_MIN_CORES else "sync"

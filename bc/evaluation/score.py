@@ -80,7 +80,7 @@ class Scorer:
     """Drives a policy on `tracks`, all at once, and scores it (module doc). The expert's
     reference drives and the envs (their renderers, with "async" their worker processes) are
     built on first use and kept: close() ends them. `jpeg`, `vectorization`
-    (None: "async" for several tracks on several cores): bc/evaluation/episodes.py."""
+    (None: `default_vectorization`): bc/evaluation/episodes.py."""
 
     def __init__(self, tracks: Sequence[Any], max_time_factor: float = 2.0, *,
                  jpeg: bool = True, vectorization: str | None = None) -> None:
@@ -93,7 +93,7 @@ class Scorer:
         self.jpeg = flag("jpeg", jpeg)
         self.vectorization = setting("vectorization", vectorization, optional(str),
                                      lambda value: value in (None, "sync", "async"),
-                                     "sync, async or null (async for several tracks)")
+                                     "sync, async or null (episodes.default_vectorization)")
         self._experts: dict[EvalTrack, DriveResult] = {}
         self._episodes: Episodes | None = None
         self.last: list[DriveResult] = []  # the drives of the last `score`
