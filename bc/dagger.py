@@ -378,7 +378,7 @@ class Job:
         """The round's model on `eval_tracks` in-process; eval/* logged to its run."""
         from mlflow.entities import Metric
 
-        from bc.closed_loop import eval_metrics
+        from bc.evaluation.score import eval_metrics
 
         metrics = eval_metrics(self.scorer.score(self.learner(model_dir)))
         now = int(time.time() * 1000)
