@@ -5,7 +5,7 @@
 Round 0 records the noisy expert (`demo_laps` laps or `demo_rows` rows, DART noise and
 recovery drifts as scripts/simulate.py) and trains on it. Each round i >= 1 then lets the
 model of round i-1 drive `track` in the DrivingEnv, through the same Predictor and drive-server
-code as scripts/drive.py (`bc.closed_loop.Learner`), the expert's own action executed instead
+code as scripts/drive.py (`bc.evaluation.policies.ModelPolicy`), the expert's own action executed instead
 with probability beta_i (`beta`, one value per round, the last repeated); the expert labels
 every visited state (steering, and its planned speed when the model predicts speed), and the
 `round_rows` frames are written as an ordinary Udacity recording (`<out>/data/round<i>/`, three
@@ -26,6 +26,7 @@ parent KILLED, and `resume=true` (the newest unfinished DAgger job of the experi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -142,7 +143,7 @@ class Job:
         self.settings = Settings.of(cfg)
         self.uri = str(cfg.tracking_uri)
         self.client = tracking.client(self.uri)
-        from bc.closed_loop import Scorer
+        from bc.evaluation.score import Scorer
 
         self.scorer = Scorer(list(cfg.get("eval_tracks") or []), self.settings.max_time_factor)
 
@@ -287,45 +288,49 @@ class Job:
         return {"rows": count, "beta": 1.0, "expert_share": 1.0, "interventions": 0}
 
     def learner(self, model_dir: Path) -> Any:
-        from bc.closed_loop import Learner
+        from bc.evaluation.policies import ModelPolicy
 
         model = tracking.load_model_folder(model_dir)
         source = ("model" if self.settings.speed_source == "model" and "speed" in model.outputs
                   else self.settings.speed_source)
-        return Learner(model, self.settings.set_speed, source)
+        return ModelPolicy(model, self.settings.set_speed, source)
 
     def collect(self, index: int, data: Path, rows: int) -> dict[str, Any]:
         """Round `index`: the previous round's model drives, the expert takes over with
         probability beta and labels every state; `rows` rows written to `data`."""
-        from bc.closed_loop import rollout
-        from bc.sim.env import DrivingEnv
+        from bc.evaluation.episodes import EpisodeSpec, drive
+        from bc.evaluation.expert import ExpertPolicy
+        from bc.evaluation.policies import MixedPolicy
+        from bc.sim.env import car_model
         from bc.sim.expert import Expert
         from bc.sim.recorder import RecordingWriter
         from bc.udacity import CAMERAS
 
         beta = self.settings.beta_of(index)
         learner = self.learner(Path(self.rounds[-1]["model"]))
-        predicts_speed = learner.predictor.predicts_speed
         rng = random.Random(int(self.cfg.seed) * 1000 + index)
         expert_steps = interventions = 0
-        env = DrivingEnv(self.settings.track, int(self.cfg.seed), laps=None, cameras=CAMERAS)
-        expert = Expert(env.track, speed_mph=self.settings.expert_speed_mph, car=env.car,
-                        dt=env.dt)
+        expert = ExpertPolicy(self.settings.expert_speed_mph,
+                              label_speed="target" if learner.predicts_speed else "measured")
+        policy = MixedPolicy(learner, expert, beta, rng)
+        base = EpisodeSpec(self.settings.track, laps=None, lighting=int(self.cfg.seed),
+                           cameras=CAMERAS)
+        planner = Expert(base.road, speed_mph=self.settings.expert_speed_mph,
+                         car=car_model(None), dt=base.dt)
 
-        def record(info: Mapping[str, Any], executed: tuple[float, float],
-                   action: tuple[float, float], label: tuple[float, float, float]) -> None:
+        def record(slot: int, info: Mapping[str, Any], executed: Any) -> None:
             nonlocal expert_steps
-            writer.write(info["frames"], *label)
-            expert_steps += executed != action
+            writer.write(info["frames"], *expert.labels[slot])
+            expert_steps += tuple(executed) != policy.learner_actions[slot]
 
         with RecordingWriter(data) as writer:
             while writer.rows < rows:  # episodes from random points, at the expert's speed there
-                env.start_s = rng.uniform(0.0, env.track.length)
-                env.start_speed_mph = min(self.settings.set_speed,
-                                          expert.target_speed(env.start_s) / MPS_PER_MPH)
-                result = rollout(env, learner, rows - writer.rows, expert=expert, beta=beta,
-                                 rng=rng, on_step=record,
-                                 label_speed="target" if predicts_speed else "measured")
+                start_s = rng.uniform(0.0, base.road.length)
+                spec = dataclasses.replace(
+                    base, start_s=start_s, max_steps=rows - writer.rows,
+                    start_speed_mph=min(self.settings.set_speed,
+                                        planner.target_speed(start_s) / MPS_PER_MPH))
+                result, = drive([spec], policy, on_step=record)
                 interventions += len(result.intervention_steps)
         print(f"round {index}: {writer.rows} rows driven by round {index - 1}'s model with "
               f"beta {beta:g} (expert executed {expert_steps}, {interventions} interventions), "
@@ -373,7 +378,7 @@ class Job:
         """The round's model on `eval_tracks` in-process; eval/* logged to its run."""
         from mlflow.entities import Metric
 
-        from bc.closed_loop import eval_metrics
+        from bc.evaluation.score import eval_metrics
         from bc.registry import logged_model_of
 
         metrics = eval_metrics(self.scorer.score(self.learner(model_dir)))

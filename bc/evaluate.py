@@ -6,11 +6,17 @@ Offline validation loss is known to predict driving poorly; these metrics
 (`eval/<track>/autonomy`, `eval/<track>/pace_pct`, `eval/<track>/mean_abs_cte`, ...) are what
 `drive.py run_id=best metric=eval/lake/autonomy mode=max` can select on. As Unity runs it, the
 server's latency costs simulated time (`realtime`), and the lap time is reported beside the
-expert's on the same track, direction and car (`pace_pct`, bc/sim/metrics.py).
+expert's on the same track, direction and car (`pace_pct`, bc/evaluation/metrics.py).
 
 With `jobs` > 1 the tracks are driven in that many processes at once, each with its own drive
 server (a server's speed controller follows one car); the metrics still go to the one run, and
 `tracks_table` puts every track's side by side.
+
+With `vectorized`, the model is not served: every track is driven at once in this process
+through the episode loop (bc/evaluation/episodes.py; worker processes for several tracks),
+the model batched as drive.py answers (bc/evaluation/policies.py), in lockstep (the
+server's latency is not charged) -- the fast path for many tracks; the same metrics, tables
+and trajectories, no video.
 
 With `saliency`, each track's center-camera video is drawn again with the model's
 VisualBackProp saliency (`bc.insight.saliency`: where the network looks) as
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +36,9 @@ from typing import Any, Mapping, Sequence
 from bc.drive.launch import drive_server
 from bc.errors import ConfigError
 from bc.settings import flag, integer, setting
-from bc.sim.autonomous import AutonomousDrive
+from bc.evaluation.autonomous import AutonomousDrive
 from bc.sim.env import RANDOM_TRACK
-from bc.sim.metrics import METRIC_PREFIX, TABLE_ROWS, metric_label
+from bc.evaluation.metrics import METRIC_PREFIX, TABLE_ROWS, metric_label
 
 REVERSE_SUFFIX = "-reverse"  # eval/<track>-reverse/... for drives the other way round
 SALIENCY_VIDEO = "saliency.mp4"  # beside each track's center.mp4
@@ -91,6 +98,45 @@ def evaluate(run_id: str, tracks: Sequence[str], autonomous: AutonomousDrive, *,
                          [saliency] * count)
         results = {label: metrics for part in parts for label, metrics in part.items()}
     return {label: results[label] for label in (track_label(spec, autonomous) for spec in specs)}
+
+
+def evaluate_vectorised(run_id: str, tracks: Sequence[str], autonomous: AutonomousDrive, *,
+                        out: Path, set_speed: float, speed_source: str = "set_speed",
+                        runtime: str = "torch",
+                        tracking_uri: str | None = None) -> dict[str, dict]:
+    """`evaluate` without the drive server (module doc): `run_id`'s model (`runtime` torch |
+    onnx) drives every track at once as `autonomous` says, in lockstep; the same outputs per
+    track (out/<label>/) and eval/<track>/... metrics on the run."""
+    from bc import tracking
+    from bc.evaluation.episodes import Episodes, default_vectorization
+    from bc.evaluation.policies import ModelPolicy
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    specs = [TrackSpec.parse(text) for text in tracks]
+    drives = []
+    for spec in specs:
+        seed = autonomous.seed if spec.seed is None else spec.seed
+        drive = dataclasses.replace(autonomous, seed=seed, realtime=False,
+                                    out=str(out / track_label(spec, autonomous)),
+                                    label=track_label(spec, autonomous), run_id=run_id,
+                                    tracking_uri=uri)
+        drives.append((drive, drive.spec(spec.spec)))  # a bad track fails now
+    policy = ModelPolicy(tracking.load_model(run_id, uri, runtime), set_speed, speed_source)
+    episodes = [episode for _, episode in drives]
+    print(f"driving {len(episodes)} track(s) at once in-process (lockstep, "
+          f"{default_vectorization(len(episodes))})", flush=True)
+    with Episodes(episodes, vectorization=default_vectorization(len(episodes))) as runner:
+        started = time.perf_counter()
+        results = runner.run(policy)
+        wall = time.perf_counter() - started
+    metrics = {}
+    for (drive, _), result in zip(drives, results):
+        folder = Path(drive.out)
+        folder.mkdir(parents=True, exist_ok=True)
+        result = dataclasses.replace(result, frames=result.steps, wall_s=wall)
+        metrics[drive.label] = drive.report(result, folder, f"{policy.predictor.source}, "
+                                                           f"in-process")
+    return metrics
 
 
 def track_label(spec: TrackSpec, autonomous: AutonomousDrive) -> str:

@@ -6,6 +6,7 @@
   scale    sweep basic vs joblib launcher, DDP vs 1 process, evaluation serial vs parallel
   driving  driving quality: train on lake, evaluate on lake, mountain and random tracks
   review   the review app: open a 30,000-row recording, step one frame (HTTP and Chromium)
+  closed_loop  closed-loop evaluation steps/s: serial vs vectorised vs the floor; callback cost
 
 Settings: conf/benchmark/NAME.yaml (`python scripts/benchmark.py NAME --cfg job` shows them);
 the code: bc/benchmarks/. `benchmark.py NAME ...` is short for `benchmark.py benchmark=NAME ...`.

@@ -3,6 +3,7 @@
 Starts scripts/drive.py for the run's model, drives the built-in simulator against it over
 Socket.IO on each track (`jobs=N`: N tracks at once, each against its own server), prints the
 metrics of every track in one table and logs them (eval/<track>/...) to the run.
+`vectorized=true`: no server; every track at once in-process, batched, lockstep (fast).
 Configuration: conf/evaluate.yaml.
 """
 
@@ -35,8 +36,21 @@ def evaluate_run(cfg: DictConfig) -> None:
     out = Path(cfg.out) if cfg.out else Path(HydraConfig.get().runtime.output_dir)
     print(f"evaluating MLflow run {run_id} on {', '.join(tracks)} ({cfg.laps} laps at "
           f"{cfg.set_speed} mph); outputs in {out}", flush=True)
-    results = evaluate(run_id, tracks, autonomous, out=out, server_overrides=list(cfg.drive_server),
-                       tracking_uri=cfg.tracking_uri, jobs=cfg.jobs, saliency=cfg.saliency)
+    if cfg.vectorized:
+        from bc.errors import ConfigError
+        from bc.evaluate import evaluate_vectorised
+
+        if cfg.saliency:
+            raise ConfigError("vectorized: true writes no video to draw saliency on; "
+                              "drop saliency=true or vectorized=true")
+        results = evaluate_vectorised(
+            run_id, tracks, autonomous, out=out, set_speed=cfg.set_speed,
+            speed_source="bends" if cfg.slow_in_bends else "set_speed", runtime=cfg.runtime,
+            tracking_uri=cfg.tracking_uri)
+    else:
+        results = evaluate(run_id, tracks, autonomous, out=out,
+                           server_overrides=list(cfg.drive_server),
+                           tracking_uri=cfg.tracking_uri, jobs=cfg.jobs, saliency=cfg.saliency)
     print(tracks_table(results))
     print(f"metrics logged to MLflow run {run_id} (eval/<track>/...); outputs in {out}")
 

@@ -137,6 +137,21 @@ def test_driving_benchmark_runs_end_to_end_at_tiny_size(tmp_path):
                                     ).read_text() or "speed_source=model" in done.stdout
     assert "| expert @ own pace | 100.0 | 100.0 | 100.0 |" in done.stdout
     assert f"leaderboard: {tmp_path / 'run' / 'leaderboard.json'}" in done.stdout
+    assert re.search(r"wall time: [\d.]+ min \(socketio evaluation\); record [\d.]+ min, "
+                     r"train [\d.]+ min, eval [\d.]+ min", done.stdout)
+    assert set(board["time_split_s"]) == {"record", "train", "eval"}
+
+
+def test_closed_loop_benchmark_measures_serial_vectorised_and_the_floor(tmp_path):
+    done = subprocess.run(
+        [sys.executable, BENCHMARK, "closed_loop", "model=small", "episodes=2", "steps=12",
+         "serial_episodes=1", "callback=false", f"out={tmp_path}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "closed_loop.json").read_text())
+    assert result["serial"]["steps"] == 12 and result["async"]["steps"] == 24
+    assert result["floor"]["floor_steps_per_s"] > 0 and result["speedup"] > 0
+    assert "target: async >= 2x serial" in done.stdout
 
 
 def test_sim_benchmark_runs_from_the_command_line(tmp_path):

@@ -11,7 +11,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from bc import tracking
-from bc.closed_loop import SCORE, ClosedLoopEval, Learner, Scorer, eval_metrics
+from bc.closed_loop import ClosedLoopEval
+from bc.evaluation.policies import ModelPolicy
+from bc.evaluation.score import SCORE, Scorer, eval_metrics
 from bc.errors import ConfigError
 from bc.mlflow_run import TAG_WEIGHTS
 from bc.models.small import SmallNet
@@ -50,7 +52,7 @@ def test_checkpoint_chosen_by_eval_score_is_the_logged_model(tmp_path: Path) -> 
     # the logged model is the checkpoint that drove best: it drives the same episode to that score
     model = tracking.load_model(run_id, uri)
     results = Scorer(list(compose_config("train", [f"callbacks.closed_loop.tracks={TRACKS}"])
-                          .callbacks.closed_loop.tracks)).score(Learner(model, 20.0))
+                          .callbacks.closed_loop.tracks)).score(ModelPolicy(model, 20.0))
     assert eval_metrics(results)[SCORE] == pytest.approx(best, rel=1e-6)  # logged as float32
 
 

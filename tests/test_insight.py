@@ -41,7 +41,7 @@ from bc.models import build_model
 from bc.models.small import SmallNet
 from bc.module import SteeringModule
 from bc.preprocess import Preprocess
-from bc.sim.autonomous import AutonomousDrive
+from bc.evaluation.autonomous import AutonomousDrive
 from bc.sim.plots import open_video
 from bc.train import train
 from conftest import REPO, compose_config

@@ -65,7 +65,7 @@ def test_two_tracks_in_parallel_processes_one_table_one_run(tmp_path: Path, mode
 
 
 def test_jobs_must_be_a_positive_number(tmp_path: Path) -> None:
-    from bc.sim.autonomous import AutonomousDrive
+    from bc.evaluation.autonomous import AutonomousDrive
 
     with pytest.raises(ConfigError, match=r"^jobs: expected >= 1, got 0$"):
         evaluate("0" * 32, ["lake"], AutonomousDrive(), out=tmp_path, jobs=0)

@@ -14,10 +14,12 @@ from hydra.utils import instantiate
 from sim_servers import DriveServerStub, steer
 
 from bc.errors import ConfigError
-from bc.sim.autonomous import AutonomousDrive, AutonomousError, UnityClient
+from bc.evaluation.autonomous import AutonomousDrive
+from bc.sim.unity_client import AutonomousError, UnityClient
 from bc.sim.car import MPS_PER_MPH
 from bc.sim.expert import Expert
-from bc.sim.metrics import DriveResult, expert_drive, lap_time_s
+from bc.evaluation.expert import expert_drive
+from bc.evaluation.metrics import DriveResult, lap_time_s
 from bc.sim.track import load_track
 from bc.udacity import MAX_STEERING_DEG
 

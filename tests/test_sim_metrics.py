@@ -10,9 +10,9 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 
-from bc.sim.metrics import (DriveResult, autonomy_pct, compute_metrics, expert_drive,
-                            format_table, lap_time_s, log_to_mlflow, write_json,
-                            write_trajectory_csv)
+from bc.evaluation.expert import expert_drive
+from bc.evaluation.metrics import (DriveResult, autonomy_pct, compute_metrics, format_table,
+                                   lap_time_s, log_to_mlflow, write_json, write_trajectory_csv)
 from bc.sim.plots import plot_trajectory
 from bc.sim.track import load_track
 

@@ -85,7 +85,7 @@ def forward_times(predictor: Any, inputs: list[Any], indices: range) -> list[flo
 
 def round_trips(client: Any, messages: list[str], indices: range) -> list[float]:
     """Seconds from sending each telemetry to receiving its ``steer``."""
-    from bc.sim.autonomous import AutonomousError
+    from bc.sim.unity_client import AutonomousError
     from bc.udacity import STEER_EVENT
 
     times = []
@@ -133,7 +133,7 @@ class DriveBenchmark:
         from bc import tracking
         from bc.drive.launch import drive_server
         from bc.drive.predictor import serving_predictor
-        from bc.sim.autonomous import UnityClient
+        from bc.sim.unity_client import UnityClient
 
         predictor = serving_predictor(tracking.load_exported(model_path), threads)
         inputs = [predictor.model_input(predictor.decode(jpeg)) for jpeg in jpegs]
@@ -159,7 +159,7 @@ class DriveBenchmark:
         """Forward, floor and round trip per runtime, printed and returned; the targets are
         judged on the runtime with the most replies/s."""
         from bc.drive.predictor import default_num_threads
-        from bc.sim.autonomous import telemetry_message
+        from bc.sim.unity_client import telemetry_message
 
         threads = self.num_threads or default_num_threads()
         jpegs = simulator_frames()

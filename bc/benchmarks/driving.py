@@ -21,7 +21,7 @@ at two **paces**:
 The expert (pure pursuit + a speed planned from curvature and friction, no camera) drives the
 same cells; at its own pace it is the reference: its row is 100 % pace and 100 % autonomy.
 Pace = the expert's time to the same progress / the model's time x 100 (= expert lap time /
-lap time for a whole lap). Autonomy: NVIDIA's (6 s per intervention), bc/sim/metrics.py.
+lap time for a whole lap). Autonomy: NVIDIA's (6 s per intervention), bc/evaluation/metrics.py.
 A cell ends after its laps or after `max_time_factor` x the expert's time.
 
 The `dagger` preset (conf/benchmark/dagger.yaml) compares at an equal number of labelled
@@ -81,6 +81,8 @@ TABLES = (("autonomy", "Autonomy (%)", "{:.1f}"), ("pace_pct", "Pace vs expert (
 CELL_KEYS = ("autonomy", "pace_pct", "interventions", "mean_abs_cte", "lap_time_s",
              "mean_speed_mph", "progress_laps", "sim_time_s")
 FULL = 100.0  # % autonomy / pace of the expert at its own pace
+EVALUATORS = ("socketio", "vector")
+PHASES = ("record", "train", "eval")  # the wall-time split: timings keys start with these
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ def mean_ci(values: Sequence[float | None]) -> dict[str, Any]:
 
 def cell_metrics(result: Any, expert: Any) -> dict[str, Any]:
     """What the leaderboard keeps of one drive (a DriveResult) against the expert's."""
-    from bc.sim.metrics import compute_metrics, relative_pace
+    from bc.evaluation.metrics import compute_metrics, relative_pace
 
     metrics = {**compute_metrics(result), "pace_pct": relative_pace(result, expert)}
     return {**{key: metrics[key] for key in CELL_KEYS}, "stop_reason": metrics["stop_reason"]}
@@ -150,6 +152,7 @@ class DrivingBenchmark(Pipeline):
     unseen_lighting: bool = True
     max_time_factor: float = 2.0
     leaderboard: str | None = None  # also written here (.json and .md) at the end
+    evaluator: str = "socketio"  # socketio: drive.py, realtime; vector: bc.evaluation, lockstep
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -172,10 +175,13 @@ class DrivingBenchmark(Pipeline):
             setattr(self, name, flag(name, getattr(self, name)))
         self.max_time_factor = setting("max_time_factor", self.max_time_factor, number,
                                        lambda value: value > 1, "a number > 1")
+        self.evaluator = setting("evaluator", self.evaluator, str,
+                                 lambda value: value in EVALUATORS, f"one of {list(EVALUATORS)}")
         if self.eval_seed in self.seeds:
             raise ConfigError(f"eval_seed: expected a lighting never trained on, got "
                               f"{self.eval_seed}, one of the training seeds {self.seeds}")
         self._expert_drives: dict[tuple, Any] = {}  # (track, reverse, speed cap): DriveResult
+        self.time_split: dict[str, float] = {}
 
     # -- the matrix ---------------------------------------------------------------------------
     def cells(self) -> list[Cell]:
@@ -214,7 +220,7 @@ class DrivingBenchmark(Pipeline):
     # -- the expert ---------------------------------------------------------------------------
     def expert_drive(self, cell: Cell, speed_mph: float | None) -> Any:
         """The expert's drive of a cell (the lighting does not change what it sees), cached."""
-        from bc.sim.metrics import expert_drive
+        from bc.evaluation.expert import expert_drive
 
         key = (cell.track, cell.reverse, speed_mph)
         if key not in self._expert_drives:
@@ -239,9 +245,12 @@ class DrivingBenchmark(Pipeline):
     def drive_cells(self, seed: int, run_id: str, method: str, pace: str,
                     folder: Path) -> dict[str, dict[str, Any]]:
         """Serve `run_id` with scripts/drive.py at the pace's speed settings and drive every cell
-        against it; returns the metrics per cell (also in `<folder>/<cell>.json`)."""
+        against it (evaluator "vector": every cell at once in-process, bc.evaluation); returns
+        the metrics per cell (also in `<folder>/<cell>.json`)."""
+        if self.evaluator == "vector":
+            return self.drive_cells_vectorised(seed, run_id, method, pace, folder)
         from bc.drive.launch import drive_server
-        from bc.sim.autonomous import AutonomousDrive
+        from bc.evaluation.autonomous import AutonomousDrive
         from bc.tracking import resolve_tracking_uri
 
         overrides = [f"run_id={run_id}", f"tracking_uri={resolve_tracking_uri(self.tracking_uri)}",
@@ -263,6 +272,37 @@ class DrivingBenchmark(Pipeline):
                       f"{metrics['interventions']}  |cte| {metrics['mean_abs_cte']:.3f} m",
                       flush=True)
                 results[cell.name] = metrics
+        return results
+
+    def drive_cells_vectorised(self, seed: int, run_id: str, method: str, pace: str,
+                               folder: Path) -> dict[str, dict[str, Any]]:
+        """Every cell at once through the episode loop (bc/evaluation/episodes.py), the model
+        batched with drive.py's speed settings of the pace; lockstep (no latency charged)."""
+        from bc.evaluation.autonomous import STALL_TIMEOUT_S
+        from bc.evaluation.episodes import Episodes, EpisodeSpec, default_vectorization
+        from bc.evaluation.policies import ModelPolicy
+        from bc.tracking import load_model
+
+        settings = dict(item.split("=", 1) for item in self.server_overrides(method, pace))
+        policy = ModelPolicy(load_model(run_id, self.tracking_uri),
+                             float(settings.get("set_speed", 20.0)), settings["speed_source"])
+        cells = self.cells()
+        experts = [self.expert_drive(cell, None) for cell in cells]
+        specs = [EpisodeSpec(cell.track, laps=self.eval_laps, reverse=cell.reverse,
+                             lighting=cell.lighting_seed(seed), stall_timeout_s=STALL_TIMEOUT_S,
+                             max_steps=math.ceil(self.max_time_factor * expert.steps))
+                 for cell, expert in zip(cells, experts)]
+        print(f"[seed {seed}] {self.row_title(method, pace)}: {len(specs)} cells at once "
+              f"({' '.join(f'{key}={value}' for key, value in settings.items())})",
+              flush=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        with Episodes(specs, vectorization=default_vectorization(len(specs))) as episodes:
+            drives = episodes.run(policy)
+        results = {}
+        for cell, drive, expert in zip(cells, drives, experts):
+            metrics = cell_metrics(drive, expert)
+            (folder / f"{cell.name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            results[cell.name] = metrics
         return results
 
     def run_seed(self, seed: int, work: Path, stamp: str) -> dict[str, Any]:
@@ -448,13 +488,23 @@ class DrivingBenchmark(Pipeline):
                          + (f" ({', '.join(below)})" if below else ""))
         if not headroom["hard_enough"]:
             lines.append(f"- NOT HARD ENOUGH: {title} matches the expert on every cell")
-        lines.append(f"- wall time: {wall_s / 60:.1f} min")
+        lines.append(f"- wall time: {wall_s / 60:.1f} min ({self.evaluator} evaluation); "
+                     + ", ".join(f"{phase} {seconds / 60:.1f} min"
+                                 for phase, seconds in self.time_split.items()))
         return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def split_times(results: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        """Seconds spent recording, training and evaluating, over the seeds so far."""
+        return {phase: sum(seconds for result in results
+                           for key, seconds in result["timings"].items()
+                           if key.startswith(phase)) for phase in PHASES}
 
     def payload(self, results: Sequence[Mapping[str, Any]], wall_s: float) -> dict[str, Any]:
         """The leaderboard: one entry per method, ranked by its mean autonomy over the cells at
         the first pace (the expert's by default: how each method is meant to drive), then by its
         pace there."""
+        self.time_split = self.split_times(results)
         summary = self.summarize(results)
         comparison = self.comparison(results)
         headroom = self.headroom(summary)
@@ -485,7 +535,8 @@ class DrivingBenchmark(Pipeline):
             "benchmark": "driving", "created": datetime.now(timezone.utc).isoformat(),
             "command": "python scripts/benchmark.py " + " ".join(
                 shlex.quote(arg) for arg in sys.argv[1:]),
-            "wall_s": wall_s, "seeds": seeds, "settings": settings,
+            "wall_s": wall_s, "time_split_s": self.time_split, "seeds": seeds,
+            "settings": settings,
             "cells": [asdict(cell) for cell in self.cells()],
             "paces": {"expert": "the expert's pace (module doc of bc/benchmarks/driving.py)",
                       "fixed": f"set speed {self.set_speed:g} mph"},

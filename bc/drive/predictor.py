@@ -18,7 +18,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -134,6 +134,28 @@ class Predictor:
         as ``BadFrame``."""
         with torch.inference_mode():
             values = self.model.net(self.model_input(rgb)).reshape(-1).tolist()
+        return self._prediction(values)
+
+    def predict_batch(self, rgbs: Sequence[np.ndarray]) -> list[Prediction | BadFrame]:
+        """`predict_rgb` for many frames in one forward pass (the closed-loop evaluator's
+        batched inference, bc/evaluation): per frame its Prediction, or the BadFrame that
+        `predict_rgb` would raise for it."""
+        batch = to_tensor(np.stack([self._preprocessed(rgb) for rgb in rgbs]))
+        with torch.inference_mode():
+            rows = self.model.net(batch).reshape(len(rgbs), -1).tolist()
+        predictions: list[Prediction | BadFrame] = []
+        for values in rows:
+            try:
+                predictions.append(self._prediction(values))
+            except BadFrame as error:
+                predictions.append(error)
+        return predictions
+
+    def _preprocessed(self, rgb: np.ndarray) -> np.ndarray:
+        self.model.spec.check_frame(rgb)
+        return self.model.spec(rgb)
+
+    def _prediction(self, values: list[float]) -> Prediction:
         if len(values) != len(self.model.outputs):
             raise BadFrame(f"model output has {len(values)} values for this frame, expected "
                            f"{len(self.model.outputs)} ({', '.join(self.model.outputs)})")

@@ -63,7 +63,7 @@ from omegaconf import DictConfig
 from bc import udacity
 from bc.drive.controller import SpeedController
 from bc.drive.frames import FrameRecorder
-from bc.drive.predictor import Predictor, decode_base64
+from bc.drive.predictor import Prediction, Predictor, decode_base64
 from bc.drive.transport import (GreenTask, RequestLimits, SessionEngineIO, bound_websocket,
                                  http_protocol)
 from bc.errors import EXIT_INTERRUPTED, BcError, ConfigError
@@ -220,9 +220,15 @@ class DriveServer:
         except Exception as error:  # a bug, not bad input: still answer, keep the car safe
             LOG.exception("unexpected error handling telemetry: %s", error)
             return self.safe_reply(speed)
+        return self.steer(prediction, speed, jpeg)
+
+    def steer(self, prediction: Prediction, speed: float, jpeg: bytes | None = None) -> Reply:
+        """The reply to the model's `prediction` for a car at `speed` mph: the steering
+        clamped, the speed controller's throttle (also what bc.evaluation's batched policy
+        answers, one server per car)."""
         steering = min(1.0, max(-1.0, prediction.steering))
         throttle = self.controller.throttle(speed, steering, prediction.target_speed)
-        if self.recorder is not None:
+        if self.recorder is not None and jpeg is not None:
             self.recorder.record(jpeg, steering, throttle, speed)
         return steer_reply(steering, throttle)
 

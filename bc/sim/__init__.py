@@ -10,7 +10,10 @@ that `bc.sim.car` stays cheap):
 * `camera`   vectorised numpy dashcam renderer (the Udacity cameras and frame size, RGB)
 * `expert`   pure-pursuit expert driver and DART-style action noise
 * `recorder` training-mode recording in the Unity `driving_log.csv` + `IMG/` format
-* `autonomous`, `metrics`, `plots`  the client side of a drive server and its evaluation
+* `unity_client`  the Unity simulator's side of the drive-server protocol (websocket)
+* `plots`    trajectory pictures and videos
+
+The episode loop that drives this world, and what it measures, is bc.evaluation.
 
 Simulator facts (file names, cameras, frame size, rate, protocol) come from `bc.udacity`;
 its speed benchmark is `python scripts/benchmark.py sim` (bc/benchmarks/sim.py).
@@ -21,4 +24,5 @@ import gymnasium
 ENV_ID = "bc/Drive-v0"  # gymnasium.make(ENV_ID, track="lake", ...): bc.sim.env.DrivingEnv
 
 if ENV_ID not in gymnasium.registry:
-    gymnasium.register(id=ENV_ID, entry_point="bc.sim.env:DrivingEnv")
+    # the time limit: bc.sim.env.MAX_EPISODE_STEPS (not imported here: `bc.sim.car` stays cheap)
+    gymnasium.register(id=ENV_ID, entry_point="bc.sim.env:DrivingEnv", max_episode_steps=27000)

@@ -17,13 +17,21 @@ Reward (for RL libraries): metres of progress along the centreline this step, mi
 `off_road_penalty` (default 60 m: NVIDIA's autonomy charges 6 s per intervention, ~60 m at
 the expert's pace) in the step the car leaves the road.
 `terminated`: `laps` laps done, or the car left the road with `off_road="terminate"`.
-`truncated`: never by the env itself; `gymnasium.make(..., max_episode_steps=N)` adds a limit.
+`truncated`: the car stood still (speed < STILL_MPS) for `stall_timeout_s` simulated seconds
+in a row (`info["stalled"]`), or the registered time limit: `gymnasium.make("bc/Drive-v0")`
+truncates at MAX_EPISODE_STEPS steps (`max_episode_steps=N` sets another).
+
+Randomness comes from `reset(seed=, options=)`: a start drawn along the track
+(`options={"start_s": "random"}`) from the seed, and the lighting: the constructor's
+`lighting_seed`, or with `lighting_seed=None` the reset's seed (0 without one), or
+`options={"lighting": n}`.
 
 `info` (a new dict each call): x, y, yaw (rad), speed (m/s), cte (signed m, + = left of the
 driving direction, of the car where it is now), s (m along the centreline), progress (laps),
 distance (odometer, m), lap, time (s), steps, steering / throttle (executed, clipped),
 off_road (the car left the road in this step), off_road_xy / off_road_cte (where it left;
-None otherwise), interventions (so far), and `frames` {camera: RGB} when `cameras` are asked.
+None otherwise), interventions (so far), stalled, state (the CarState, for an expert driving
+from outside the env), and `frames` {camera: RGB} when `cameras` are asked.
 
     import gymnasium, bc.sim
     env = gymnasium.make("bc/Drive-v0", track="lake", cameras=("center", "left", "right"))
@@ -52,6 +60,9 @@ OFF_ROAD_MODES = ("intervene", "terminate")
 OBS_TYPES = ("rgb", "state")  # the center camera frame, or STATE_FIELDS (no rendering at all)
 STATE_FIELDS = ("x", "y", "yaw", "speed", "cte", "heading_error")  # m, m, rad, m/s, m, rad
 MAX_SPEED_OBS_MPS = 100.0  # bound of `speed` in the state observation space
+STILL_MPS = 1e-3  # below this the car counts as standing still (the stall rule)
+MAX_EPISODE_STEPS = 27000  # bc/Drive-v0's registered time limit: 30 simulated minutes
+RESET_OPTIONS = ("start_s", "speed_mph", "lighting")
 RANDOM_TRACK = re.compile(r"random(?:[:-](\d+))?")  # random | random:<seed> | random-<seed>
 
 
@@ -91,7 +102,8 @@ class DrivingEnv(gymnasium.Env):
     `cameras`: which frames `info["frames"]` carries; `car`: the car model's name; `laps`:
     the episode's goal (None: endless); `start_s` / `start_speed_mph`: where and how fast the
     car starts (reset options `start_s` (m, or "random") and `speed_mph` override them);
-    `obs_type`: "rgb" (the center camera) or "state" (STATE_FIELDS, nothing rendered).
+    `obs_type`: "rgb" (the center camera) or "state" (STATE_FIELDS, nothing rendered);
+    `stall_timeout_s`: truncate after standing still this long (None: never).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": SAMPLE_RATE_HZ}
@@ -99,7 +111,7 @@ class DrivingEnv(gymnasium.Env):
     def __init__(
         self,
         track: Track | str | Path = "lake",
-        lighting_seed: int = 0,
+        lighting_seed: int | None = 0,
         *,
         reverse: bool = False,
         cameras: Sequence[str] = (),
@@ -108,9 +120,10 @@ class DrivingEnv(gymnasium.Env):
         laps: float | None = 1.0,
         off_road: str = "intervene",
         off_road_penalty: float = OFF_ROAD_PENALTY_M,
-        start_s: float = 0.0,
+        start_s: float | str = 0.0,
         start_speed_mph: float = 0.0,
         obs_type: str = "rgb",
+        stall_timeout_s: float | None = None,
         render_mode: str | None = None,
     ) -> None:
         self.dt = setting("dt", dt, number, lambda value: value > 0, "a step > 0 s")
@@ -125,13 +138,20 @@ class DrivingEnv(gymnasium.Env):
                                lambda names: set(names) <= set(CAMERAS), f"a subset of {CAMERAS}")
         self.off_road_penalty = setting("off_road_penalty", off_road_penalty, number,
                                         lambda value: value >= 0, ">= 0")
-        self.start_s = setting("start_s", start_s, number, lambda value: True, "a number (m)")
+        self.start_s = start_s if start_s == "random" else setting(
+            "start_s", start_s, number, lambda value: True, 'a number (m) or "random"')
         self.start_speed_mph = setting("start_speed_mph", start_speed_mph, number,
                                        lambda value: value >= 0, ">= 0")
+        self.stall_timeout_s = setting("stall_timeout_s", stall_timeout_s, optional(number),
+                                       lambda value: value is None or value > 0,
+                                       "a time > 0 s (or null: never)")
+        self.stall_steps = (None if self.stall_timeout_s is None
+                            else max(1, math.ceil(self.stall_timeout_s / self.dt)))
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode: expected None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
-        self.lighting_seed = int(lighting_seed)
+        self.lighting_from_seed = lighting_seed is None
+        self.lighting_seed = 0 if lighting_seed is None else int(lighting_seed)
         self.world = resolve_track(track, self.lighting_seed)  # what the cameras see
         self.reverse = bool(reverse)
         self.track = reversed_track(self.world) if self.reverse else self.world  # driven
@@ -158,21 +178,27 @@ class DrivingEnv(gymnasium.Env):
 
     def reset(self, *, seed: int | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        """Put the car at the start (options: `start_s` m or "random", `speed_mph`)."""
+        """Put the car at the start (options: `start_s` m or "random", `speed_mph`,
+        `lighting`; module doc)."""
         super().reset(seed=seed)
         options = dict(options or {})
         start_s = options.pop("start_s", self.start_s)
         speed_mph = options.pop("speed_mph", self.start_speed_mph)
+        lighting = options.pop("lighting", None)
         if options:
-            raise ValueError(f"reset options: unknown {sorted(options)}; expected start_s, "
-                             f"speed_mph")
+            raise ValueError(f"reset options: unknown {sorted(options)}; expected "
+                             f"{', '.join(RESET_OPTIONS)}")
+        if lighting is None and self.lighting_from_seed and seed is not None:
+            lighting = seed
+        if lighting is not None and int(lighting) != self.lighting_seed:
+            self.lighting_seed, self._renderer = int(lighting), None
         if start_s == "random":
             start_s = float(self.np_random.uniform(0.0, self.track.length))
         x, y, heading = self.track.pose_at(float(start_s))
         self.state = CarState(x, y, heading, max(0.0, float(speed_mph)) * MPS_PER_MPH)
         self._here = self.track.locate(x, y)
         self._progress_m = self._distance_m = 0.0
-        self._steps = self.interventions = 0
+        self._steps = self.interventions = self._still_steps = 0
         self._controls = (0.0, 0.0)
         return self._observe(None)
 
@@ -200,8 +226,9 @@ class DrivingEnv(gymnasium.Env):
                 self._here = here._replace(cte=0.0)
         if self.laps is not None and self._progress_m >= self.laps * self.track.length:
             terminated = True
+        self._still_steps = self._still_steps + 1 if self.state.speed < STILL_MPS else 0
         observation, info = self._observe(left)
-        return observation, float(reward), terminated, False, info
+        return observation, float(reward), terminated, info["stalled"], info
 
     # -- what the caller sees -----------------------------------------------------------------
     @property
@@ -252,4 +279,6 @@ class DrivingEnv(gymnasium.Env):
             "off_road_xy": None if left is None else (left[0], left[1]),
             "off_road_cte": None if left is None else left[2],
             "interventions": self.interventions,
+            "stalled": self.stall_steps is not None and self._still_steps >= self.stall_steps,
+            "state": state,
         }

@@ -9,6 +9,7 @@ disk, so an interrupted recording leaves a valid log; re-recording appends.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,7 +23,7 @@ from bc.data.log import file_name_from_log_path
 from bc.settings import flag, integer, number, optional, setting
 from bc.errors import ConfigError
 from bc.sim.car import MPS_PER_MPH
-from bc.sim.env import DrivingEnv, car_model
+from bc.sim.env import car_model
 from bc.sim.expert import ActionNoise, Expert, NoiseConfig, RecoveryConfig
 from bc.sim.track import Track
 from bc.udacity import (CAMERAS, IMAGE_DIR, IMAGE_SUFFIX, IMAGE_TIME_FORMAT, LOG_NAME,
@@ -121,37 +122,73 @@ class Recorder:
         ActionNoise(self.noise, self.recovery)  # checks the noise and recovery settings now
 
     def record(self, track: Track | str, out: str | Path) -> Path:
-        """Drive the expert on `track` (a Track or a track spec) in the DrivingEnv and write
-        (or append to) the Unity recording in `out`; returns the log path."""
-        env = DrivingEnv(track, self.seed, reverse=self.reverse, cameras=CAMERAS, car=self.car,
-                         dt=self.dt, laps=None if self.max_rows else self.laps,
-                         start_s=self.start_s)
-        expert = Expert(env.track, speed_mph=self.speed_mph, car=env.car, dt=env.dt)
-        perturb = ActionNoise(self.noise, self.recovery, dt=env.dt, seed=self.seed)
-        goal_m = self.laps * env.track.length
-        expected_steps = goal_m / max(expert.speed * 0.5, 1.0) / env.dt
+        """Drive the expert on `track` (a Track or a track spec) through the episode loop
+        (bc/evaluation/episodes.py) and write (or append to) the Unity recording in `out`;
+        returns the log path."""
+        # the loop sits above bc.sim (it drives the world): imported here, where it is used
+        from bc.evaluation.episodes import EpisodeSpec, drive
+
+        spec = EpisodeSpec(track, laps=None if self.max_rows else self.laps,
+                           reverse=self.reverse, lighting=self.seed, car=self.car, dt=self.dt,
+                           start_s=self.start_s, stall_timeout_s=None, cameras=CAMERAS)
+        policy = NoisyExpert(self)
+        road = spec.road
+        goal_m = self.laps * road.length
+        expert = policy.reset(0, spec)
+        expected_steps = goal_m / max(expert.speed * 0.5, 1.0) / spec.dt
         max_steps = self.max_rows or int(MAX_STEPS_PER_LAP_FACTOR * expected_steps) + 100
-        _, info = env.reset()
-        done = False
         bar = tqdm(total=None if self.max_rows else round(goal_m),
                    unit="row" if self.max_rows else "m", disable=not self.progress,
-                   desc=f"record {env.track.name}")
-        with RecordingWriter(out, env.dt, self.jpeg_quality) as writer:
-            while writer.rows < max_steps and not done:
-                steering, throttle = expert.act(env.state)
-                writer.write(info["frames"], steering, throttle, info["speed"] / MPS_PER_MPH)
-                executed = perturb(steering, throttle, info["cte"], env.track.width / 2,
-                                   expert.feedforward(info["s"]))
-                _, _, done, _, info = env.step(executed)
-                if info["off_road"]:  # noise pushed the car off: the env put it back
-                    expert.reset()
-                bar.update(1 if self.max_rows else
-                           max(0, round(info["progress"] * env.track.length) - bar.n))
+                   desc=f"record {road.name}")
+
+        def write(slot: int, info: Mapping[str, Any], executed: Any) -> None:
+            writer.write(info["frames"], *policy.labels[slot])
+            bar.update(1 if self.max_rows else
+                       max(0, round(info["progress"] * road.length) - bar.n))
+
+        with RecordingWriter(out, spec.dt, self.jpeg_quality) as writer:
+            result, = drive([dataclasses.replace(spec, max_steps=max_steps)], policy,
+                            jpeg=False, on_step=write)
         bar.close()
         if self.progress:
-            print(f"recorded {writer.rows} rows ({info['progress'] * env.track.length:.0f} m, "
-                  f"{info['interventions']} off-road resets) to {writer.log_path}")
+            print(f"recorded {writer.rows} rows ({result.s[-1]:.0f} m, "
+                  f"{len(result.intervention_steps)} off-road resets) to {writer.log_path}")
         return writer.log_path
+
+
+class NoisyExpert:
+    """The recording's driver: the expert's clean action (`labels[slot]`: steering, throttle
+    and the car's speed in mph, what the log's row says) perturbed by the Recorder's noise and
+    recovery drifts before the car executes it."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.labels: dict[int, tuple[float, float, float]] = {}
+        self.experts: dict[int, tuple[Any, Expert, ActionNoise]] = {}
+
+    def reset(self, slot: int, spec: Any) -> Expert:
+        known = self.experts.get(slot)
+        if known is not None and known[0] is spec:
+            return known[1]
+        expert = Expert(spec.road, speed_mph=self.recorder.speed_mph, car=car_model(spec.car),
+                        dt=spec.dt)
+        noise = ActionNoise(self.recorder.noise, self.recorder.recovery, dt=spec.dt,
+                            seed=self.recorder.seed)
+        self.experts[slot] = (spec, expert, noise)
+        return expert
+
+    def intervened(self, slot: int) -> None:
+        self.experts[slot][1].reset()  # noise pushed the car off: the env put it back
+
+    def act(self, slots: Any, observations: Any, infos: Any) -> list[tuple[float, float]]:
+        actions = []
+        for slot, info in zip(slots, infos):
+            _, expert, perturb = self.experts[slot]
+            steering, throttle = expert.act(info["state"])
+            self.labels[slot] = (steering, throttle, info["speed"] / MPS_PER_MPH)
+            actions.append(perturb(steering, throttle, info["cte"], expert.track.width / 2,
+                                   expert.feedforward(info["s"])))
+        return actions
 
 
 class RecordingWriter:

@@ -1,6 +1,6 @@
-"""Closed-loop driving of one episode: its per-step record (`DriveResult`), the expert's
-reference drive, and the metrics: a table for people, JSON for files, and MLflow metrics
-(``eval/<track>/<name>``) on the run whose model drove.
+"""What one driven episode measures: its per-step record (`DriveResult`) and the metrics: a
+table for people, JSON for files, and MLflow metrics (``eval/<track>/<name>``) on the run
+whose model drove. The expert's reference drive is `bc.evaluation.expert.expert_drive`.
 
 Autonomy follows NVIDIA's "End to End Learning for Self-Driving Cars": every intervention
 costs 6 s of human driving, autonomy = (1 - interventions * 6 s / elapsed s) * 100.
@@ -22,10 +22,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from bc.sim.car import MPS_PER_MPH
-from bc.udacity import SAMPLE_PERIOD_S
 
 INTERVENTION_COST_S = 6.0  # NVIDIA's assumed human time per intervention
-EXPERT_MIN_SPEED_MPS = 1.0  # the expert's drive gives up below this mean speed
 CTE_PERCENTILE = 95
 METRIC_PREFIX = "eval"
 # How the drive was served and measured, not how well the model drove: logged as
@@ -101,11 +99,11 @@ class DriveResult:
         return int(len(self.t))
 
     @classmethod
-    def from_steps(cls, env: Any, infos: Sequence[Mapping[str, Any]], laps: float,
+    def from_steps(cls, track: Any, dt: float, infos: Sequence[Mapping[str, Any]], laps: float,
                    **server: Any) -> "DriveResult":
-        """The result of the DrivingEnv `env` whose steps returned `infos` (`server`: the
-        fields of a drive against a drive server)."""
-        length = env.track.length
+        """The result of the DrivingEnv steps that returned `infos` on `track` (the road as
+        driven) every `dt` (`server`: the fields of a drive against a drive server)."""
+        length = track.length
 
         def column(key: str) -> np.ndarray:
             return np.array([info[key] for info in infos], dtype=np.float64)
@@ -114,7 +112,7 @@ class DriveResult:
         cte = column("cte")
         cte[left] = [infos[i]["off_road_cte"] for i in left]  # where it left, not where put back
         return cls(
-            track=env.track, dt=float(env.dt), laps=float(laps), t=column("time"),
+            track=track, dt=float(dt), laps=float(laps), t=column("time"),
             x=column("x"), y=column("y"), yaw=column("yaw"),
             speed_mph=column("speed") / MPS_PER_MPH, steering=column("steering"),
             throttle=column("throttle"), cte=cte, s=column("progress") * length,
@@ -139,30 +137,6 @@ def lap_time_s(result: DriveResult) -> float | None:
         return None
     done = int(np.argmax(result.s >= laps * float(result.track.length) - 1e-6))
     return float(result.t[done]) / laps
-
-
-def expert_drive(track: Any, laps: float, *, seed: int = 0, reverse: bool = False,
-                 car: str | None = None, dt: float = SAMPLE_PERIOD_S,
-                 speed_mph: float | None = None) -> DriveResult:
-    """The expert (pure pursuit on the true centreline, no camera, no noise) driving `laps`
-    laps through the DrivingEnv from a standing start, at its own pace (or capped at
-    `speed_mph`): the pace and the |CTE| a network imitating it is measured against."""
-    from bc.sim.env import DrivingEnv
-    from bc.sim.expert import Expert
-
-    env = DrivingEnv(track, seed, reverse=reverse, car=car, dt=dt, laps=laps, obs_type="state")
-    expert = Expert(env.track, speed_mph=speed_mph, car=env.car, dt=env.dt)
-    env.reset()
-    infos: list[dict[str, Any]] = []
-    limit = int(math.ceil(laps * env.track.length / EXPERT_MIN_SPEED_MPS / env.dt))
-    terminated = False
-    while not terminated and len(infos) < limit:
-        _, _, terminated, _, info = env.step(expert.act(env.state))
-        if info["off_road"]:
-            expert.reset()
-        infos.append(info)
-    return DriveResult.from_steps(env, infos, laps,
-                                  stop_reason="laps" if terminated else "max_steps")
 
 
 def relative_pace(result: DriveResult, expert: DriveResult) -> float:
