@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, ListConfig
 
-from bc.cli import run
+from bc.cli import command, run
 
 
 def evaluate_run(cfg: DictConfig) -> None:
@@ -41,7 +40,7 @@ def evaluate_run(cfg: DictConfig) -> None:
     print(f"metrics logged to MLflow run {run_id} (eval/<track>/...); outputs in {out}")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@command("evaluate", "evaluate.py")
 def main(cfg: DictConfig) -> None:
     run("evaluate.py", lambda: evaluate_run(cfg))
 

@@ -16,10 +16,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from bc.cli import run
+from bc.cli import command, run
 from bc.errors import ConfigError
 from bc.settings import flag
 
@@ -71,7 +70,7 @@ def saliency_overlay(cfg: DictConfig) -> "SaliencyOverlay":
     return SaliencyOverlay(tracking.load_model(run_id, cfg.tracking_uri))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="video")
+@command("video", "video.py")
 def main(cfg: DictConfig) -> None:
     run("video.py", lambda: make(cfg))
 
