@@ -114,7 +114,9 @@ class TrainConfig:
     tracking_uri: Optional[str] = MISSING
     output_dir: str = MISSING
     optimized_metric: Optional[str] = MISSING
-    resume: Optional[str] = MISSING  # a run id or a checkpoint path
+    # a run id or a checkpoint path; Any because DAgger's resume (its schema extends this one,
+    # and a subclass cannot retype a field) is also true / false
+    resume: Any = MISSING
     data: DataConfig = field(default_factory=DataConfig)
     model: Any = MISSING
     augmentation: Any = MISSING
@@ -148,7 +150,7 @@ class DaggerConfig(TrainConfig):
     eval_tracks: List[Any] = MISSING
     max_time_factor: float = MISSING
     out: str = MISSING
-    resume: Any = MISSING  # false | true | a parent run id (training's resume is a string)
+    # resume (TrainConfig's): false | true | a parent run id
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,12 +262,14 @@ SCHEMAS: dict[str, type] = {
 
 def register() -> None:
     """Put every schema in Hydra's ConfigStore (idempotent, done on import): `<name>_schema`
-    for each primary config and `callbacks/closed_loop/schema` (conf/callbacks/default.yaml)."""
+    for each primary config, `data/schema` (conf/data/default.yaml) and
+    `callbacks/closed_loop/schema` (conf/callbacks/default.yaml)."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     for name, schema in SCHEMAS.items():
         store.store(name=f"{name}{SCHEMA_SUFFIX}", node=schema)
+    store.store(group="data", name="schema", node=DataConfig)  # wherever the data group is used
     store.store(group="callbacks/closed_loop", name="schema", node=ClosedLoopConfig)
 
 
