@@ -32,7 +32,7 @@ def evaluate_run(cfg: DictConfig) -> None:
     else:
         run_id = find_run(str(cfg.run_id), cfg.experiment_name, cfg.metric, cfg.mode, cfg.tracking_uri)
     out = Path(cfg.out) if cfg.out else Path(HydraConfig.get().runtime.output_dir)
-    print(f"evaluating MLflow run {run_id} on {', '.join(tracks)} ({cfg.laps} laps at "
+    print(f"evaluating MLflow run {run_id} on {', '.join(tracks)} ({cfg.laps:g} laps at "
           f"{cfg.set_speed} mph); outputs in {out}", flush=True)
     results = evaluate(run_id, tracks, autonomous, out=out, server_overrides=list(cfg.drive_server),
                        tracking_uri=cfg.tracking_uri, jobs=cfg.jobs, saliency=cfg.saliency)

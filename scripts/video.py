@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from bc.cli import command, run
 from bc.errors import ConfigError
-from bc.settings import flag
 
 if TYPE_CHECKING:  # pragma: no cover
     from bc.insight.saliency import SaliencyOverlay
@@ -48,7 +47,7 @@ def make(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "folder"):
         raise ConfigError(f"folder: missing; usage: {USAGE}")
     saliency, output = None, cfg.output
-    if flag("saliency", cfg.saliency):
+    if cfg.saliency:
         saliency = saliency_overlay(cfg)
         if not output:
             folder = Path(str(cfg.folder))
