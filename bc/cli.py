@@ -58,16 +58,18 @@ def composition_error(error: BaseException) -> str | None:
         return None
     from bc.configs import RETIRED_KEYS
 
-    cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else None
-    if cause is None:
+    cause = error if isinstance(error, OmegaConfBaseException) else error.__cause__
+    if not isinstance(cause, OmegaConfBaseException):
         return " ".join(str(error).split())
     key = getattr(cause, "full_key", None) or ""
     retired = RETIRED_KEYS.get(key.rsplit(".", 1)[-1])
     if retired:
         return f"{key}: retired; use {retired}"
     reason = str(cause).strip().splitlines()[0]  # OmegaConf adds full_key/object_type lines
-    context = str(error).strip().splitlines()[0].rstrip(".").replace("Error merging override", "override")
-    return f"{key}: {reason} ({context})" if key else f"{reason} ({context})"
+    if cause is not error:  # Hydra's context: "Error merging override x=y"
+        context = str(error).strip().splitlines()[0].rstrip(".").replace("Error merging override", "override")
+        reason = f"{reason} ({context})"
+    return f"{key}: {reason}" if key else reason
 
 def command(config_name: str, prog: str) -> Callable[[Callable[..., T]], Callable[[], T]]:
     """`@hydra.main` for conf/<config_name>.yaml (``config_path`` relative to the script) with

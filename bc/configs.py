@@ -112,7 +112,7 @@ class TrainConfig:
     run_name: Optional[str] = MISSING
     register: Optional[str] = MISSING
     tracking_uri: Optional[str] = MISSING
-    output_dir: str = MISSING
+    output_dir: Optional[str] = MISSING  # None only where Hydra has no run folder (--cfg)
     optimized_metric: Optional[str] = MISSING
     # a run id or a checkpoint path; Any because DAgger's resume (its schema extends this one,
     # and a subclass cannot retype a field) is also true / false
