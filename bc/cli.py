@@ -67,9 +67,10 @@ def composition_error(error: BaseException) -> str | None:
         return f"{key}: retired; use {retired}"
     reason = str(cause).strip().splitlines()[0]  # OmegaConf adds full_key/object_type lines
     if cause is not error:  # Hydra's context: "Error merging override x=y"
-        context = str(error).strip().splitlines()[0].rstrip(".").replace("Error merging override", "override")
-        reason = f"{reason} ({context})"
+        context = str(error).strip().splitlines()[0].rstrip(".")
+        reason = f"{reason} ({context.replace('Error merging override', 'override')})"
     return f"{key}: {reason}" if key else reason
+
 
 def command(config_name: str, prog: str) -> Callable[[Callable[..., T]], Callable[[], T]]:
     """`@hydra.main` for conf/<config_name>.yaml (``config_path`` relative to the script) with
@@ -87,7 +88,8 @@ def command(config_name: str, prog: str) -> Callable[[Callable[..., T]], Callabl
             started.append(True)
             return task(cfg)
 
-        hydra_main = hydra.main(version_base="1.3", config_path="../conf", config_name=config_name)(job)
+        hydra_main = hydra.main(version_base="1.3", config_path="../conf",
+                                config_name=config_name)(job)
 
         @functools.wraps(task)
         def main() -> T:

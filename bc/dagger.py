@@ -95,7 +95,8 @@ class Settings:
         settings = cls(**{key: cfg[key] for key in cls.__dataclass_fields__})
         settings.beta = list(settings.beta)
         for key, ok, expected in (
-            ("rounds", lambda v: v >= 0, "an integer >= 0 (rounds after the expert's demonstrations)"),
+            ("rounds", lambda v: v >= 0,
+             "an integer >= 0 (rounds after the expert's demonstrations)"),
             ("track", bool, "a track name"),
             ("demo_laps", lambda v: v > 0, "> 0"),
             ("demo_rows", lambda v: v is None or v >= 1, ">= 1 (or null: demo_laps laps)"),
@@ -103,7 +104,8 @@ class Settings:
             ("beta", lambda values: values and all(0 <= v <= 1 for v in values),
              "probabilities in [0, 1], one per round (the last one repeats)"),
             ("label_budget", lambda v: v is None or v >= 1, ">= 1 (or null: no budget)"),
-            ("expert_speed_mph", lambda v: v is None or v > 0, "> 0 (or null: the expert's own pace)"),
+            ("expert_speed_mph", lambda v: v is None or v > 0,
+             "> 0 (or null: the expert's own pace)"),
             ("set_speed", lambda v: 0 < v <= udacity.TOP_SPEED_MPH,
              f"a speed in (0, {udacity.TOP_SPEED_MPH}] mph"),
             ("speed_source", lambda v: v in SPEED_SOURCES, ", ".join(SPEED_SOURCES)),
