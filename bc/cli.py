@@ -3,12 +3,17 @@ Ctrl-C is one line (exit 130), anything else is a bug and keeps its traceback.
 
 Hydra wraps exceptions raised while instantiating a `_target_` in its own
 `InstantiationException`; the bc error inside is unwrapped so it still reads as one line.
+A config that does not compose (a wrong type or an unknown key on the command line, checked
+against the schemas of `bc.configs`) is one line naming the key as well: `command` is
+`@hydra.main` with that report.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from bc.errors import EXIT_INTERRUPTED, EXIT_USAGE, BcError
 
@@ -41,3 +46,71 @@ def run(prog: str, job: Callable[[], T]) -> T:
         message = " ".join(str(found).split("\n"))
         print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USAGE)
+
+
+def composition_error(error: BaseException) -> str | None:
+    """One line for a config that did not compose (Hydra's override and composition errors,
+    OmegaConf's type and key checks), naming the key; None for any other error."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not isinstance(error, (HydraException, OmegaConfBaseException)):
+        return None
+    from bc.configs import RETIRED_KEYS
+
+    cause = error if isinstance(error, OmegaConfBaseException) else error.__cause__
+    if not isinstance(cause, OmegaConfBaseException):
+        return " ".join(str(error).split())
+    key = getattr(cause, "full_key", None) or ""
+    retired = RETIRED_KEYS.get(key.rsplit(".", 1)[-1])
+    if retired:
+        return f"{key}: retired; use {retired}"
+    reason = str(cause).strip().splitlines()[0]  # OmegaConf adds full_key/object_type lines
+    if cause is not error:  # Hydra's context: "Error merging override x=y"
+        context = str(error).strip().splitlines()[0].rstrip(".")
+        reason = f"{reason} ({context.replace('Error merging override', 'override')})"
+    return f"{key}: {reason}" if key else reason
+
+
+def command(config_name: str, prog: str) -> Callable[[Callable[..., T]], Callable[[], T]]:
+    """`@hydra.main` for conf/<config_name>.yaml (``config_path`` relative to the script) with
+    the schemas of `bc.configs` registered, and a config that does not compose reported as
+    ``<prog>: error: <key>: <reason>`` (exit 2) instead of Hydra's multi-line report."""
+    import hydra
+
+    import bc.configs  # noqa: F401  (registers the schemas the configs name)
+
+    def decorate(task: Callable[..., T]) -> Callable[[], T]:
+        started = []
+
+        @functools.wraps(task)
+        def job(cfg: Any) -> T:
+            started.append(True)
+            return task(cfg)
+
+        hydra_main = hydra.main(version_base="1.3", config_path="../conf",
+                                config_name=config_name)(job)
+
+        @functools.wraps(task)
+        def main() -> T:
+            # Hydra prints a composition error over several lines and exits 1 unless
+            # HYDRA_FULL_ERROR is set; then it raises it here, to be reported as one line.
+            previous = os.environ.get("HYDRA_FULL_ERROR")
+            os.environ["HYDRA_FULL_ERROR"] = "1"
+            try:
+                return hydra_main()
+            except Exception as error:
+                message = None if started else composition_error(error)
+                if message is None:
+                    raise
+                print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+                sys.exit(EXIT_USAGE)
+            finally:
+                if previous is None:
+                    os.environ.pop("HYDRA_FULL_ERROR", None)
+                else:
+                    os.environ["HYDRA_FULL_ERROR"] = previous
+
+        return main
+
+    return decorate

@@ -43,9 +43,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning import Callback, LightningModule, Trainer
 
-from bc import tracking
+from bc import tracking, udacity
+from bc.drive.controller import SPEED_SOURCES
 from bc.errors import ConfigError
-from bc.settings import flag, integer, number, optional, setting
 from bc.sim.car import MPS_PER_MPH
 
 log = logging.getLogger(__name__)
@@ -91,33 +91,30 @@ class Settings:
 
     @classmethod
     def of(cls, cfg: DictConfig) -> "Settings":
-        beta = cfg.get("beta")
-        beta = list(beta) if isinstance(beta, Sequence) and not isinstance(beta, str) else [beta]
-        return cls(
-            rounds=setting("rounds", cfg.get("rounds"), integer, lambda v: v >= 0,
-                           "an integer >= 0 (rounds after the expert's demonstrations)"),
-            track=setting("track", cfg.get("track"), str, bool, "a track name"),
-            demo_laps=setting("demo_laps", cfg.get("demo_laps"), number, lambda v: v > 0, "> 0"),
-            demo_rows=setting("demo_rows", cfg.get("demo_rows"), optional(integer),
-                              lambda v: v is None or v >= 1, ">= 1 (or null: demo_laps laps)"),
-            round_rows=setting("round_rows", cfg.get("round_rows"), integer, lambda v: v >= 1,
-                               "an integer >= 1"),
-            beta=setting("beta", beta, lambda values: [float(v) for v in values],
-                         lambda values: values and all(0 <= v <= 1 for v in values),
-                         "probabilities in [0, 1], one per round (the last one repeats)"),
-            label_budget=setting("label_budget", cfg.get("label_budget"), optional(integer),
-                                 lambda v: v is None or v >= 1, ">= 1 (or null: no budget)"),
-            warm_start=flag("warm_start", cfg.get("warm_start")),
-            expert_speed_mph=setting("expert_speed_mph", cfg.get("expert_speed_mph"),
-                                     optional(number), lambda v: v is None or v > 0,
-                                     "> 0 (or null: the expert's own pace)"),
-            set_speed=setting("set_speed", cfg.get("set_speed"), number,
-                              lambda v: 0 < v <= 30, "a speed in (0, 30] mph"),
-            speed_source=setting("speed_source", cfg.get("speed_source"), str,
-                                 lambda v: v in ("set_speed", "bends", "model"),
-                                 "set_speed, bends or model"),
-            max_time_factor=setting("max_time_factor", cfg.get("max_time_factor"), number,
-                                    lambda v: v > 1, "a number > 1"))
+        """The DAgger keys of `cfg`; their types are checked by the schema
+        (`bc.configs.DaggerConfig`) as the config is composed, their ranges here."""
+        settings = cls(**{key: cfg[key] for key in cls.__dataclass_fields__})
+        settings.beta = list(settings.beta)
+        for key, ok, expected in (
+            ("rounds", lambda v: v >= 0,
+             "an integer >= 0 (rounds after the expert's demonstrations)"),
+            ("track", bool, "a track name"),
+            ("demo_laps", lambda v: v > 0, "> 0"),
+            ("demo_rows", lambda v: v is None or v >= 1, ">= 1 (or null: demo_laps laps)"),
+            ("round_rows", lambda v: v >= 1, "an integer >= 1"),
+            ("beta", lambda values: values and all(0 <= v <= 1 for v in values),
+             "probabilities in [0, 1], one per round (the last one repeats)"),
+            ("label_budget", lambda v: v is None or v >= 1, ">= 1 (or null: no budget)"),
+            ("expert_speed_mph", lambda v: v is None or v > 0,
+             "> 0 (or null: the expert's own pace)"),
+            ("set_speed", lambda v: 0 < v <= udacity.TOP_SPEED_MPH,
+             f"a speed in (0, {udacity.TOP_SPEED_MPH}] mph"),
+            ("speed_source", lambda v: v in SPEED_SOURCES, ", ".join(SPEED_SOURCES)),
+            ("max_time_factor", lambda v: v > 1, "a number > 1"),
+        ):
+            if not ok(getattr(settings, key)):
+                raise ConfigError(f"{key}: expected {expected}, got {getattr(settings, key)!r}")
+        return settings
 
     def beta_of(self, round_index: int) -> float:
         return self.beta[min(round_index, len(self.beta)) - 1]
@@ -130,8 +127,8 @@ class Settings:
 def run_dagger(cfg: DictConfig) -> str:
     """Run (or resume) the DAgger job of `cfg` (module doc); returns the parent run id."""
     with open_dict(cfg):
-        cfg.tracking_uri = tracking.resolve_tracking_uri(cfg.get("tracking_uri"))
-    job = Job.resume(cfg) if cfg.get("resume") not in (None, False) else Job.start(cfg)
+        cfg.tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
+    job = Job.resume(cfg) if cfg.resume not in (None, False) else Job.start(cfg)
     return job.run()
 
 
@@ -145,7 +142,7 @@ class Job:
         self.client = tracking.client(self.uri)
         from bc.evaluation.score import Scorer
 
-        self.scorer = Scorer(list(cfg.get("eval_tracks") or []), self.settings.max_time_factor)
+        self.scorer = Scorer(list(cfg.eval_tracks or []), self.settings.max_time_factor)
 
     # -- the parent run -----------------------------------------------------------------------
     @classmethod
@@ -159,7 +156,7 @@ class Job:
         uri = str(cfg.tracking_uri)
         experiment = tracking.get_or_create_experiment(str(cfg.experiment_name), uri)
         tracking.mark_dead_runs(experiment, uri)
-        name = cfg.get("run_name") or f"dagger-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = cfg.run_name or f"dagger-{time.strftime('%Y%m%d-%H%M%S')}"
         with open_dict(cfg):
             cfg.output_dir = str(out)  # the rounds train in out/round<i>/train
         client = tracking.client(uri)
@@ -276,8 +273,8 @@ class Job:
         from bc.sim.recorder import Recorder
 
         noise, recovery = (OmegaConf.to_container(self.cfg[key], resolve=True)
-                           if self.cfg.get(key) is not None else None
-                           for key in ("noise", "recovery"))
+                           if isinstance(self.cfg[key], DictConfig) else self.cfg[key]
+                           for key in ("noise", "recovery"))  # a mapping, false or null
         recorder = Recorder(laps=self.settings.demo_laps, seed=int(self.cfg.seed),
                             speed_mph=self.settings.expert_speed_mph, noise=noise,
                             recovery=recovery, max_rows=rows,
@@ -355,7 +352,7 @@ class Job:
             cfg.logger.mlflow.tags = {PARENT_TAG: self.parent, TAG_ROUND: str(index),
                                       TAG_ROLE: "round"}
             if self.settings.warm_start and index > 0:
-                if cfg.get("callbacks") is None:
+                if cfg.callbacks is None:
                     cfg.callbacks = {}
                 cfg.callbacks.warm_start = {
                     "_target_": "bc.dagger.WarmStart",

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bc.settings import flag, integer, number, optional, setting
+from bc.drive.controller import SPEED_SOURCES
 from bc.errors import BcError
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -76,7 +77,7 @@ class Pipeline:
     experiment_name: str = "demo"
     tracking_uri: str | None = None
     set_speed: float = 20.0  # the drive server's target speed (mph)
-    slow_in_bends: bool = False
+    speed_source: str = "set_speed"  # as drive.py: set_speed | bends | model
     eval_seed: int = 1  # lighting / shadows while driving (not a training seed)
     eval_laps: float = 3.0
     hard_track: str | None = None  # an unseen track, e.g. mountain
@@ -103,7 +104,10 @@ class Pipeline:
         self.epochs = setting("epochs", self.epochs, integer, lambda v: v >= 1, "an integer >= 1")
         self.eval_seed = setting("eval_seed", self.eval_seed, integer, lambda _: True,
                                  "an integer")
-        for name in ("slow_in_bends", "video", "keep_data", "step_logs"):
+        self.speed_source = setting("speed_source", self.speed_source, str,
+                                    lambda source: source in SPEED_SOURCES,
+                                    f"one of {', '.join(SPEED_SOURCES)}")
+        for name in ("video", "keep_data", "step_logs"):
             setattr(self, name, flag(name, getattr(self, name)))
 
     # -- what is driven -----------------------------------------------------------------------
@@ -169,7 +173,7 @@ class Pipeline:
                                 f"at {self.set_speed:g} mph): drive server + simulator over "
                                 f"Socket.IO", "evaluate.py", [
                 f"run_id={run_id}", f"track=[{','.join(names)}]", f"laps={laps}",
-                f"set_speed={self.set_speed}", f"slow_in_bends={str(self.slow_in_bends).lower()}",
+                f"set_speed={self.set_speed}", f"speed_source={self.speed_source}",
                 f"seed={self.eval_seed}", f"out={out}", f"video={str(self.video).lower()}",
                 f"progress={str(not self.step_logs).lower()}", f"hydra.run.dir={out}",
                 *self._uri()], self._log(seed_dir, f"evaluate{index}"))

@@ -76,7 +76,7 @@ def objective(cfg: DictConfig, run_id: str | None) -> float | None:
     name = str(cfg.optimized_metric)
     if run_id is None:
         return None
-    metrics = tracking.client(cfg.get("tracking_uri")).get_run(run_id).data.metrics
+    metrics = tracking.client(cfg.tracking_uri).get_run(run_id).data.metrics
     if name not in metrics:
         raise ConfigError(f"optimized_metric: MLflow run {run_id} has no metric {name!r} "
                           f"(it has {', '.join(sorted(metrics)) or 'none'})")
@@ -93,8 +93,7 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, str | None]:
     `resume=<run id>` trains with that run's logged config from its latest checkpoint;
     `resume=<checkpoint path>` trains this config from that checkpoint, in a new run."""
     with open_dict(cfg):
-        cfg.tracking_uri = tracking.resolve_tracking_uri(cfg.get("tracking_uri"))
-        cfg.resume = cfg.get("resume")
+        cfg.tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
     checkpoint = None
     if tracking.is_run_id(cfg.resume):
         from bc.mlflow_run import resume_point
@@ -138,7 +137,7 @@ def fill_frame_size(cfg: DictConfig) -> None:
         spec = Preprocess.from_dict(OmegaConf.to_container(preprocess))
     except ConfigError as error:  # "preprocess.height: ..." names the field under model
         raise ConfigError(f"model.{error}") from None
-    data = OmegaConf.to_container(cfg.data, resolve=True) if isinstance(cfg.get("data"), DictConfig) else {}
+    data = OmegaConf.to_container(cfg.data, resolve=True) if isinstance(cfg.data, DictConfig) else {}
     width, height = detect_frame_size(data.get("paths") or [], data.get("cameras") or udacity.CAMERAS, spec)
     with open_dict(preprocess):
         preprocess.frame_width = preprocess.get("frame_width") or width
@@ -157,27 +156,27 @@ def build(cfg: DictConfig) -> Job:
     from bc.models import build_model
     from bc.module import SteeringModule
 
-    seed, name = cfg.get("seed"), cfg.get("experiment_name")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise ConfigError(f"seed: expected an integer in [0, 2**32), got {seed!r}")
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"experiment_name: expected a non-empty name, got {name!r}")
-    pl.seed_everything(seed, workers=True)
+    # Types are the schema's (bc.configs.TrainConfig); the ranges are checked here.
+    if not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"seed: expected an integer in [0, 2**32), got {cfg.seed!r}")
+    if not str(cfg.experiment_name).strip():
+        raise ConfigError(f"experiment_name: expected a non-empty name, got {cfg.experiment_name!r}")
+    pl.seed_everything(cfg.seed, workers=True)
 
-    augmentation = build_group("augmentation", cfg.get("augmentation"), instantiate, required=False)
-    datamodule = build_group("data", cfg.get("data"), lambda node: instantiate(node, augmentation=augmentation))
-    net = build_group("model", cfg.get("model"), build_model)
-    loss = build_group("loss", cfg.get("loss"), lambda node: tried_loss(instantiate(node)))
-    optimizer = build_group("optimizer", cfg.get("optimizer"), lambda node: tried_optimizer(instantiate(node)))
-    scheduler = build_group("scheduler", cfg.get("scheduler"),
+    augmentation = build_group("augmentation", cfg.augmentation, instantiate, required=False)
+    datamodule = build_group("data", cfg.data, lambda node: instantiate(node, augmentation=augmentation))
+    net = build_group("model", cfg.model, build_model)
+    loss = build_group("loss", cfg.loss, lambda node: tried_loss(instantiate(node)))
+    optimizer = build_group("optimizer", cfg.optimizer, lambda node: tried_optimizer(instantiate(node)))
+    scheduler = build_group("scheduler", cfg.scheduler,
                             lambda node: tried_scheduler(instantiate(node), optimizer), required=False)
-    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
-    loggers = instantiate_group(cfg.get("logger"), "logger")
+    callbacks = instantiate_group(cfg.callbacks, "callbacks")
+    loggers = instantiate_group(cfg.logger, "logger")
     runs = [logger for logger in loggers if isinstance(logger, MlflowRun)]
     if len(runs) != 1:
         raise ConfigError(f"logger: training records its run with one bc.mlflow_run.MlflowRun "
                           f"(logger=mlflow), got {[type(item).__name__ for item in loggers]}")
-    trainer_node, channels_last = trainer_arguments(cfg.get("trainer"))
+    trainer_node, channels_last = trainer_arguments(cfg.trainer)
     if channels_last:
         from bc.callbacks import ChannelsLast
 
@@ -185,7 +184,7 @@ def build(cfg: DictConfig) -> Job:
     trainer = build_group("trainer", trainer_node,  # the run is a logger and a callback
                           lambda node: instantiate(node, logger=loggers, callbacks=callbacks + runs))
     module = SteeringModule(net, optimizer=optimizer, scheduler=scheduler, loss=loss,
-                            speed_loss_weight=cfg.get("speed_loss_weight", 1.0))
+                            speed_loss_weight=cfg.speed_loss_weight)
     return Job(datamodule, module, trainer, runs[0])
 
 

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import sys
 
-import hydra
 from omegaconf import DictConfig
 
-from bc.cli import run
+from bc.cli import command, run
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="benchmark")
+@command("benchmark", "benchmark.py")
 def main(cfg: DictConfig) -> None:
     from hydra.utils import instantiate
 

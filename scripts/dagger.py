@@ -9,15 +9,15 @@ final model serves with `drive.py run_id=<parent run id>`. Continue an interrupt
 
 import os
 
-import hydra
 from omegaconf import DictConfig
+
+from bc.cli import command, run
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="dagger")
+@command("dagger", "dagger.py")
 def main(cfg: DictConfig) -> str:
-    from bc.cli import run  # imported here so --help and --cfg stay fast
     from bc.dagger import run_dagger
 
     return run("dagger.py", lambda: run_dagger(cfg))

@@ -8,13 +8,12 @@ the work: bc/pipeline.py.
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from bc.cli import run
+from bc.cli import command, run
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="demo")
+@command("demo", "demo.py")
 def main(cfg: DictConfig) -> None:
     from hydra.utils import instantiate
 

@@ -11,13 +11,12 @@ albumentations or mlflow.pytorch; MLflow itself only for run_id).
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from bc.cli import run
+from bc.cli import command, run
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="drive")
+@command("drive", "drive.py")
 def main(cfg: DictConfig) -> None:
     from bc.drive.server import PROG, run_from_config
 

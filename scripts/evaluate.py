@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, ListConfig
 
-from bc.cli import run
+from bc.cli import command, run
 
 
 def evaluate_run(cfg: DictConfig) -> None:
@@ -34,7 +33,7 @@ def evaluate_run(cfg: DictConfig) -> None:
     else:
         run_id = find_run(str(cfg.run_id), cfg.experiment_name, cfg.metric, cfg.mode, cfg.tracking_uri)
     out = Path(cfg.out) if cfg.out else Path(HydraConfig.get().runtime.output_dir)
-    print(f"evaluating MLflow run {run_id} on {', '.join(tracks)} ({cfg.laps} laps at "
+    print(f"evaluating MLflow run {run_id} on {', '.join(tracks)} ({cfg.laps:g} laps at "
           f"{cfg.set_speed} mph); outputs in {out}", flush=True)
     if cfg.vectorized:
         from bc.errors import ConfigError
@@ -55,7 +54,7 @@ def evaluate_run(cfg: DictConfig) -> None:
     print(f"metrics logged to MLflow run {run_id} (eval/<track>/...); outputs in {out}")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@command("evaluate", "evaluate.py")
 def main(cfg: DictConfig) -> None:
     run("evaluate.py", lambda: evaluate_run(cfg))
 

@@ -6,15 +6,14 @@ to a new MLflow run: why bc selects checkpoints by how they drive. Settings:
 conf/offline_online.yaml; the work: bc/offline_online.py.
 """
 
-import hydra
 from omegaconf import DictConfig
 
+from bc.cli import command, run
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="offline_online")
+
+@command("offline_online", "offline_online.py")
 def main(cfg: DictConfig) -> None:
     from hydra.utils import instantiate
-
-    from bc.cli import run
 
     run("offline_online.py", lambda: instantiate(cfg, _convert_="all").run())
 

@@ -8,10 +8,9 @@ Configuration: conf/simulate.yaml (see bc/sim/).
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from bc.cli import run
+from bc.cli import command, run
 
 MODES = ("record", "autonomous")
 
@@ -32,7 +31,7 @@ def simulate(cfg: DictConfig) -> None:
         instantiate(cfg.autonomous).run(resolve_track(str(cfg.track), seed=cfg.seed))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="simulate")
+@command("simulate", "simulate.py")
 def main(cfg: DictConfig) -> None:
     run("simulate.py", lambda: simulate(cfg))
 

@@ -12,10 +12,11 @@ sweeper such as Optuna optimizes.
 import os
 import warnings
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
+
+from bc.cli import command, run
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 # hydra-optuna-sweeper 1.3 (the last release) calls Optuna APIs deprecated until Optuna 6;
@@ -24,14 +25,13 @@ warnings.filterwarnings("ignore", message=r".* deprecated in v[345]\.\d+\.\d+\. 
                         category=FutureWarning)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@command("train", "train.py")
 def main(cfg: DictConfig) -> str | float | None:
-    from bc.cli import run  # imported here so --help and --cfg stay fast
     from bc.train import objective, train
 
     def job() -> str | float | None:
         run_id = train(cfg)
-        return objective(cfg, run_id) if cfg.get("optimized_metric") else run_id
+        return objective(cfg, run_id) if cfg.optimized_metric else run_id
 
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return job()  # Hydra records a failed job and goes on with the sweep's other jobs

@@ -16,12 +16,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from bc.cli import run
+from bc.cli import command, run
 from bc.errors import ConfigError
-from bc.settings import flag
 
 if TYPE_CHECKING:  # pragma: no cover
     from bc.insight.saliency import SaliencyOverlay
@@ -49,7 +47,7 @@ def make(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "folder"):
         raise ConfigError(f"folder: missing; usage: {USAGE}")
     saliency, output = None, cfg.output
-    if flag("saliency", cfg.saliency):
+    if cfg.saliency:
         saliency = saliency_overlay(cfg)
         if not output:
             folder = Path(str(cfg.folder))
@@ -71,7 +69,7 @@ def saliency_overlay(cfg: DictConfig) -> "SaliencyOverlay":
     return SaliencyOverlay(tracking.load_model(run_id, cfg.tracking_uri))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="video")
+@command("video", "video.py")
 def main(cfg: DictConfig) -> None:
     run("video.py", lambda: make(cfg))
 

@@ -209,3 +209,116 @@ def test_presets_override_primary_keys(train_config) -> None:
     assert cfg.experiment_name == "pilotnet_lake"  # _self_ first: presets win over train.yaml
     assert cfg.model._target_ == "bc.models.nvidia.PilotNet"
     assert cfg.scheduler._target_.endswith("ReduceLROnPlateau")
+
+
+# --------------------------------------------------------------------------------------------
+# The schemas (bc/configs.py): every primary config composes against its own, a wrong type or
+# an unknown key is refused while composing, and the scripts say so in one line (exit 2).
+
+PRIMARY = sorted(path.stem for path in CONF_DIR.glob("*.yaml"))
+NEEDS = {"video": ["folder=run1"], "benchmark": ["benchmark=loader"],
+         "train": ["output_dir=out"], "dagger": ["output_dir=out"]}  # no Hydra app: no run folder
+
+
+@pytest.mark.parametrize("name", PRIMARY)
+def test_every_config_composes_and_resolves_against_its_schema(compose, name: str) -> None:
+    from bc.configs import SCHEMAS
+
+    cfg = compose(name, NEEDS.get(name, []))
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=name != "video")  # every value set
+    assert OmegaConf.get_type(cfg) is SCHEMAS.get(name, dict)
+
+
+def test_the_schemas_cover_the_configs_the_issue_names() -> None:
+    from bc.configs import SCHEMAS
+
+    assert {"train", "dagger", "drive", "simulate", "evaluate", "video"} <= set(SCHEMAS)
+    assert set(SCHEMAS) <= set(PRIMARY)
+
+
+@pytest.mark.parametrize("name", ["drive", "evaluate", "video"])
+def test_commands_that_pick_a_model_share_the_run_group(compose, name: str) -> None:
+    from bc.configs import RunSelection
+
+    cfg = compose(name, [*NEEDS.get(name, []), "run_id=best", "metric=eval/score", "mode=max",
+                         "runtime=onnx", "experiment_name=lab"])
+    assert isinstance(OmegaConf.to_object(cfg), RunSelection)
+    assert (cfg.run_id, cfg.metric, cfg.mode, cfg.runtime, cfg.experiment_name) == (
+        "best", "eval/score", "max", "onnx", "lab")
+    assert cfg.model_uri is None and cfg.tracking_uri is None
+    assert compose(name, NEEDS.get(name, [])).runtime == "torch"  # conf/run/default.yaml
+
+
+@pytest.mark.parametrize(("name", "override", "key"), [
+    ("train", "data.batch_size=abc", "data.batch_size"),
+    ("train", "data.balance.bins=1.5", "data.balance.bins"),
+    ("train", "speed_loss_weight=heavy", "speed_loss_weight"),
+    ("train", "callbacks.closed_loop.every_n_epochs=often", "callbacks.closed_loop.every_n_epochs"),
+    ("train", "data.num_wokers=2", "data.num_wokers"),  # a misspelt key
+    ("dagger", "beta=[high]", "beta[0]"),
+    ("drive", "port=x", "port"),
+    ("drive", "controller.kp=abc", "controller.kp"),
+    ("simulate", "laps=many", "laps"),
+    ("evaluate", "jobs=[2]", "jobs"),
+    ("video", "overlay=maybe", "overlay"),
+])
+def test_a_wrong_type_or_key_is_refused_while_composing_naming_it(compose, name: str,
+                                                                  override: str, key: str) -> None:
+    from hydra.errors import ConfigCompositionException
+
+    from bc.cli import composition_error
+
+    with pytest.raises(ConfigCompositionException) as raised:
+        compose(name, [*NEEDS.get(name, []), override])
+    message = composition_error(raised.value)
+    assert message.startswith(f"{key}: ") and "\n" not in message, message
+
+
+def script(tmp_path: Path, name: str, *overrides: str) -> "subprocess.CompletedProcess[str]":
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(CONF_DIR.parent), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, str(CONF_DIR.parent / "scripts" / name), *overrides],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(("name", "override", "line"), [
+    ("train.py", "data.batch_size=abc", "train.py: error: data.batch_size: Value 'abc' of type "
+                                        "'str' could not be converted to Integer"),
+    ("drive.py", "port=x", "drive.py: error: port: Value 'x' of type 'str' could not be "
+                           "converted to Integer"),
+    ("simulate.py", "seed=1.5", "simulate.py: error: seed: "),
+    ("evaluate.py", "max_steps=some", "evaluate.py: error: max_steps: "),
+    ("drive.py", "prot=4567", "drive.py: error: prot: Key 'prot' not in 'DriveConfig'"),
+    # retired: its one line names what to write instead
+    ("drive.py", "slow_in_bends=true", "drive.py: error: slow_in_bends: retired; use speed_source=bends"),
+    ("evaluate.py", "slow_in_bends=false", "evaluate.py: error: slow_in_bends: retired; use "
+                                           "speed_source=bends"),
+    ("demo.py", "slow_in_bends=true", "demo.py: error: slow_in_bends: retired; use speed_source=bends"),
+])
+def test_scripts_refuse_a_bad_command_line_in_one_line_exit_2(tmp_path: Path, name: str,
+                                                              override: str, line: str) -> None:
+    result = script(tmp_path, name, override)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith(line), result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing ran: no run folder, no MLflow store
+
+
+def test_slow_in_bends_is_gone_from_the_code() -> None:
+    from bc.drive.controller import SpeedController
+
+    with pytest.raises(TypeError):
+        SpeedController(slow_in_bends=True)  # type: ignore[call-arg]
+    assert SpeedController(speed_source="bends").target_speed(1.0) < SpeedController().set_speed + 1
+
+
+def test_no_config_is_read_by_hand() -> None:
+    """Settings are attributes of the typed config, not `cfg.get(...)` with a fallback."""
+    root = CONF_DIR.parent
+    found = [f"{path.relative_to(root)}:{number}" for folder in ("bc", "scripts")
+             for path in sorted((root / folder).rglob("*.py"))
+             for number, text in enumerate(path.read_text().splitlines(), 1) if "cfg.get(" in text]
+    assert found == []

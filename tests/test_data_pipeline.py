@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import CONF_DIR
+from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from bc.cli import bc_error_in
+from bc.cli import bc_error_in, composition_error
 from bc.data.augment import SteeringAugment, shift_horizontal
 from bc.data.batch_augment import BatchAugment
 from bc.data.balance import balance_from_config, balance_indices
@@ -336,12 +337,15 @@ def test_paths_must_be_a_list_of_folders(paths):
 def test_settings_are_checked_from_the_config_before_any_data_is_read(compose, tmp_path):
     cfg = compose("train", ["model=small", f"data.paths=[{tmp_path / 'missing'}]"])
     assert isinstance(instantiate(cfg.data), DrivingDataModule)  # no data read, no run needed
-    bad = compose("train", ["data.val_fraction=abc", f"data.paths=[{tmp_path / 'missing'}]"])
+    with pytest.raises(ConfigCompositionException) as info:  # the type: bc/configs.py's schema
+        compose("train", ["data.val_fraction=abc", f"data.paths=[{tmp_path / 'missing'}]"])
+    assert composition_error(info.value).startswith("data.val_fraction: ")  # what scripts print
+    bad = compose("train", ["data.val_fraction=1.5", f"data.paths=[{tmp_path / 'missing'}]"])
     with pytest.raises(Exception) as info:
         instantiate(bad.data)
-    found = bc_error_in(info.value)  # what scripts print as one line (bc.cli)
+    found = bc_error_in(info.value)  # the range: the datamodule (one line, bc.cli)
     assert isinstance(found, ConfigError)
-    assert str(found) == "data.val_fraction: expected a number in [0, 1), got 'abc'"
+    assert str(found) == "data.val_fraction: expected a number in [0, 1), got 1.5"
 
 
 @pytest.mark.parametrize("data_option", option_names("data"))

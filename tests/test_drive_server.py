@@ -434,8 +434,8 @@ ERROR_CASES = {
         lambda s: [f"model_path={s['root'] / 'nope.ts'}", "overwrite=true",
                    f"image_folder={_copied_recording(s['root'])}"],
         "holds IMG, driving_log.csv, which drive.py did not write"),
-    "bad_port": (lambda s: ["port=http", f"model_path={s['root'] / 'nope.ts'}"],
-                 "port: expected an integer in 0..65535, got 'http'"),
+    "bad_port": (lambda s: ["port=70000", f"model_path={s['root'] / 'nope.ts'}"],
+                 "port: expected an integer in 0..65535, got 70000"),  # port=http: the schema
     "bad_set_speed": (lambda s: ["set_speed=50", f"model_path={s['root'] / 'nope.ts'}"],
                       "set_speed: expected 0..30"),
     "bad_speed_source": (lambda s: ["speed_source=lidar", f"model_path={s['root'] / 'nope.ts'}"],

@@ -305,7 +305,8 @@ def test_simulate_script_records_and_reports_bad_tracks(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (["dt=0"], "simulate.py: error: dt: expected a simulation step > 0 s, got 0"),
     (["max_rows=-5"], "simulate.py: error: max_rows: expected a number of samples >= 1"),
-    (["laps=abc"], "simulate.py: error: laps: expected a number > 0, got 'abc'"),
+    (["laps=abc"], "simulate.py: error: laps: Value 'abc' of type 'str' could not be converted "
+                   "to Float (override laps=abc)"),  # the schema (bc/configs.py)
     (["mode=autonomous", "dt=0"], "simulate.py: error: dt: expected > 0, got 0"),
     (["car=hovercraft"], "simulate.py: error: car: expected one of ['dynamic', 'kinematic']"),
 ])

@@ -75,13 +75,13 @@ class PIController:
 @dataclass
 class SpeedController:
     """Throttle from the measured speed: PI towards the target speed ``speed_source`` gives
-    (module doc). ``slow_in_bends=true`` is the older spelling of ``speed_source=bends``."""
+    (module doc). Types are checked by the config's schema (`bc.configs.SpeedControlConfig`);
+    the ranges here."""
 
     set_speed: float = DEFAULT_SET_SPEED_MPH
     speed_source: str = "set_speed"
     kp: float = REFERENCE_KP
     ki: float = REFERENCE_KI
-    slow_in_bends: bool = False
     bend_slowdown: float = 0.5
     min_speed: float = 5.0
     allow_brake: bool = True
@@ -91,14 +91,8 @@ class SpeedController:
     def __post_init__(self) -> None:
         for name in ("set_speed", "kp", "ki", "bend_slowdown", "min_speed", "brake_min_speed",
                      "max_throttle"):
-            value = getattr(self, name)
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{name}: expected a number, got {value!r}") from None
-            if not math.isfinite(number):
-                raise ConfigError(f"{name}: expected a finite number, got {value!r}")
-            setattr(self, name, number)
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name}: expected a finite number, got {getattr(self, name)!r}")
         if not 0.0 <= self.set_speed <= udacity.TOP_SPEED_MPH:
             raise ConfigError(
                 f"set_speed: expected 0..{udacity.TOP_SPEED_MPH} mph, got {self.set_speed}")
@@ -109,13 +103,6 @@ class SpeedController:
         if self.speed_source not in SPEED_SOURCES:
             raise ConfigError(f"speed_source: expected one of {list(SPEED_SOURCES)}, "
                               f"got {self.speed_source!r}")
-        if not isinstance(self.slow_in_bends, bool):
-            raise ConfigError(f"slow_in_bends: expected true or false, got {self.slow_in_bends!r}")
-        if self.slow_in_bends:
-            if self.speed_source == "model":
-                raise ConfigError("slow_in_bends: true means speed_source=bends, which "
-                                  "contradicts speed_source=model; drop slow_in_bends")
-            self.speed_source = "bends"
         self.pi = PIController(kp=self.kp, ki=self.ki, set_point=self.set_speed,
                                output_min=-1.0 if self.allow_brake else 0.0,
                                output_max=self.max_throttle)
