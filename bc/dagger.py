@@ -190,7 +190,9 @@ class Job:
         if not state_path.is_file():
             raise ConfigError(f"resume: DAgger run {parent} kept its rounds in {state_path}, "
                               f"which is gone")
-        stored = OmegaConf.load(out / CONFIG_FILE)
+        from bc.mlflow_run import load_stored_config
+
+        stored = load_stored_config(out / CONFIG_FILE, f"resume: DAgger job {parent}'s {out / CONFIG_FILE}")
         with open_dict(stored):
             stored.tracking_uri, stored.resume = uri, None
         state = json.loads(state_path.read_text())
