@@ -33,7 +33,7 @@ import pandas as pd
 
 from bc import udacity
 from bc.errors import BcError, ConfigError
-from bc.images import ImageError, jpeg_problem, jpeg_size
+from bc.images import ImageError, jpeg_problem, jpeg_size, read_image_file
 from bc.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,15 @@ def _records(csv_path: Path) -> tuple[list[int], list[list[str]]]:
         raise DrivingLogError(
             f"{csv_path} is not UTF-8 text ({error}); is it a driving log?"
         ) from error
-    records = list(csv.reader(text.splitlines(), skipinitialspace=True, quoting=csv.QUOTE_NONE))
+    reader = csv.reader(text.splitlines(), skipinitialspace=True, quoting=csv.QUOTE_NONE)
+    records = []
+    try:
+        for fields in reader:
+            records.append(fields)
+    except csv.Error as error:  # e.g. a field over csv.field_size_limit() (131,072 bytes)
+        raise DrivingLogError(
+            f"{csv_path} row {reader.line_num}: {error}; is it a driving log?"
+        ) from None
     counts = [0 if not "".join(fields).strip() else len(fields) for fields in records]
     return counts, records
 
@@ -145,7 +153,34 @@ class _Log(NamedTuple):
     problems: dict[int, str]  # table index -> why the row is bad
 
 
+def _identity(path: Path) -> tuple[int, int, int]:
+    info = path.stat()
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
 def _parse(folder: str | os.PathLike, cameras: Sequence[str]) -> _Log:
+    """`_parse_csv`, each driving_log.csv parsed once per process: while neither the log nor its
+    IMG/ folder changed, a later call (train.py reads the frame size, then the datamodule the
+    rows) gets a copy of the first one's result."""
+    folder_path, csv_path = _log_path(folder)
+    image_dir = folder_path / udacity.IMAGE_DIR
+    try:
+        key = (str(csv_path.resolve()), tuple(cameras), _identity(csv_path), _identity(image_dir))
+    except OSError:
+        return _parse_csv(folder, cameras)  # _parse_csv names what is missing
+    parsed = _PARSED.get(key)
+    if parsed is None:
+        parsed = _PARSED[key] = _parse_csv(folder, cameras)
+        while len(_PARSED) > MAX_PARSED_LOGS:
+            _PARSED.pop(next(iter(_PARSED)))
+    return _Log(parsed.csv_path, parsed.table.copy(), dict(parsed.problems))
+
+
+MAX_PARSED_LOGS = 64  # parsed logs kept for `_parse` (a table is ~100 bytes a row)
+_PARSED: dict[tuple, _Log] = {}
+
+
+def _parse_csv(folder: str | os.PathLike, cameras: Sequence[str]) -> _Log:
     """Read and check one log's fields and image names (no image is opened)."""
     columns = udacity.LOG_COLUMNS
     folder_path, csv_path = _log_path(folder)
@@ -243,9 +278,9 @@ def _parse(folder: str | os.PathLike, cameras: Sequence[str]) -> _Log:
 def _image_header(path: str) -> tuple[str | None, tuple[int, int] | None]:
     """(problem, (width, height)) of an image file: a whole JPEG with a readable header."""
     try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        return f"cannot read {Path(path).name}: {error.strerror or error}", None
+        data = read_image_file(path)
+    except ImageError as error:
+        return str(error), None
     problem = jpeg_problem(data)
     if problem is None:
         try:
