@@ -146,8 +146,9 @@ def tried_scheduler(factory: T, optimizer_factory: Callable[..., Any]) -> T:
 # `_target_`s in conf/ are everything a stored config may build.
 TRAINING_GROUPS = ("augmentation", "callbacks", "data", "logger", "loss", "model", "optimizer",
                    "scheduler", "trainer")
-# Targets bc writes into a run's config itself (a DAgger round's warm start), with their keys.
-WRITTEN_BY_BC: dict[str, frozenset[str]] = {"bc.dagger.WarmStart": frozenset({"_target_"})}
+# Targets bc writes into a run's config itself (a DAgger round's callbacks), with their keys.
+WRITTEN_BY_BC: dict[str, frozenset[str]] = {"bc.dagger.WarmStart": frozenset({"_target_"}),
+                                             "bc.dagger.CtrlC": frozenset({"_target_"})}
 # Keys Hydra's `instantiate` acts on; a stored config may use one only where conf/ does.
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_args_", "_recursive_", "_convert_"})
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
