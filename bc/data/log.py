@@ -21,6 +21,7 @@ every frame when it builds its frame cache (`bc.data.dataset.FrameCache.fill`).
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import math
 import os
@@ -116,10 +117,10 @@ def _comma_decimal_message(csv_path: Path, line: int, fields: list[str]) -> str:
     )
 
 
-def _records(csv_path: Path) -> tuple[list[int], list[list[str]]]:
+def _records(csv_path: Path, data: bytes | None = None) -> tuple[list[int], list[list[str]]]:
     """Fields per line (0 for blank lines) and the split lines, one record per line."""
     try:
-        text = csv_path.read_text(encoding="utf-8-sig")
+        text = (csv_path.read_bytes() if data is None else data).decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise DrivingLogError(
             f"{csv_path} is not UTF-8 text ({error}); is it a driving log?"
@@ -153,24 +154,21 @@ class _Log(NamedTuple):
     problems: dict[int, str]  # table index -> why the row is bad
 
 
-def _identity(path: Path) -> tuple[int, int, int]:
-    info = path.stat()
-    return info.st_ino, info.st_size, info.st_mtime_ns
-
-
 def _parse(folder: str | os.PathLike, cameras: Sequence[str]) -> _Log:
-    """`_parse_csv`, each driving_log.csv parsed once per process: while neither the log nor its
-    IMG/ folder changed, a later call (train.py reads the frame size, then the datamodule the
-    rows) gets a copy of the first one's result."""
+    """`_parse_csv`, each driving_log.csv parsed once per process: while neither the log's
+    bytes nor the names in its IMG/ folder changed, a later call (train.py reads the frame
+    size, then the datamodule the rows) gets a copy of the first one's result."""
     folder_path, csv_path = _log_path(folder)
-    image_dir = folder_path / udacity.IMAGE_DIR
     try:
-        key = (str(csv_path.resolve()), tuple(cameras), _identity(csv_path), _identity(image_dir))
+        data = csv_path.read_bytes()
+        names = "\0".join(sorted(os.listdir(folder_path / udacity.IMAGE_DIR)))
     except OSError:
         return _parse_csv(folder, cameras)  # _parse_csv names what is missing
+    key = (str(csv_path.resolve()), tuple(cameras), hashlib.sha256(data).digest(),
+           hashlib.sha256(names.encode("utf-8", "surrogateescape")).digest())
     parsed = _PARSED.get(key)
     if parsed is None:
-        parsed = _PARSED[key] = _parse_csv(folder, cameras)
+        parsed = _PARSED[key] = _parse_csv(folder, cameras, data)
         while len(_PARSED) > MAX_PARSED_LOGS:
             _PARSED.pop(next(iter(_PARSED)))
     return _Log(parsed.csv_path, parsed.table.copy(), dict(parsed.problems))
@@ -180,8 +178,8 @@ MAX_PARSED_LOGS = 64  # parsed logs kept for `_parse` (a table is ~100 bytes a r
 _PARSED: dict[tuple, _Log] = {}
 
 
-def _parse_csv(folder: str | os.PathLike, cameras: Sequence[str]) -> _Log:
-    """Read and check one log's fields and image names (no image is opened)."""
+def _parse_csv(folder: str | os.PathLike, cameras: Sequence[str], data: bytes | None = None) -> _Log:
+    """Read (or take: `data`) and check one log's fields and image names (no image is opened)."""
     columns = udacity.LOG_COLUMNS
     folder_path, csv_path = _log_path(folder)
     folder_path = folder_path.resolve()
@@ -192,7 +190,7 @@ def _parse_csv(folder: str | os.PathLike, cameras: Sequence[str]) -> _Log:
             f" {csv_path.name}"
         )
 
-    counts, records = _records(csv_path)
+    counts, records = _records(csv_path, data)
     lines = [index + 1 for index, count in enumerate(counts) if count > 0]
     if not lines:
         raise DrivingLogError(f"{csv_path} has no rows")
