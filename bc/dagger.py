@@ -109,8 +109,7 @@ class CtrlC(Callback):
             yield
         finally:
             sys.unraisablehook = previous_hook
-            if signal.getsignal(signal.SIGINT) is cls._on_sigint:
-                signal.signal(signal.SIGINT, previous_handler)
+            signal.signal(signal.SIGINT, previous_handler)  # Lightning leaves it ignored
 
     @classmethod
     def _on_sigint(cls, signum: int, frame: Any) -> None:
