@@ -274,7 +274,9 @@ class DrivingDataModule(pl.LightningDataModule):
         (then the preprocessing takes it, as training stores it with the model)."""
         if self.spec.frame_width is not None:
             source = "the model's frame size (preprocess.frame_width x frame_height)"
-            return FrameSize(*self.spec.frame_size, source)
+            size = FrameSize(*self.spec.frame_size, source)
+            first_frame_size(self.paths, cameras, size)  # the first frame's header: named early
+            return size
         size = first_frame_size(self.paths, cameras)
         self.spec = fit_frame_size(self.spec, size)
         return size

@@ -413,8 +413,11 @@ def read_driving_logs(
     return merged
 
 
-def first_frame_size(paths: Paths, cameras: Sequence[str] = udacity.CAMERAS) -> FrameSize:
-    """Size of the first good frame of the recordings (its header only), and which it is."""
+def first_frame_size(paths: Paths, cameras: Sequence[str] = udacity.CAMERAS,
+                     expected: FrameSize | None = None) -> FrameSize:
+    """Size of the first good frame of the recordings (its header only), and which it is; with
+    `expected`, a first frame of another size is a `DrivingLogError` naming it (so a recording
+    of another camera size is named before anything else is read)."""
     cameras = check_cameras(cameras)
     folders = _folders(paths)
     for folder in folders:
@@ -427,6 +430,13 @@ def first_frame_size(paths: Paths, cameras: Sequence[str] = udacity.CAMERAS) -> 
                 problem, size = _image_header(path)
                 if problem is None:
                     row = parsed.table["row"].iat[index]
+                    if expected is not None and size != expected[:2]:
+                        raise DrivingLogError(
+                            f"{parsed.csv_path} row {row}: {camera} image {Path(path).name} is"
+                            f" {size[0]}x{size[1]}, but {expected.source} is {expected}; all"
+                            " frames must have one size (the camera frame size the model is"
+                            " trained on)"
+                        )
                     where = f"{Path(path).name} ({parsed.csv_path} row {row})"
                     return FrameSize(*size, f"the size of {where}")
     raise DrivingLogError(
