@@ -33,8 +33,8 @@ class CreatesFile:
 
 
 def small_config(model: str = "small") -> dict:
-    return OmegaConf.to_container(compose_config("train", [f"model={model}", "model.preprocess.frame_width=320",
-                                                           "model.preprocess.frame_height=160"]).model)
+    return OmegaConf.to_container(compose_config("train", [
+        f"model={model}", "model.preprocess.frame_width=320", "model.preprocess.frame_height=160"]).model)
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@
 
 Decoding a camera JPEG and resizing it costs far more than augmenting the small
 model-resolution frame, so each camera image is decoded **once**: RGB decode
-(one bounded read of the file: header checked, then decoded; `bc.images`) -> `Preprocess.geometry` (model resolution, still RGB) -> uint8 slot
-in a cache file. A slot holds the frame **transposed**, W x H x 3: each picture column is
+(one bounded read of the file: header and size checked, then decoded; `bc.images`) ->
+`Preprocess.geometry` (model resolution, still RGB) -> uint8 slot in a cache file. A slot holds the frame **transposed**, W x H x 3: each picture column is
 contiguous, so a flip or a shift of a whole batch is one gather of columns
 (`bc.data.batch_augment`). Batches then leave the cache as uint8 (N x W x H x 3) and
 `bc.data.batch_augment.model_batch` augments them and converts their colour: together the
