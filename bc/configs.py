@@ -100,6 +100,8 @@ class ClosedLoopConfig:
     set_speed: float = MISSING
     speed_source: str = MISSING
     max_time_factor: float = MISSING
+    jpeg: bool = MISSING
+    vectorization: Optional[str] = MISSING  # sync | async | None (bc.evaluation.episodes)
 
 
 @dataclass
@@ -179,7 +181,9 @@ class DriveConfig(RunSelection):
     host: str = MISSING
     port: int = MISSING
     max_message_bytes: int = MISSING
+    max_request_bytes: Optional[int] = MISSING  # None: 4 x max_message_bytes
     idle_timeout_s: float = MISSING
+    request_timeout_s: float = MISSING
     num_threads: Optional[int] = MISSING
     speed_source: str = MISSING
     set_speed: float = MISSING
@@ -236,6 +240,7 @@ class EvaluateConfig(RunSelection):
     progress: bool = MISSING
     out: Optional[str] = MISSING
     jobs: int = MISSING
+    vectorized: bool = MISSING
     drive_server: List[str] = MISSING  # what the keys above build
     autonomous: Any = MISSING
 

@@ -33,11 +33,15 @@ import math
 import os
 import random
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -70,6 +74,66 @@ class WarmStart(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         state = torch.load(self.weights, map_location="cpu", weights_only=True)
         pl_module.net.load_state_dict(state)
+
+
+class CtrlC(Callback):
+    """Ctrl-C stops a DAgger job wherever it lands. Python delivers SIGINT as a
+    KeyboardInterrupt in whatever code runs then; inside a weakref callback or a `__del__`
+    (garbage collection during a round's sanity check, say) it is only printed ("Exception
+    ignored in ...") and the job would go on. So while a job runs, the SIGINT handler also
+    notes the request, a KeyboardInterrupt that could not be raised is noted instead of
+    printed, and the job checks the note (`check`) at every training and validation batch
+    (this callback, in each round's trainer), every rollout step and between a round's
+    phases."""
+
+    requested = False
+
+    @classmethod
+    @contextmanager
+    def installed(cls) -> Iterator[None]:
+        """The handler and hook while the job runs (main thread only: where signals arrive)."""
+        cls.requested = False
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous_handler = signal.signal(signal.SIGINT, cls._on_sigint)
+        previous_hook = sys.unraisablehook
+
+        def unraisable(info: Any) -> None:
+            if isinstance(info.exc_value, KeyboardInterrupt):
+                cls.requested = True
+            else:
+                previous_hook(info)
+
+        sys.unraisablehook = unraisable
+        try:
+            yield
+        finally:
+            sys.unraisablehook = previous_hook
+            signal.signal(signal.SIGINT, previous_handler)  # Lightning leaves it ignored
+
+    @classmethod
+    def _on_sigint(cls, signum: int, frame: Any) -> None:
+        cls.requested = True
+        raise KeyboardInterrupt
+
+    @classmethod
+    def check(cls) -> None:
+        """Raise KeyboardInterrupt if Ctrl-C was pressed and not yet acted on."""
+        if cls.requested:
+            raise KeyboardInterrupt
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self.check()
+
+    def on_validation_batch_start(self, *args: Any) -> None:
+        self.check()
+
+    def on_sanity_check_end(self, *args: Any) -> None:
+        self.check()
+
+    def on_train_epoch_end(self, *args: Any) -> None:
+        self.check()
 
 
 @dataclass
@@ -128,8 +192,9 @@ def run_dagger(cfg: DictConfig) -> str:
     """Run (or resume) the DAgger job of `cfg` (module doc); returns the parent run id."""
     with open_dict(cfg):
         cfg.tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
-    job = Job.resume(cfg) if cfg.resume not in (None, False) else Job.start(cfg)
-    return job.run()
+    with CtrlC.installed():
+        job = Job.resume(cfg) if cfg.resume not in (None, False) else Job.start(cfg)
+        return job.run()
 
 
 class Job:
@@ -188,7 +253,9 @@ class Job:
         if not state_path.is_file():
             raise ConfigError(f"resume: DAgger run {parent} kept its rounds in {state_path}, "
                               f"which is gone")
-        stored = OmegaConf.load(out / CONFIG_FILE)
+        from bc.mlflow_run import load_stored_config
+
+        stored = load_stored_config(out / CONFIG_FILE, f"resume: DAgger job {parent}'s {out / CONFIG_FILE}")
         with open_dict(stored):
             stored.tracking_uri, stored.resume = uri, None
         state = json.loads(state_path.read_text())
@@ -222,6 +289,7 @@ class Job:
                 if index > self.settings.rounds or rows == 0:
                     break
                 self.do_round(index, rows)
+                CtrlC.check()
             self.finish()
             status = "FINISHED"
         except KeyboardInterrupt:
@@ -252,13 +320,16 @@ class Job:
             collected = self.record_demos(data, rows)
         else:
             collected = self.collect(index, data, rows)
+        CtrlC.check()
         collect_s = time.monotonic() - started
         paths = [item["data"] for item in self.rounds] + [str(data)]
         started = time.monotonic()
         run_id = self.train_round(index, paths, folder)
+        CtrlC.check()
         train_s = time.monotonic() - started
         model_dir = self.download_model(run_id, folder / "model")
         scores = self.evaluate(run_id, model_dir)
+        CtrlC.check()
         total = self.labels + collected["rows"]
         row = {"round": index, "data": str(data), "run_id": run_id, "model": str(model_dir),
                **collected, "labels_total": total, "collect_s": collect_s, "train_s": train_s,
@@ -317,6 +388,7 @@ class Job:
 
         def record(slot: int, info: Mapping[str, Any], executed: Any) -> None:
             nonlocal expert_steps
+            CtrlC.check()
             writer.write(info["frames"], *expert.labels[slot])
             expert_steps += tuple(executed) != policy.learner_actions[slot]
 
@@ -351,9 +423,10 @@ class Job:
             cfg.run_name = f"{self.client.get_run(self.parent).info.run_name}-round{index}"
             cfg.logger.mlflow.tags = {PARENT_TAG: self.parent, TAG_ROUND: str(index),
                                       TAG_ROLE: "round"}
+            if cfg.callbacks is None:
+                cfg.callbacks = {}
+            cfg.callbacks.ctrl_c = {"_target_": "bc.dagger.CtrlC"}
             if self.settings.warm_start and index > 0:
-                if cfg.callbacks is None:
-                    cfg.callbacks = {}
                 cfg.callbacks.warm_start = {
                     "_target_": "bc.dagger.WarmStart",
                     "weights": str(Path(self.rounds[-1]["model"]) / tracking.WEIGHTS_FILE)}

@@ -12,6 +12,7 @@ warnings into errors (same libjpeg-turbo, same pixels as OpenCV). Every failure 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import cv2
@@ -27,6 +28,9 @@ DEFAULT_JPEG_QUALITY = 95
 # A decoded frame bigger than this is refused before decoding (decompression bombs: a
 # 766 KB JPEG can declare 14000 x 14000 pixels).
 DEFAULT_MAX_PIXELS = 4096 * 4096
+# An image file bigger than this is not a camera frame and is never read (a frame path that
+# is a 20 GB sparse file or a link to /dev/zero); a 4096 x 4096 JPEG at quality 100 is ~8 MB.
+MAX_FRAME_BYTES = 16 * 1024 * 1024
 
 
 class ImageError(BcError, ValueError):
@@ -50,12 +54,41 @@ def jpeg_problem(data: bytes) -> str | None:
     return None
 
 
+def read_image_file(path: str | os.PathLike, limit: int = MAX_FRAME_BYTES) -> bytes:
+    """The bytes of an image file, read only if it is a regular file of at most `limit` bytes
+    (checked on the open file, so a link to /dev/zero, a pipe or a huge sparse file is refused
+    without reading it); `ImageError` says which and why."""
+    name = Path(path).name
+    try:
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block
+    except FileNotFoundError:
+        raise ImageError(f"image file not found: {path}") from None
+    except OSError as error:
+        raise ImageError(f"cannot read image file {path}: {error.strerror or error}") from None
+    try:
+        info = os.fstat(handle)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(f"image file {name}: not a regular file")
+        if info.st_size > limit:
+            raise ImageError(f"image file {name}: {info.st_size} bytes, over the limit of {limit} "
+                             "(not a camera frame)")
+        with os.fdopen(handle, "rb", closefd=False) as stream:
+            data = stream.read(limit + 1)
+    except OSError as error:
+        raise ImageError(f"cannot read image file {path}: {error.strerror or error}") from None
+    finally:
+        os.close(handle)
+    if len(data) > limit:  # it grew after the check
+        raise ImageError(f"image file {name}: over the limit of {limit} bytes (not a camera frame)")
+    return data
+
+
 def file_problem(path: str | os.PathLike) -> str | None:
     """`jpeg_problem` of an image file (or why it cannot be read)."""
     try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        return f"cannot read: {error.strerror or error}"
+        data = read_image_file(path)
+    except ImageError as error:
+        return str(error)
     return jpeg_problem(data)
 
 
@@ -96,12 +129,7 @@ def encode_jpeg(rgb: np.ndarray, quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
 
 def read_rgb(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an image file to RGB uint8, or raise `ImageError` naming the path."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ImageError(f"image file not found: {path}") from None
-    except OSError as error:
-        raise ImageError(f"cannot read image file {path}: {error.strerror or error}") from None
+    data = read_image_file(path)
     try:
         return decode_jpeg(data, max_pixels)
     except ImageError as error:

@@ -10,11 +10,15 @@ are provoked on a dummy parameter (`tried_loss`, `tried_optimizer`, `tried_sched
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import re
 import typing
-from typing import Any, Callable, TypeVar
+from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
+
+import yaml
 
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -133,3 +137,77 @@ def tried_scheduler(factory: T, optimizer_factory: Callable[..., Any]) -> T:
         optimizer.step()
         scheduler.step(0.0) if isinstance(scheduler, ReduceLROnPlateau) else scheduler.step()
     return factory
+
+
+# --------------------------------------------------------------------------------------------
+# A stored config is data: what it may build.
+
+# The config groups a training config (train.py, each DAgger round) is composed of; their
+# `_target_`s in conf/ are everything a stored config may build.
+TRAINING_GROUPS = ("augmentation", "callbacks", "data", "logger", "loss", "model", "optimizer",
+                   "scheduler", "trainer")
+# Targets bc writes into a run's config itself (a DAgger round's callbacks), with their keys.
+WRITTEN_BY_BC: dict[str, frozenset[str]] = {"bc.dagger.WarmStart": frozenset({"_target_"}),
+                                             "bc.dagger.CtrlC": frozenset({"_target_"})}
+# Keys Hydra's `instantiate` acts on; a stored config may use one only where conf/ does.
+HYDRA_KEYS = frozenset({"_target_", "_partial_", "_args_", "_recursive_", "_convert_"})
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _targets_in(value: Any, found: dict[str, set[str]]) -> None:
+    if isinstance(value, Mapping):
+        target = value.get("_target_")
+        if isinstance(target, str):
+            found.setdefault(target, set()).update(HYDRA_KEYS.intersection(value))
+        for item in value.values():
+            _targets_in(item, found)
+    elif isinstance(value, list):
+        for item in value:
+            _targets_in(item, found)
+
+
+@functools.lru_cache(maxsize=None)
+def buildable_targets(conf_dir: Path = CONF_DIR) -> dict[str, frozenset[str]]:
+    """`_target_` -> the Hydra keys used with it, over every option of `TRAINING_GROUPS` in
+    conf/ (and `WRITTEN_BY_BC`): what bc's own config groups can build."""
+    found: dict[str, set[str]] = {}
+    for group in TRAINING_GROUPS:
+        for path in sorted((conf_dir / group).glob("*.yaml")):
+            _targets_in(yaml.safe_load(path.read_text(encoding="utf-8")), found)
+    for target, keys in WRITTEN_BY_BC.items():
+        found.setdefault(target, set()).update(keys)
+    return {target: frozenset(keys) for target, keys in found.items()}
+
+
+def check_stored_config(config: Any, source: str) -> None:
+    """Refuse a config read from a store (a run's `config.yaml`, a DAgger job's) unless every
+    `_target_` in it, at any depth, is one bc's config groups build, with only the Hydra keys
+    conf/ uses with it (`_args_` never; `_partial_` where conf/ has it): nothing in it is
+    imported or run before this. The `ConfigError` names `source` and the key."""
+    if OmegaConf.is_config(config):
+        config = OmegaConf.to_container(config, resolve=False)
+    allowed = buildable_targets()
+
+    def check(value: Any, where: str) -> None:
+        if isinstance(value, Mapping):
+            keys = HYDRA_KEYS.intersection(value)
+            if keys:
+                target = value.get("_target_")
+                field = f"{where}._target_" if where else "_target_"
+                if "_target_" not in value or not isinstance(target, str) or target not in allowed:
+                    shown = repr(target) if "_target_" in value else "no _target_"
+                    raise ConfigError(f"{source}: {field}: {shown} is not built by bc's config "
+                                      f"groups ({', '.join(TRAINING_GROUPS)}); refused, nothing "
+                                      f"was run")
+                extra = sorted(keys - allowed[target])
+                if extra:
+                    raise ConfigError(f"{source}: {where + '.' if where else ''}{extra[0]}: not "
+                                      f"allowed with {target} in a stored config; refused, "
+                                      f"nothing was run")
+            for key, item in value.items():
+                check(item, f"{where}.{key}" if where else str(key))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                check(item, f"{where}[{index}]")
+
+    check(config, "")

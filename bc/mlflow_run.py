@@ -206,6 +206,25 @@ def ui_hint(uri: str) -> str:
     return f"open {uri} (the MLflow tracking server)"
 
 
+def load_stored_config(path: Path, source: str) -> DictConfig:
+    """A config read back from a store (`source` names it in errors): a YAML mapping whose every
+    `_target_` is one bc's config groups build (`bc.instantiators.check_stored_config`), so
+    building the job from it runs no code the store holds."""
+    import yaml
+
+    from bc.instantiators import check_stored_config
+
+    try:
+        config = OmegaConf.load(path)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as error:
+        message = " ".join(str(error).split())
+        raise ConfigError(f"{source}: not a readable YAML config ({message})") from None
+    if not isinstance(config, DictConfig):
+        raise ConfigError(f"{source}: expected a mapping of config keys, got a {type(config).__name__}")
+    check_stored_config(config, source)
+    return config
+
+
 def resume_point(run_id: str, uri: str, download_dir: Path) -> tuple[DictConfig, str]:
     """The logged config of run `run_id` and its latest checkpoint: the local file if it is
     still there, else the run's copy downloaded into `download_dir`. Refuses a finished run
@@ -239,7 +258,8 @@ def resume_point(run_id: str, uri: str, download_dir: Path) -> tuple[DictConfig,
         except (MlflowException, OSError) as error:
             raise ConfigError(f"resume: run {run_id} {missing} ({error})") from None
 
-    config = OmegaConf.load(download(CONFIG_ARTIFACT, f"has no {CONFIG_ARTIFACT}"))
+    config = load_stored_config(Path(download(CONFIG_ARTIFACT, f"has no {CONFIG_ARTIFACT}")),
+                                f"resume: run {run_id}'s {CONFIG_ARTIFACT}")
     if Path(local).is_file():
         return config, local
     artifact = f"{CHECKPOINT_ARTIFACT_DIR}/{Path(local).name}"

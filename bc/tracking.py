@@ -283,15 +283,45 @@ def load_model_folder(folder: Path, source: str | None = None, runtime: str = "t
     for path in (config_path, weights_path):
         if not path.is_file():
             raise TrackingError(f"model folder {folder} has no {path.name}")
-    config = yaml.safe_load(config_path.read_text())
+    config = _read_model_config(config_path)
     try:
         net = build_model(config)
     except BcError as error:
         raise TrackingError(f"{config_path}: {error}") from None
-    net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    except Exception as error:  # e.g. width=-1: the class's own checks (torch's RuntimeError)
+        raise TrackingError(f"{config_path}: model: {_one_line(error)}") from None
+    try:  # weights_only: tensors and plain containers only, no pickled code
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        if not isinstance(state, Mapping):
+            raise TypeError(f"expected a state dict (name -> tensor), got {type(state).__name__}")
+        net.load_state_dict(state)
+    except Exception as error:  # truncated, not torch's format, pickled code, another model's
+        raise TrackingError(f"{weights_path}: not the weights of this {CONFIG_FILE}'s model "
+                            f"({_one_line(error)})") from None
     net.eval()
     return LoadedModel(net=net, spec=net.preprocess_spec, source=source or str(folder),
                        outputs=net.outputs)
+
+
+MAX_ERROR_DETAIL = 300  # characters of a library's error message quoted in ours
+
+
+def _one_line(error: BaseException) -> str:
+    """A library error as one line: its type when it says nothing, cut at `MAX_ERROR_DETAIL`."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= MAX_ERROR_DETAIL else text[:MAX_ERROR_DETAIL] + "..."
+
+
+def _read_model_config(path: Path) -> Any:
+    """A model.yaml's plain values (safe YAML: no tags that build objects), or `TrackingError`."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise TrackingError(f"{path}: not UTF-8 text ({_one_line(error)})") from None
+    except yaml.YAMLError as error:
+        raise TrackingError(f"{path}: not a plain YAML model config ({_one_line(error)})") from None
+    except OSError as error:
+        raise TrackingError(f"{path}: cannot read it ({error.strerror or error})") from None
 
 
 def load_model(run_id: str, tracking_uri: str | None = None, runtime: str = "torch") -> LoadedModel:
@@ -345,11 +375,15 @@ def load_exported(path: str | Path, runtime: str | None = None) -> LoadedModel:
     try:
         with _quiet_torchscript():
             net = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except RuntimeError as error:
-        raise TrackingError(f"{path} is not a TorchScript model exported by bc: {error}") from error
+    except Exception as error:  # RuntimeError mostly; a damaged archive can raise others
+        raise TrackingError(f"{path} is not a TorchScript model exported by bc: "
+                            f"{_one_line(error)}") from None
     if not extra[SPEC_EXTRA_FILE]:
         raise TrackingError(f"{path} has no embedded {SPEC_EXTRA_FILE}: not exported by bc")
-    spec = Preprocess.from_dict(json.loads(extra[SPEC_EXTRA_FILE]))
+    try:
+        spec = Preprocess.from_dict(json.loads(extra[SPEC_EXTRA_FILE]))
+    except (BcError, ValueError, TypeError, AttributeError) as error:
+        raise TrackingError(f"{path}: {SPEC_EXTRA_FILE}: {_one_line(error)}") from None
     outputs = DEFAULT_OUTPUTS  # exported before the speed output existed
     if extra[OUTPUTS_EXTRA_FILE]:
         try:

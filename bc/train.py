@@ -61,7 +61,8 @@ def train(cfg: DictConfig) -> str:
         job.run.reopen(cfg.resume)
     job.run.start(cfg)
     try:
-        job.trainer.fit(job.module, datamodule=job.datamodule, ckpt_path=checkpoint)
+        job.trainer.fit(job.module, datamodule=job.datamodule, ckpt_path=checkpoint,
+                        weights_only=True)  # a checkpoint from a store holds no code to run
     except SystemExit:
         if job.trainer.interrupted:  # Lightning turns Ctrl-C into exit(1) after its shutdown
             raise KeyboardInterrupt from None
@@ -103,13 +104,29 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, str | None]:
         with open_dict(stored):
             stored.resume, stored.tracking_uri = cfg.resume, cfg.tracking_uri
         cfg = stored
+        check_checkpoint(checkpoint, f"resume: run {cfg.resume}'s checkpoint {checkpoint}")
     elif cfg.resume is not None:
         if not Path(str(cfg.resume)).expanduser().is_file():
             raise ConfigError(f"resume: expected a run id (32 hex digits) or a checkpoint file, got "
                               f"{cfg.resume!r} (no such file)")
         checkpoint = str(Path(str(cfg.resume)).expanduser())
+        check_checkpoint(checkpoint, f"resume: checkpoint {checkpoint}")
     fill_frame_size(cfg)
     return cfg, checkpoint
+
+
+def check_checkpoint(path: str, source: str) -> None:
+    """A checkpoint must load (tensors and plain values only) before a run is reopened, so a
+    damaged one is one line and the run keeps its status (KILLED stays KILLED)."""
+    import torch
+
+    try:  # mmap: the tensors are mapped, not read; Lightning reads them again to resume
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # truncated zip, not torch's format, pickled code, ...
+        detail = " ".join(str(error).split())[:300] or type(error).__name__
+        raise ConfigError(f"{source} is unreadable ({detail})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(f"{source} is not a Lightning checkpoint (no state_dict)")
 
 
 def _check_resume_overrides() -> None:

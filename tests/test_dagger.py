@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from pytorch_lightning import Callback, LightningModule, Trainer
 
 from bc import tracking
@@ -56,6 +57,14 @@ def test_dagger_rounds_nested_runs_interrupt_resume_and_a_drivable_model(tmp_pat
     assert marker.exists() and [item["round"] for item in state["rounds"]] == [0]
     assert client.get_run(parent).info.status == "KILLED"  # round 0 kept, usable
 
+    # the job's stored config is data: the test's own callback is no target bc's groups build
+    with pytest.raises(ConfigError, match=r"callbacks\.interrupt\._target_: 'test_dagger"):
+        run_dagger(compose_config("dagger", ["resume=true", "experiment_name=dagger",
+                                             f"tracking_uri={uri}"]))
+    assert client.get_run(parent).info.status == "KILLED"
+    stored = yaml.safe_load((out / "config.yaml").read_text())
+    del stored["callbacks"]["interrupt"]
+    (out / "config.yaml").write_text(yaml.safe_dump(stored))
     resumed = run_dagger(compose_config("dagger", ["resume=true", "experiment_name=dagger",
                                                    f"tracking_uri={uri}"]))
     assert resumed == parent and client.get_run(parent).info.status == "FINISHED"

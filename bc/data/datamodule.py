@@ -38,6 +38,7 @@ from bc.data.dataset import (
     CACHE_MODES,
     DrivingDataset,
     FrameCache,
+    FrameOfAnotherSize,
     FramesBatch,
     FrameStore,
     collate_frames,
@@ -287,7 +288,9 @@ class DrivingDataModule(pl.LightningDataModule):
         (then the preprocessing takes it, as training stores it with the model)."""
         if self.spec.frame_width is not None:
             source = "the model's frame size (preprocess.frame_width x frame_height)"
-            return FrameSize(*self.spec.frame_size, source)
+            size = FrameSize(*self.spec.frame_size, source)
+            first_frame_size(self.paths, cameras, size)  # the first frame's header: named early
+            return size
         size = first_frame_size(self.paths, cameras)
         self.spec = fit_frame_size(self.spec, size)
         return size
@@ -301,7 +304,9 @@ class DrivingDataModule(pl.LightningDataModule):
             camera for camera in udacity.CAMERAS if camera in self.cameras or camera == "center"
         )
         size = self._frame_size(needed)
-        table = read_driving_logs(self.paths, self.on_bad_row, needed, self.verify_images, size)
+        # fields and file names only: each frame is read once, below, when it is checked
+        # (and decoded, if a sample uses it)
+        table = read_driving_logs(self.paths, self.on_bad_row, needed, False, size)
         table = drop_excluded(table)  # the review app's sidecars (bc.data.exclusions)
         is_val = split_rows(
             table["recording"].to_numpy(), self.split, self.val_fraction, self.block_rows, self.seed
@@ -320,7 +325,7 @@ class DrivingDataModule(pl.LightningDataModule):
             "train": [(kept, camera) for camera in self.cameras],
             "val": [(val_rows, "center")],
         }
-        bad = self._fill_cache(samples, slot_base, table, sources)
+        bad = self._fill_cache(samples, slot_base, table, sources, needed, size)
         corrections = camera_corrections(self.steering_correction)
 
         def dataset(split: str, augmentation: Any) -> DrivingDataset:
@@ -374,10 +379,13 @@ class DrivingDataModule(pl.LightningDataModule):
         return slot_base
 
     def _fill_cache(
-        self, samples: Mapping[str, list], slot_base: np.ndarray, table: Any, sources: Sequence[str]
+        self, samples: Mapping[str, list], slot_base: np.ndarray, table: Any,
+        sources: Sequence[str], cameras: Sequence[str], size: FrameSize,
     ) -> np.ndarray:
-        """Decode every frame the samples use; returns the mask of rows with a frame that
-        cannot be decoded (raises `DrivingLogError` for them unless on_bad_row is skip)."""
+        """Decode every frame the samples use and (with verify_images) check every other frame
+        of the `cameras` (whole JPEG, frame size), each file read once; returns the mask of
+        rows with a frame that cannot be used (raises `DrivingLogError` for them unless
+        on_bad_row is skip). A frame of another size is always an error."""
         slots = np.concatenate(
             [
                 slot_base[rows] + udacity.CAMERAS.index(camera)
@@ -385,15 +393,29 @@ class DrivingDataModule(pl.LightningDataModule):
                 for rows, camera in parts
             ]
         )
+        checks = (np.concatenate([slot_base + udacity.CAMERAS.index(camera) for camera in cameras])
+                  if self.verify_images else np.empty(0, np.int64))
         threads = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
         log.info("data: decoding %d frames into the cache (%s)", len(np.unique(slots)), self.cache)
-        problems = self.frames.fill(slots, threads)
+        problems = self.frames.fill(slots, threads, check_only=checks)
         bad = np.zeros(len(table), dtype=bool)
         if not problems:
             return bad
         bad_slots = np.asarray(sorted(problems), dtype=np.int64)
         rows = np.searchsorted(slot_base, bad_slots, side="right") - 1  # slot_base is increasing
-        reasons = dict(zip(rows.tolist(), (problems[slot] for slot in bad_slots.tolist())))
+        for slot, row in zip(bad_slots.tolist(), rows.tolist()):
+            problem = problems[slot]
+            if isinstance(problem, FrameOfAnotherSize):
+                camera = udacity.CAMERAS[slot - int(slot_base[row])]
+                path = Path(table[camera].iat[row])
+                raise DrivingLogError(
+                    f"{sources[row]}: {camera} image {path.name} is {problem.size[0]}x"
+                    f"{problem.size[1]}, but {size.source} is"
+                    f" {size}; all frames must have one size (the camera frame size the model is"
+                    " trained on)"
+                )
+        reasons = {row: f"{udacity.CAMERAS[slot - int(slot_base[row])]}: {problems[slot]}"
+                   for slot, row in zip(bad_slots.tolist(), rows.tolist())}
         bad[list(reasons)] = True
         listed = summarize([(sources[row], reason) for row, reason in reasons.items()])
         message = f"{len(reasons)} row(s) with a frame that cannot be used: {listed}"

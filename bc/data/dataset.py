@@ -2,8 +2,8 @@
 
 Decoding a camera JPEG and resizing it costs far more than augmenting the small
 model-resolution frame, so each camera image is decoded **once**: RGB decode
-(`bc.images.read_rgb`) -> `Preprocess.geometry` (model resolution, still RGB) -> uint8 slot
-in a cache file. A slot holds the frame **transposed**, W x H x 3: each picture column is
+(one bounded read of the file: header and size checked, then decoded; `bc.images`) ->
+`Preprocess.geometry` (model resolution, still RGB) -> uint8 slot in a cache file. A slot holds the frame **transposed**, W x H x 3: each picture column is
 contiguous, so a flip or a shift of a whole batch is one gather of columns
 (`bc.data.batch_augment`). Batches then leave the cache as uint8 (N x W x H x 3) and
 `bc.data.batch_augment.model_batch` augments them and converts their colour: together the
@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 
 from bc.data.batch_augment import BatchAugment, model_batch
 from bc.errors import BcError
-from bc.images import ImageError, read_rgb
+from bc.images import ImageError, decode_jpeg, jpeg_problem, jpeg_size, read_image_file
 from bc.preprocess import FrameSizeError, Preprocess
 
 CACHE_MODES = ("disk", "none")
@@ -67,6 +67,15 @@ def _cache_key(paths: Sequence[str], spec: Preprocess) -> str:
             identity = f"{path}\0missing\n"
         digest.update(identity.encode())
     return digest.hexdigest()[:20]
+
+
+class FrameOfAnotherSize(FrameSizeError):
+    """A frame file whose header declares another size than the frames of its recordings."""
+
+    def __init__(self, path: str, size: tuple[int, int], expected: tuple[int, int]) -> None:
+        super().__init__(f"image file {path}: is {size[0]}x{size[1]}, but the frames are "
+                         f"{expected[0]}x{expected[1]}")
+        self.size = size
 
 
 class FrameCache:
@@ -127,13 +136,29 @@ class FrameCache:
         frames = self._map[self._flags_bytes :].reshape(len(self.paths), *self.shape)
         return flags, frames
 
+    def _checked_bytes(self, index: int) -> bytes:
+        """The JPEG of slot `index`, read once (bounded: `bc.images.read_image_file`), whole and
+        with a header declaring the model's frame size (`FrameSizeError` otherwise)."""
+        path = self.paths[index]
+        data = read_image_file(path)
+        problem = jpeg_problem(data)
+        if problem:
+            raise ImageError(f"image file {path}: {problem}")
+        try:
+            size = jpeg_size(data)
+        except ImageError as error:
+            raise ImageError(f"image file {path}: {error}") from None
+        if self.spec.frame_width is not None and size != self.spec.frame_size:
+            raise FrameOfAnotherSize(path, size, self.spec.frame_size)
+        return data
+
     def _read(self, index: int) -> np.ndarray:
-        rgb = read_rgb(self.paths[index])
-        if self.spec.frame_width is not None:
-            try:
-                self.spec.check_frame(rgb)
-            except FrameSizeError as error:
-                raise FrameSizeError(f"image file {self.paths[index]}: {error}") from None
+        """Slot `index` decoded and crop-resized, from one read of its file."""
+        data = self._checked_bytes(index)
+        try:
+            rgb = decode_jpeg(data)
+        except ImageError as error:
+            raise ImageError(f"image file {self.paths[index]}: {error}") from None
         return self.spec.geometry(rgb).transpose(1, 0, 2)
 
     def decode(self, index: int) -> np.ndarray:
@@ -157,29 +182,41 @@ class FrameCache:
         return batch
 
     def fill(self, indices: Sequence[int] | np.ndarray, threads: int = 1,
-             progress: Callable[[int], Any] | None = None) -> dict[int, str]:
+             progress: Callable[[int], Any] | None = None,
+             check_only: Sequence[int] | np.ndarray = ()) -> dict[int, BcError]:
         """Decode the unfilled slots at `indices` into the cache (with `cache="none"`: decode
-        them once to check them), calling `progress(1)` per frame; returns {slot: why it
-        cannot be decoded}."""
+        them once to check them) and check the files of the unfilled slots `check_only` (whole
+        JPEG of the frame size, not decoded), each file read once, calling `progress(1)` per
+        file; returns {slot: why it cannot be used} (an `ImageError` or `FrameSizeError`)."""
         indices = np.unique(np.asarray(indices, dtype=np.int64))
+        checks = np.setdiff1d(np.asarray(check_only, dtype=np.int64), indices)
         frames = None
         if self.mode == "disk":
             flags, frames = self._open()
             indices = indices[flags[indices] != _FILLED]
-        problems: dict[int, str] = {}
+            checks = checks[flags[checks] != _FILLED]
+        problems: dict[int, BcError] = {}
 
         def fill_one(index: int) -> None:
             try:
                 frame = self._read(index)
             except BcError as error:  # ImageError, FrameSizeError
-                problems[index] = str(error)
+                problems[index] = error
                 return
             if frames is not None:
                 frames[index] = frame
                 flags[index] = _FILLED
 
-        with ThreadPoolExecutor(max(1, threads)) as pool:  # decoding releases the GIL
-            for _ in pool.map(fill_one, indices.tolist()):
+        def check_one(index: int) -> None:
+            try:
+                self._checked_bytes(index)
+            except BcError as error:
+                problems[index] = error
+
+        work = [(fill_one, index) for index in indices.tolist()]
+        work += [(check_one, index) for index in checks.tolist()]
+        with ThreadPoolExecutor(max(1, threads)) as pool:  # reading and decoding release the GIL
+            for _ in pool.map(lambda item: item[0](item[1]), work):
                 if progress is not None:
                     progress(1)
         self.decodes += len(indices)
@@ -216,19 +253,23 @@ class FrameStore:
             out[positions] = self.caches[cache_index].get_many(local)
         return out
 
-    def fill(self, indices: Sequence[int] | np.ndarray, threads: int = 1) -> dict[int, str]:
+    def fill(self, indices: Sequence[int] | np.ndarray, threads: int = 1,
+             check_only: Sequence[int] | np.ndarray = ()) -> dict[int, BcError]:
         """`FrameCache.fill` over global indices, with a progress bar on a terminal; returns
         {global index: problem}."""
         from tqdm.auto import tqdm
 
         indices, which = self._split(np.unique(np.asarray(indices, dtype=np.int64)))
-        problems: dict[int, str] = {}
-        with tqdm(total=len(indices), desc="decoding frames", unit="frame", disable=None,
-                  leave=False) as bar:
-            for cache_index in np.unique(which):
+        checks = np.setdiff1d(np.asarray(check_only, dtype=np.int64), indices)
+        checks, checks_in = self._split(checks)
+        problems: dict[int, BcError] = {}
+        with tqdm(total=len(indices) + len(checks), desc="reading frames", unit="frame",
+                  disable=None, leave=False) as bar:
+            for cache_index in np.unique(np.concatenate([which, checks_in])):
                 offset = int(self.offsets[cache_index])
-                found = self.caches[cache_index].fill(indices[which == cache_index] - offset,
-                                                      threads, bar.update)
+                found = self.caches[cache_index].fill(
+                    indices[which == cache_index] - offset, threads, bar.update,
+                    check_only=checks[checks_in == cache_index] - offset)
                 problems.update({offset + local: problem for local, problem in found.items()})
         return problems
 

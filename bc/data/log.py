@@ -21,6 +21,7 @@ every frame when it builds its frame cache (`bc.data.dataset.FrameCache.fill`).
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import math
 import os
@@ -33,7 +34,7 @@ import pandas as pd
 
 from bc import udacity
 from bc.errors import BcError, ConfigError
-from bc.images import ImageError, jpeg_problem, jpeg_size
+from bc.images import ImageError, jpeg_problem, jpeg_size, read_image_file
 from bc.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -121,15 +122,23 @@ def _comma_decimal_message(csv_path: Path, line: int, fields: list[str]) -> str:
     )
 
 
-def _records(csv_path: Path) -> tuple[list[int], list[list[str]]]:
+def _records(csv_path: Path, data: bytes | None = None) -> tuple[list[int], list[list[str]]]:
     """Fields per line (0 for blank lines) and the split lines, one record per line."""
     try:
-        text = csv_path.read_text(encoding="utf-8-sig")
+        text = (csv_path.read_bytes() if data is None else data).decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise DrivingLogError(
             f"{csv_path} is not UTF-8 text ({error}); is it a driving log?"
         ) from error
-    records = list(csv.reader(text.splitlines(), skipinitialspace=True, quoting=csv.QUOTE_NONE))
+    reader = csv.reader(text.splitlines(), skipinitialspace=True, quoting=csv.QUOTE_NONE)
+    records = []
+    try:
+        for fields in reader:
+            records.append(fields)
+    except csv.Error as error:  # e.g. a field over csv.field_size_limit() (131,072 bytes)
+        raise DrivingLogError(
+            f"{csv_path} row {reader.line_num}: {error}; is it a driving log?"
+        ) from None
     counts = [0 if not "".join(fields).strip() else len(fields) for fields in records]
     return counts, records
 
@@ -151,7 +160,31 @@ class _Log(NamedTuple):
 
 
 def _parse(folder: str | os.PathLike, cameras: Sequence[str]) -> _Log:
-    """Read and check one log's fields and image names (no image is opened)."""
+    """`_parse_csv`, each driving_log.csv parsed once per process: while neither the log's
+    bytes nor the names in its IMG/ folder changed, a later call (train.py reads the frame
+    size, then the datamodule the rows) gets a copy of the first one's result."""
+    folder_path, csv_path = _log_path(folder)
+    try:
+        data = csv_path.read_bytes()
+        names = "\0".join(sorted(os.listdir(folder_path / udacity.IMAGE_DIR)))
+    except OSError:
+        return _parse_csv(folder, cameras)  # _parse_csv names what is missing
+    key = (str(csv_path.resolve()), tuple(cameras), hashlib.sha256(data).digest(),
+           hashlib.sha256(names.encode("utf-8", "surrogateescape")).digest())
+    parsed = _PARSED.get(key)
+    if parsed is None:
+        parsed = _PARSED[key] = _parse_csv(folder, cameras, data)
+        while len(_PARSED) > MAX_PARSED_LOGS:
+            _PARSED.pop(next(iter(_PARSED)))
+    return _Log(parsed.csv_path, parsed.table.copy(), dict(parsed.problems))
+
+
+MAX_PARSED_LOGS = 64  # parsed logs kept for `_parse` (a table is ~100 bytes a row)
+_PARSED: dict[tuple, _Log] = {}
+
+
+def _parse_csv(folder: str | os.PathLike, cameras: Sequence[str], data: bytes | None = None) -> _Log:
+    """Read (or take: `data`) and check one log's fields and image names (no image is opened)."""
     columns = udacity.LOG_COLUMNS
     folder_path, csv_path = _log_path(folder)
     folder_path = folder_path.resolve()
@@ -162,7 +195,7 @@ def _parse(folder: str | os.PathLike, cameras: Sequence[str]) -> _Log:
             f" {csv_path.name}"
         )
 
-    counts, records = _records(csv_path)
+    counts, records = _records(csv_path, data)
     lines = [index + 1 for index, count in enumerate(counts) if count > 0]
     if not lines:
         raise DrivingLogError(f"{csv_path} has no rows")
@@ -249,9 +282,9 @@ def _parse(folder: str | os.PathLike, cameras: Sequence[str]) -> _Log:
 def _image_header(path: str) -> tuple[str | None, tuple[int, int] | None]:
     """(problem, (width, height)) of an image file: a whole JPEG with a readable header."""
     try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        return f"cannot read {Path(path).name}: {error.strerror or error}", None
+        data = read_image_file(path)
+    except ImageError as error:
+        return str(error), None
     problem = jpeg_problem(data)
     if problem is None:
         try:
@@ -386,8 +419,11 @@ def read_driving_logs(
     return merged
 
 
-def first_frame_size(paths: Paths, cameras: Sequence[str] = udacity.CAMERAS) -> FrameSize:
-    """Size of the first good frame of the recordings (its header only), and which it is."""
+def first_frame_size(paths: Paths, cameras: Sequence[str] = udacity.CAMERAS,
+                     expected: FrameSize | None = None) -> FrameSize:
+    """Size of the first good frame of the recordings (its header only), and which it is; with
+    `expected`, a first frame of another size is a `DrivingLogError` naming it (so a recording
+    of another camera size is named before anything else is read)."""
     cameras = check_cameras(cameras)
     folders = _folders(paths)
     for folder in folders:
@@ -400,6 +436,13 @@ def first_frame_size(paths: Paths, cameras: Sequence[str] = udacity.CAMERAS) -> 
                 problem, size = _image_header(path)
                 if problem is None:
                     row = parsed.table["row"].iat[index]
+                    if expected is not None and size != expected[:2]:
+                        raise DrivingLogError(
+                            f"{parsed.csv_path} row {row}: {camera} image {Path(path).name} is"
+                            f" {size[0]}x{size[1]}, but {expected.source} is {expected}; all"
+                            " frames must have one size (the camera frame size the model is"
+                            " trained on)"
+                        )
                     where = f"{Path(path).name} ({parsed.csv_path} row {row})"
                     return FrameSize(*size, f"the size of {where}")
     raise DrivingLogError(

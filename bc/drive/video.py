@@ -42,11 +42,17 @@ def read_log(folder: Path) -> list[dict[str, str]]:
         return []
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        missing = set(CSV_COLUMNS) - set(reader.fieldnames or ())
-        if missing:
-            raise VideoError(
-                f"{path}: missing column(s) {sorted(missing)}; expected {list(CSV_COLUMNS)}")
-        return list(reader)
+        try:
+            missing = set(CSV_COLUMNS) - set(reader.fieldnames or ())
+            if missing:
+                raise VideoError(
+                    f"{path}: missing column(s) {sorted(missing)}; expected {list(CSV_COLUMNS)}")
+            return list(reader)
+        except UnicodeDecodeError as error:
+            raise VideoError(f"{path}: not UTF-8 text ({error}); expected the drive log "
+                             f"drive.py writes") from None
+        except csv.Error as error:  # e.g. a field over csv.field_size_limit() (131,072 bytes)
+            raise VideoError(f"{path} line {reader.line_num}: {error}") from None
 
 
 def frame_list(folder: Path) -> list[tuple[Path, dict[str, str] | None]]:
@@ -56,8 +62,13 @@ def frame_list(folder: Path) -> list[tuple[Path, dict[str, str] | None]]:
     rows = read_log(folder)
     if rows:
         frames = []
+        root = folder.resolve()
         for number, row in enumerate(rows, start=2):  # line 1 is the header
-            path = folder / row["image"]
+            image = row.get("image") or ""
+            path = (root / image).resolve()  # links followed: a link out of the folder is out
+            if not image or path == root or not path.is_relative_to(root):
+                raise VideoError(f"{folder / CSV_NAME} line {number}: image {image!r} is not a "
+                                 f"file inside {folder} (frames are read from their folder only)")
             if not path.is_file():
                 raise VideoError(
                     f"{folder / CSV_NAME} line {number}: image {row['image']} not found")
