@@ -4,7 +4,7 @@ Ctrl-C is one line (exit 130), anything else is a bug and keeps its traceback.
 Hydra wraps exceptions raised while instantiating a `_target_` in its own
 `InstantiationException`; the bc error inside is unwrapped so it still reads as one line.
 A config that does not compose (a wrong type or an unknown key on the command line, checked
-against the schemas of `bc.configs`) is one line naming the key as well: `command` is
+against the schemas of `bc.core.configs`) is one line naming the key as well: `command` is
 `@hydra.main` with that report.
 """
 
@@ -13,11 +13,13 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from bc.errors import EXIT_INTERRUPTED, EXIT_USAGE, BcError
 
 T = TypeVar("T")
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the config groups, beside the package
 
 
 def bc_error_in(error: BaseException) -> BcError | None:
@@ -56,7 +58,7 @@ def composition_error(error: BaseException) -> str | None:
 
     if not isinstance(error, (HydraException, OmegaConfBaseException)):
         return None
-    from bc.configs import RETIRED_KEYS
+    from bc.core.configs import RETIRED_KEYS  # lazy: Hydra's schemas only for a failed command
 
     cause = error if isinstance(error, OmegaConfBaseException) else error.__cause__
     if not isinstance(cause, OmegaConfBaseException):
@@ -74,11 +76,11 @@ def composition_error(error: BaseException) -> str | None:
 
 def command(config_name: str, prog: str) -> Callable[[Callable[..., T]], Callable[[], T]]:
     """`@hydra.main` for conf/<config_name>.yaml (``config_path`` relative to the script) with
-    the schemas of `bc.configs` registered, and a config that does not compose reported as
+    the schemas of `bc.core.configs` registered, and a config that does not compose reported as
     ``<prog>: error: <key>: <reason>`` (exit 2) instead of Hydra's multi-line report."""
     import hydra
 
-    import bc.configs  # noqa: F401  (registers the schemas the configs name)
+    import bc.core.configs  # noqa: F401  (lazy: registers the schemas the configs name)
 
     def decorate(task: Callable[..., T]) -> Callable[[], T]:
         started = []
@@ -88,7 +90,7 @@ def command(config_name: str, prog: str) -> Callable[[Callable[..., T]], Callabl
             started.append(True)
             return task(cfg)
 
-        hydra_main = hydra.main(version_base="1.3", config_path="../conf",
+        hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR),
                                 config_name=config_name)(job)
 
         @functools.wraps(task)

@@ -20,7 +20,7 @@ def compose_config(config_name: str, overrides: list[str] | tuple[str, ...] = ()
     """The project's real Hydra config `conf/<config_name>.yaml` with `overrides` (no Hydra app)."""
     from hydra import compose, initialize_config_dir
 
-    import bc.configs  # noqa: F401  (registers the schemas that conf/*.yaml name)
+    import bc.core.configs  # noqa: F401  (registers the schemas that conf/*.yaml name)
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides))

@@ -12,7 +12,7 @@ from unity_client import UnityClient, telemetry
 
 from bc.data.synthetic import render_frame, write_recording
 from bc.drive.launch import drive_server
-from bc.images import encode_jpeg
+from bc.core.images import encode_jpeg
 
 FRAME = (96, 96)
 SAFE_STOP = {"steering_angle": "0.000000", "throttle": "0.000000"}

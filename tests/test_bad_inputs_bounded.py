@@ -17,14 +17,16 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from bc import cli, tracking, udacity
+from bc import cli, tracking
+
+from bc.core import udacity
 from bc.data.datamodule import DrivingDataModule
 from bc.data.synthetic import write_recording
 from bc.drive.frames import FrameRecorder
 from bc.drive.video import make_video
 from bc.errors import EXIT_USAGE
-from bc.images import MAX_FRAME_BYTES
-from bc.preprocess import Preprocess
+from bc.core.images import MAX_FRAME_BYTES
+from bc.core.preprocess import Preprocess
 from conftest import REPO
 from unity_client import make_jpeg
 
@@ -101,7 +103,7 @@ def test_a_frame_that_is_no_camera_frame_is_a_bad_row_never_read_whole(tmp_path:
 
 
 def test_a_pipe_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
-    from bc.images import ImageError, read_image_file
+    from bc.core.images import ImageError, read_image_file
 
     pipe = tmp_path / "frame.jpg"
     os.mkfifo(pipe)

@@ -18,6 +18,8 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from bc import tracking
+from bc.inference import store as model_store
+from bc.inference import artifact
 from bc.cli import run
 from bc.errors import EXIT_USAGE
 from bc.models import build_model
@@ -40,12 +42,12 @@ def small_config(model: str = "small") -> dict:
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> Path:
     """One real saved model (weights, model.yaml, TorchScript, ONNX); each test damages a copy."""
-    return tracking.save_model(build_model(small_config()), small_config(),
+    return artifact.save_model(build_model(small_config()), small_config(),
                                tmp_path_factory.mktemp("saved") / "model")
 
 
 def tamper(folder: Path, damage: str, tmp_path: Path) -> None:
-    config, weights = folder / tracking.CONFIG_FILE, folder / tracking.WEIGHTS_FILE
+    config, weights = folder / artifact.CONFIG_FILE, folder / artifact.WEIGHTS_FILE
     text = config.read_text()
     if damage == "yaml python tag":
         config.write_text("!!python/object/apply:os.system ['touch " + str(tmp_path / "ran") + "']\n")
@@ -99,7 +101,7 @@ def test_a_bad_run_model_is_one_line_and_exit_2(tmp_path: Path, store, saved, ca
     folder = Path(shutil.copytree(saved, tmp_path / "model"))
     tamper(folder, damage, tmp_path)
     run_id = client.create_run(experiment).info.run_id
-    client.log_artifacts(run_id, str(folder), tracking.MODEL_ARTIFACT_DIR)
+    client.log_artifacts(run_id, str(folder), artifact.MODEL_ARTIFACT_DIR)
     code, err = drive_predictor(capsys, run_id=run_id, tracking_uri=uri)
     assert code == EXIT_USAGE, err
     lines = err.strip().splitlines()
@@ -110,10 +112,10 @@ def test_a_bad_run_model_is_one_line_and_exit_2(tmp_path: Path, store, saved, ca
 def test_a_tampered_registered_version_is_one_line_and_exit_2(tmp_path: Path, store, capsys) -> None:
     uri, client, experiment = store
     run_id = client.create_run(experiment).info.run_id
-    model_id, version = tracking.log_model(run_id, build_model(small_config()), small_config(), uri,
+    model_id, version = model_store.log_model(run_id, build_model(small_config()), small_config(), uri,
                                            register="shared")
     folder = Path(client.get_logged_model(model_id).artifact_location.removeprefix("file://"))
-    (weights,) = folder.glob(f"artifacts/**/{tracking.WEIGHTS_FILE}")
+    (weights,) = folder.glob(f"artifacts/**/{artifact.WEIGHTS_FILE}")
     weights.write_bytes(weights.read_bytes()[:-100])
     capsys.readouterr()  # MLflow's registration messages
     code, err = drive_predictor(capsys, model_uri=f"models:/shared/{version}", tracking_uri=uri)
@@ -126,7 +128,7 @@ def test_drive_py_with_a_yaml_python_tag_is_one_line_and_exit_2(tmp_path: Path, 
     folder = Path(shutil.copytree(saved, tmp_path / "model"))
     tamper(folder, "yaml python tag", tmp_path)
     run_id = client.create_run(experiment).info.run_id
-    client.log_artifacts(run_id, str(folder), tracking.MODEL_ARTIFACT_DIR)
+    client.log_artifacts(run_id, str(folder), artifact.MODEL_ARTIFACT_DIR)
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "drive.py"), f"run_id={run_id}",
                              f"tracking_uri={uri}", "port=0"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=120, env={**os.environ, "HYDRA_FULL_ERROR": "0"})

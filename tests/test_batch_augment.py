@@ -26,7 +26,7 @@ from bc.data.datamodule import DrivingDataModule
 from bc.data.dataset import FramesBatch
 from bc.data.synthetic import HOOD_Y, ROAD_RGB, render_frame, write_recording
 from bc.errors import ConfigError
-from bc.preprocess import Preprocess
+from bc.core.preprocess import Preprocess
 
 NVIDIA = Preprocess()
 RGB = Preprocess(color_space="rgb")
@@ -155,7 +155,7 @@ def test_training_makes_batches_ready_on_the_device(tmp_path, compose):
     """augment_on=device: the loaders hand out uint8 frames; the trainer moves them and the
     datamodule's on_after_batch_transfer augments and converts them, then the step runs."""
     from bc.models import build_model
-    from bc.module import SteeringModule
+    from bc.training.module import SteeringModule
 
     recording = write_recording(tmp_path / "lap", rows=24, seed=3)
     cfg = compose("train", ["model=small"])

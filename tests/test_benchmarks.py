@@ -13,12 +13,12 @@ import pytest
 from conftest import REPO
 from hydra.utils import instantiate
 
-from bc.benchmarks.drive import DriveBenchmark
-from bc.benchmarks.driving import DrivingBenchmark
-from bc.benchmarks.loader import LoaderBenchmark
-from bc.benchmarks.sim import SimBenchmark
+from bc.experiments.benchmarks.drive import DriveBenchmark
+from bc.experiments.benchmarks.driving import DrivingBenchmark
+from bc.experiments.benchmarks.loader import LoaderBenchmark
+from bc.experiments.benchmarks.sim import SimBenchmark
 from bc.errors import ConfigError
-from bc.pipeline import Pipeline
+from bc.experiments.pipeline import Pipeline
 
 BENCHMARK = str(REPO / "scripts" / "benchmark.py")
 

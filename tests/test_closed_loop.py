@@ -1,5 +1,5 @@
-"""Closed-loop evaluation during training (bc/closed_loop.py) and offline vs online
-(bc/offline_online.py): real training on a bc.sim recording, a real MLflow store."""
+"""Closed-loop evaluation during training (bc/evaluation/callback.py) and offline vs online
+(bc/experiments/offline_online.py): real training on a bc.sim recording, a real MLflow store."""
 
 from __future__ import annotations
 
@@ -11,16 +11,17 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from bc import tracking
-from bc.closed_loop import ClosedLoopEval
+from bc.inference import store
+from bc.evaluation.callback import ClosedLoopEval
 from bc.evaluation.policies import ModelPolicy
 from bc.evaluation.score import SCORE, Scorer, eval_metrics
 from bc.errors import ConfigError
-from bc.mlflow_run import TAG_WEIGHTS
+from bc.training.mlflow_run import TAG_WEIGHTS
 from bc.models.small import SmallNet
-from bc.module import SteeringModule
-from bc.offline_online import RUN_NAME, NotEnoughPoints
-from bc.sim.recorder import Recorder
-from bc.train import train
+from bc.training.module import SteeringModule
+from bc.experiments.offline_online import RUN_NAME, NotEnoughPoints
+from bc.evaluation.recorder import Recorder
+from bc.training.train import train
 from conftest import compose_config
 
 EPOCHS = 3
@@ -50,7 +51,7 @@ def test_checkpoint_chosen_by_eval_score_is_the_logged_model(tmp_path: Path) -> 
     assert run.data.metrics["eval/score_best"] == pytest.approx(best)
     assert run.data.tags[TAG_WEIGHTS].startswith("best eval/score")
     # the logged model is the checkpoint that drove best: it drives the same episode to that score
-    model = tracking.load_model(run_id, uri)
+    model = store.load_model(run_id, uri)
     results = Scorer(list(compose_config("train", [f"callbacks.closed_loop.tracks={TRACKS}"])
                           .callbacks.closed_loop.tracks)).score(ModelPolicy(model, 20.0))
     assert eval_metrics(results)[SCORE] == pytest.approx(best, rel=1e-6)  # logged as float32

@@ -14,13 +14,13 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from bc.data.augment import SteeringAugment
 from bc.data.batch_augment import BatchAugment
-from bc.mlflow_run import MlflowRun
+from bc.training.mlflow_run import MlflowRun
 from bc.models import MODELS, build_model
 from bc.models.base import SteeringModel
-from bc.module import SteeringModule
-from bc.instantiators import instantiate_group
-from bc.train import trainer_arguments
-from bc.train import build
+from bc.training.module import SteeringModule
+from bc.training.instantiators import instantiate_group
+from bc.training.train import trainer_arguments
+from bc.training.train import build
 from conftest import CONF_DIR
 
 NO_GPU_OVERRIDES = ["trainer.accelerator=cpu", "trainer.devices=1"]  # gpu/ddp: composed, built on CPU
@@ -83,7 +83,7 @@ def test_the_recipe_builds_every_piece_from_config_without_touching_mlflow(train
     assert isinstance(job.module.criterion, torch.nn.HuberLoss) and job.module.criterion.delta == 0.3
     assert job.datamodule.spec == job.module.net.preprocess_spec
     assert job.run in job.trainer.loggers and job.run in job.trainer.callbacks
-    assert job.run._run_id is None  # no MLflow run yet: it starts in bc.train.train
+    assert job.run._run_id is None  # no MLflow run yet: it starts in bc.training.train.train
     assert not (tmp_path / "mlruns" / "bc").exists()
 
 
@@ -212,7 +212,7 @@ def test_presets_override_primary_keys(train_config) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# The schemas (bc/configs.py): every primary config composes against its own, a wrong type or
+# The schemas (bc/core/configs.py): every primary config composes against its own, a wrong type or
 # an unknown key is refused while composing, and the scripts say so in one line (exit 2).
 
 PRIMARY = sorted(path.stem for path in CONF_DIR.glob("*.yaml"))
@@ -222,7 +222,7 @@ NEEDS = {"video": ["folder=run1"], "benchmark": ["benchmark=loader"],
 
 @pytest.mark.parametrize("name", PRIMARY)
 def test_every_config_composes_and_resolves_against_its_schema(compose, name: str) -> None:
-    from bc.configs import SCHEMAS
+    from bc.core.configs import SCHEMAS
 
     cfg = compose(name, NEEDS.get(name, []))
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=name != "video")  # every value set
@@ -230,7 +230,7 @@ def test_every_config_composes_and_resolves_against_its_schema(compose, name: st
 
 
 def test_the_schemas_cover_the_configs_the_issue_names() -> None:
-    from bc.configs import SCHEMAS
+    from bc.core.configs import SCHEMAS
 
     assert {"train", "dagger", "drive", "simulate", "evaluate", "video"} <= set(SCHEMAS)
     assert set(SCHEMAS) <= set(PRIMARY)
@@ -238,7 +238,7 @@ def test_the_schemas_cover_the_configs_the_issue_names() -> None:
 
 @pytest.mark.parametrize("name", ["drive", "evaluate", "video"])
 def test_commands_that_pick_a_model_share_the_run_group(compose, name: str) -> None:
-    from bc.configs import RunSelection
+    from bc.core.configs import RunSelection
 
     cfg = compose(name, [*NEEDS.get(name, []), "run_id=best", "metric=eval/score", "mode=max",
                          "runtime=onnx", "experiment_name=lab"])

@@ -11,10 +11,11 @@ import yaml
 from pytorch_lightning import Callback, LightningModule, Trainer
 
 from bc import tracking
+from bc.inference import store
 from bc.data.log import read_driving_log
 from bc.errors import ConfigError
-from bc.dagger import PARENT_TAG, STATE_FILE, TAG_ROLE, TAG_ROUND, run_dagger
-from bc.drive.predictor import Predictor
+from bc.experiments.dagger import PARENT_TAG, STATE_FILE, TAG_ROLE, TAG_ROUND, run_dagger
+from bc.inference.predictor import Predictor
 from bc.sim.env import DrivingEnv
 from conftest import compose_config
 
@@ -96,8 +97,8 @@ def test_dagger_rounds_nested_runs_interrupt_resume_and_a_drivable_model(tmp_pat
     table = json.loads(Path(client.download_artifacts(parent, "rounds.json",
                                                       str(tmp_path))).read_text())
     assert [row["run_id"] for row in table] == [item["run_id"] for item in state["rounds"]]
-    model = tracking.load_model(parent, uri)  # what `drive.py run_id=<parent>` serves
-    final = tracking.load_model(state["rounds"][1]["run_id"], uri)
+    model = store.load_model(parent, uri)  # what `drive.py run_id=<parent>` serves
+    final = store.load_model(state["rounds"][1]["run_id"], uri)
     frame, _ = DrivingEnv("lake").reset()
     assert Predictor(model).predict_rgb(frame) == Predictor(final).predict_rgb(frame)
     assert np.isfinite(Predictor(model).predict_rgb(frame).steering)
@@ -118,7 +119,7 @@ def test_bad_dagger_settings_fail_before_any_run(tmp_path: Path) -> None:
 def test_dagger_benchmark_compares_at_equal_labels_on_the_held_out_cells(tmp_path: Path) -> None:
     from hydra.utils import instantiate
 
-    from bc.benchmarks.driving import DrivingBenchmark
+    from bc.experiments.benchmarks.driving import DrivingBenchmark
 
     bench = instantiate(compose_config("benchmark", ["benchmark=dagger"]), _convert_="all")
     assert bench.methods == ["bc", "bc_select", "dagger"] and bench.paces == ["expert"]

@@ -12,11 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from bc import tracking
-from bc.dagger import STATE_FILE, run_dagger
+from bc.experiments.dagger import STATE_FILE, run_dagger
 from bc.errors import EXIT_INTERRUPTED
 from conftest import REPO, compose_config
 

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from bc import cli, udacity
+from bc import cli
+
+from bc.core import udacity
 from bc.data.datamodule import DrivingDataModule
 from bc.data.log import DrivingLogError
 from bc.data.synthetic import write_recording
 from bc.errors import EXIT_USAGE
-from bc.images import jpeg_problem
-from bc.preprocess import Preprocess
+from bc.core.images import jpeg_problem
+from bc.core.preprocess import Preprocess
 
 ROWS = 12
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bc import udacity
+from bc.core import udacity
 from bc.data.log import (
     DrivingLogError,
     detect_frame_size,
@@ -18,8 +18,8 @@ from bc.data.log import (
 )
 from bc.data.synthetic import SKY_RGB, write_recording
 from bc.errors import BcError
-from bc.images import read_rgb
-from bc.preprocess import Preprocess
+from bc.core.images import read_rgb
+from bc.core.preprocess import Preprocess
 
 ROWS = 24
 VALUE_COLUMNS = ["steering", "throttle", "brake", "speed", "row"]

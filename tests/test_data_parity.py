@@ -11,10 +11,10 @@ from hydra.utils import instantiate
 from bc.data.datamodule import DrivingDataModule
 from bc.data.log import DrivingLogError, detect_frame_size
 from bc.data.synthetic import write_recording
-from bc.drive.predictor import Predictor
-from bc.images import read_rgb
-from bc.preprocess import Preprocess
-from bc.tracking import LoadedModel
+from bc.inference.predictor import Predictor
+from bc.core.images import read_rgb
+from bc.core.preprocess import Preprocess
+from bc.inference.artifact import LoadedModel
 
 MODELS = sorted(path.stem for path in (CONF_DIR / "model").glob("*.yaml"))
 

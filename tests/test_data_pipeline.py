@@ -19,8 +19,8 @@ from bc.data.datamodule import DrivingDataModule
 from bc.data.split import block_ids, split_rows
 from bc.data.synthetic import HOOD_Y, ROAD_RGB, render_frame, write_recording
 from bc.errors import ConfigError
-from bc.images import read_rgb
-from bc.preprocess import Preprocess
+from bc.core.images import read_rgb
+from bc.core.preprocess import Preprocess
 
 NVIDIA = Preprocess()  # 66x200 YUV, the PilotNet default
 PLAIN = {"enabled": False}
@@ -337,7 +337,7 @@ def test_paths_must_be_a_list_of_folders(paths):
 def test_settings_are_checked_from_the_config_before_any_data_is_read(compose, tmp_path):
     cfg = compose("train", ["model=small", f"data.paths=[{tmp_path / 'missing'}]"])
     assert isinstance(instantiate(cfg.data), DrivingDataModule)  # no data read, no run needed
-    with pytest.raises(ConfigCompositionException) as info:  # the type: bc/configs.py's schema
+    with pytest.raises(ConfigCompositionException) as info:  # the type: bc/core/configs.py's schema
         compose("train", ["data.val_fraction=abc", f"data.paths=[{tmp_path / 'missing'}]"])
     assert composition_error(info.value).startswith("data.val_fraction: ")  # what scripts print
     bad = compose("train", ["data.val_fraction=1.5", f"data.paths=[{tmp_path / 'missing'}]"])

@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from bc import images, tracking
+from bc.core import images
+
+from bc.inference import artifact
 from bc.drive.launch import drive_server
-from bc.drive.predictor import Predictor
+from bc.inference.predictor import Predictor
 from conftest import compose_config
 from unity_client import UnityClient, make_jpeg, telemetry
 
@@ -44,9 +46,9 @@ def model(tmp_path_factory) -> Path:
         f"model.preprocess.frame_height={FRAME}", "model.preprocess.crop_top=0",
         "model.preprocess.crop_bottom=12"]).model
     torch.manual_seed(0)
-    net = tracking.build_model(config).eval()
-    folder = tracking.save_model(net, config, tmp_path_factory.mktemp("model") / "model")
-    return folder / tracking.TORCHSCRIPT_FILE
+    net = artifact.build_model(config).eval()
+    folder = artifact.save_model(net, config, tmp_path_factory.mktemp("model") / "model")
+    return folder / artifact.TORCHSCRIPT_FILE
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,7 @@ def open_descriptors(pid: int) -> int:
 
 
 def expected_steering(model: Path, jpeg: bytes) -> float:
-    return Predictor(tracking.load_exported(model)).predict_jpeg(jpeg).steering
+    return Predictor(artifact.load_exported(model)).predict_jpeg(jpeg).steering
 
 
 def assert_steers_like_the_model(server, model) -> None:

@@ -19,7 +19,7 @@ import pytest
 import torch
 import websocket
 
-from bc import tracking
+from bc.inference import artifact
 from bc.drive.launch import drive_server
 from conftest import compose_config
 from unity_client import UnityClient, make_jpeg, telemetry
@@ -42,9 +42,9 @@ HANDSHAKE = ("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.
 def model(tmp_path_factory) -> Path:
     config = compose_config("train", ["model=small"]).model
     torch.manual_seed(0)
-    net = tracking.build_model(config).eval()
-    folder = tracking.save_model(net, config, tmp_path_factory.mktemp("model") / "model")
-    return folder / tracking.TORCHSCRIPT_FILE
+    net = artifact.build_model(config).eval()
+    folder = artifact.save_model(net, config, tmp_path_factory.mktemp("model") / "model")
+    return folder / artifact.TORCHSCRIPT_FILE
 
 
 @pytest.fixture(scope="module")

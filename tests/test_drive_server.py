@@ -23,10 +23,14 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from bc import images, tracking
+from bc.core import images
+
+from bc import tracking
+from bc.inference import store as model_store
+from bc.inference import artifact
 from bc.cli import bc_error_in
-from bc.drive.launch import DRIVE_SCRIPT, drive_server
-from bc.preprocess import to_tensor
+from bc.drive.launch import drive_server
+from bc.core.preprocess import to_tensor
 from conftest import compose_config
 from unity_client import UnityClient, make_jpeg, telemetry
 
@@ -42,12 +46,14 @@ SAFE_STEER = "0.000000"
 BRAKE = "-0.500000"
 COAST = "0.000000"
 
+DRIVE_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "drive.py"
+
 
 def train_small_net(seed: int, target: float) -> tuple[torch.nn.Module, dict]:
     """A SmallNet (conf/model/small.yaml) after a few optimizer steps on random frames."""
     config = compose_config("train", ["model=small"]).model
     torch.manual_seed(seed)
-    net = tracking.build_model(config)
+    net = artifact.build_model(config)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
     inputs = torch.rand(8, *net.input_shape) * 255
     targets = target + 0.1 * torch.randn(8, 1)
@@ -77,7 +83,7 @@ def store(tmp_path_factory):
         time.sleep(0.01)  # distinct start times: "latest" is well defined
         run_id = client.create_run(experiment, run_name=f"run-{name}").info.run_id
         client.log_metric(run_id, "val/loss", val_loss)
-        tracking.log_model(run_id, net, config, uri)
+        model_store.log_model(run_id, net, config, uri)
         client.set_terminated(run_id)
         runs[name], nets[name] = run_id, net
     return {"root": root, "uri": uri, "runs": runs, "nets": nets}
@@ -368,7 +374,7 @@ def test_loading_by_run_id_removes_what_a_killed_load_left(store, tmp_path, monk
     load (any process's) removes it, and its own."""
     import tempfile
 
-    from bc.scratch import default_root
+    from bc.core.scratch import default_root
     from test_scratch import hold_a_folder
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
@@ -376,7 +382,7 @@ def test_loading_by_run_id_removes_what_a_killed_load_left(store, tmp_path, monk
     killed.kill()
     killed.wait()
     assert leftover.is_dir()
-    tracking.load_model(store["runs"]["a"], store["uri"])
+    model_store.load_model(store["runs"]["a"], store["uri"])
     assert list(tmp_path.iterdir()) == []
 
 
@@ -496,7 +502,7 @@ def test_drive_script_errors_are_one_line_and_exit_2(cli_errors, name):
 
 def test_drive_imports_neither_lightning_nor_albumentations_nor_mlflow_pytorch(store, tmp_path):
     exported = tmp_path / "model"
-    tracking.save_model(store["nets"]["a"], compose_config("train", ["model=small"]).model,
+    artifact.save_model(store["nets"]["a"], compose_config("train", ["model=small"]).model,
                         exported)
     code = f"""
 import json, runpy, sys

@@ -16,13 +16,15 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from bc import images, tracking
+from bc.core import images
+
+from bc.inference import artifact
 from bc.cli import bc_error_in
 from bc.drive.controller import PIController, SpeedController
 from bc.drive.frames import CSV_NAME, FolderNotEmptyError, FrameRecorder, frame_stem
-from bc.drive.predictor import BadFrame, Predictor, decode_base64
+from bc.inference.predictor import BadFrame, Predictor, decode_base64
 from bc.errors import ConfigError
-from bc.preprocess import FrameSizeError, to_tensor
+from bc.core.preprocess import FrameSizeError, to_tensor
 from unity_client import make_jpeg, telemetry
 
 
@@ -110,11 +112,11 @@ def small_net(compose, **frame_size: int) -> torch.nn.Module:
     """An untrained SmallNet (conf/model/small.yaml), optionally for another camera frame size."""
     config = compose("train", ["model=small", *(f"model.preprocess.{key}={value}"
                                                  for key, value in frame_size.items())]).model
-    return tracking.build_model(config).eval()
+    return artifact.build_model(config).eval()
 
 
-def loaded(net: torch.nn.Module) -> tracking.LoadedModel:
-    return tracking.LoadedModel(net=net, spec=net.preprocess_spec, source="test")
+def loaded(net: torch.nn.Module) -> artifact.LoadedModel:
+    return artifact.LoadedModel(net=net, spec=net.preprocess_spec, source="test")
 
 
 @pytest.fixture
@@ -270,7 +272,7 @@ def test_fast_websocket_unmasking_matches_the_rfc():
 
 
 def test_default_torch_threads_leave_cores_for_the_simulator():
-    from bc.drive.predictor import default_num_threads
+    from bc.inference.predictor import default_num_threads
 
     cores = len(os.sched_getaffinity(0))
     assert default_num_threads() == (1 if cores < 8 else 2)

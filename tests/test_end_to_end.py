@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO
 
 from bc import tracking
-from bc.udacity import SAMPLE_PERIOD_S
+from bc.core.udacity import SAMPLE_PERIOD_S
 
 INTERVENTION_COST_S = 6.0  # NVIDIA's autonomy: 6 s of human driving per intervention
 

@@ -15,6 +15,8 @@ from conftest import REPO, compose_config
 from omegaconf import OmegaConf
 
 from bc import tracking
+from bc.inference import store
+from bc.inference import artifact
 
 EVALUATE = str(REPO / "scripts" / "evaluate.py")
 GONE_WITHIN_S = 5.0
@@ -28,7 +30,7 @@ def model_run(tmp_path_factory) -> dict:
     config = OmegaConf.to_container(compose_config("train", ["model=small"]).model, resolve=True)
     client = tracking.client(uri)
     run_id = client.create_run(tracking.get_or_create_experiment("signals", uri)).info.run_id
-    tracking.log_model(run_id, tracking.build_model(config).eval(), config, uri)
+    store.log_model(run_id, artifact.build_model(config).eval(), config, uri)
     client.set_terminated(run_id)
     return {"root": root, "uri": uri, "run_id": run_id}
 

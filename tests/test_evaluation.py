@@ -13,17 +13,18 @@ import torch
 from omegaconf import OmegaConf
 
 import bc.sim  # noqa: F401  (registers bc/Drive-v0)
-from bc import images, tracking
-from bc.drive.predictor import Predictor
+from bc.core import images
+from bc.inference import artifact
+from bc.inference.predictor import Predictor
 from bc.evaluation.episodes import EpisodeSpec, Episodes, drive
 from bc.evaluation.expert import ExpertPolicy, expert_drive
 from bc.evaluation.metrics import compute_metrics
 from bc.evaluation.policies import ModelPolicy
 from bc.models import build_model
-from bc.preprocess import to_tensor
+from bc.core.preprocess import to_tensor
 from bc.sim.env import MAX_EPISODE_STEPS, DrivingEnv
 from bc.sim.expert import Expert
-from bc.udacity import UNITY_JPEG_QUALITY
+from bc.core.udacity import UNITY_JPEG_QUALITY
 from conftest import compose_config
 
 STEERING_TOLERANCE = 1e-5  # one frame: batched vs batch-1 forward pass
@@ -58,12 +59,12 @@ def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         optimizer.zero_grad()
         torch.nn.functional.mse_loss(net(batch), target).backward()
         optimizer.step()
-    return tracking.save_model(net.eval(), config, tmp_path_factory.mktemp("model") / "model")
+    return artifact.save_model(net.eval(), config, tmp_path_factory.mktemp("model") / "model")
 
 
 @pytest.mark.parametrize("runtime", ["torch", "onnx"])
 def test_serial_and_vectorised_drive_the_same_episodes(model_folder: Path, runtime: str) -> None:
-    model = tracking.load_model_folder(model_folder, runtime=runtime)
+    model = artifact.load_model_folder(model_folder, runtime=runtime)
     serial = [drive([spec], ModelPolicy(model, 20.0))[0] for spec in SPECS]
     with Episodes(SPECS, vectorization="async") as episodes:
         vectorised = episodes.run(ModelPolicy(model, 20.0))

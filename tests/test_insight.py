@@ -17,12 +17,11 @@ from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 from torch import nn
 
-from bc import tracking
 from bc.data.synthetic import write_recording
 from bc.drive.frames import FrameRecorder
 from bc.drive.video import make_video
 from bc.errors import BcError, ConfigError
-from bc.evaluate import evaluate, saliency_overlay, saliency_video
+from bc.evaluation.evaluate import evaluate, saliency_overlay, saliency_video
 from bc.insight.callback import (
     AUGMENTATION,
     HISTOGRAM,
@@ -35,15 +34,15 @@ from bc.insight.callback import (
     labels_per_camera,
     validation_predictions,
 )
-from bc.instantiators import instantiate_group
+from bc.training.instantiators import instantiate_group
 from bc.insight.saliency import SaliencyError, VisualBackProp, draw_saliency
 from bc.models import build_model
 from bc.models.small import SmallNet
-from bc.module import SteeringModule
-from bc.preprocess import Preprocess
+from bc.training.module import SteeringModule
+from bc.core.preprocess import Preprocess
 from bc.evaluation.autonomous import AutonomousDrive
 from bc.sim.plots import open_video
-from bc.train import train
+from bc.training.train import train
 from conftest import REPO, compose_config
 from unity_client import make_jpeg
 

@@ -11,10 +11,12 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from bc import tracking, udacity
+from bc import tracking
+
+from bc.core import udacity
 from bc.data.log import read_driving_logs
 from bc.data.synthetic import write_recording
-from bc.mlflow_datasets import TABLE_ARTIFACT, log_recordings
+from bc.tracking.datasets import TABLE_ARTIFACT, log_recordings
 
 
 def logged_inputs(uri: str, table, tmp: Path) -> dict[str, tuple]:

@@ -1,5 +1,5 @@
 """A training run as a team sees it in the MLflow UI: a real `mlflow server` process (sqlite
-backend, proxied artifacts), training with `register=`, `bc.registry.promote` (what
+backend, proxied artifacts), training with `register=`, `bc.tracking.registry.promote` (what
 scripts/promote.py runs) setting `champion`, and everything read back through the server's
 REST API (the API the UI uses): the run's logged model with the closed-loop metrics of a
 drive (as evaluate.py logs them), the registered version with its alias and the reason for
@@ -22,16 +22,18 @@ import pytest
 from scale import ROWS, mlflow_server, tiny_training
 from unity_client import UnityClient, make_jpeg, telemetry
 
-from bc import registry, udacity
+from bc.tracking import registry
+
+from bc.core import udacity
 from bc.data.synthetic import write_recording
 from bc.drive.launch import drive_server
-from bc.images import decode_jpeg
+from bc.core.images import decode_jpeg
 from bc.insight import callback as insight
-from bc.mlflow_datasets import TABLE_ARTIFACT, content_digest
+from bc.tracking.datasets import TABLE_ARTIFACT, content_digest
 from bc.sim.autonomous import AutonomousDrive
 from bc.sim.metrics import DIAGNOSTICS
 from bc.sim.track import load_track
-from bc.train import train
+from bc.training.train import train
 from conftest import compose_config
 
 NAME, METRIC = "lake-pilot", "eval/lake/autonomy"

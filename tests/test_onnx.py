@@ -14,13 +14,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from bc import images, tracking
+from bc.core import images
+
+from bc.inference import artifact
 from bc.drive.launch import drive_server
-from bc.drive.predictor import Predictor, choose_model
+from bc.inference.predictor import Predictor, choose_model
 from bc.errors import ConfigError
 from bc.models import MODELS, build_model
-from bc.onnx_export import ONNX_FILE, OnnxError, load_onnx
-from bc.preprocess import to_tensor
+from bc.inference.artifact import load_onnx
+from bc.inference.onnx_export import ONNX_FILE, OnnxError
+from bc.core.preprocess import to_tensor
 from conftest import compose_config
 from unity_client import UnityClient, telemetry
 
@@ -31,7 +34,7 @@ OPTIONS = {"PilotNet": "nvidia", "CommaAI": "commaai", "SmallNet": "small"}
 @pytest.fixture(scope="module")
 def jpegs() -> list[bytes]:
     """Center-camera JPEGs of the built-in simulator along an expert lap, as Unity encodes them."""
-    from bc.benchmarks.drive import simulator_frames
+    from bc.experiments.benchmarks.drive import simulator_frames
 
     return simulator_frames(count=8)
 
@@ -63,15 +66,15 @@ def test_onnx_matches_torch_on_simulator_frames(tmp_path: Path, jpegs: list[byte
     rgb = [images.decode_jpeg(jpeg) for jpeg in jpegs]
     batch = to_tensor(np.stack([net.preprocess_spec(frame) for frame in rgb]))
     fitted(net, batch)
-    folder = tracking.save_model(net, config, tmp_path / "model")
+    folder = artifact.save_model(net, config, tmp_path / "model")
 
-    exported = tracking.load_exported(folder / ONNX_FILE)
+    exported = artifact.load_exported(folder / ONNX_FILE)
     assert exported.spec == net.preprocess_spec and exported.outputs == tuple(outputs)
     with torch.no_grad():
         expected = net(batch).numpy()
     assert expected.std(axis=0).min() >= 0.1  # outputs that differ frame to frame, by 10,000x the tolerance
     assert np.abs(exported.net(batch) - expected).max() <= TOLERANCE  # a batch: the dynamic axis
-    by_frame = [Predictor(model).predict_rgb(frame) for model in (tracking.load_model_folder(folder), exported)
+    by_frame = [Predictor(model).predict_rgb(frame) for model in (artifact.load_model_folder(folder), exported)
                 for frame in rgb]
     torch_values, onnx_values = (np.array([value[:len(outputs)] for value in part], dtype=float)
                                  for part in (by_frame[:len(rgb)], by_frame[len(rgb):]))
@@ -82,8 +85,8 @@ def test_drive_serves_onnx_with_onnxruntime(tmp_path: Path, jpegs: list[bytes]) 
     config = OmegaConf.to_container(compose_config("train", ["model=small"]).model)
     torch.manual_seed(1)
     net = build_model(config).eval()
-    folder = tracking.save_model(net, config, tmp_path / "model")
-    expected = [Predictor(tracking.load_model_folder(folder)).predict_jpeg(jpeg).steering for jpeg in jpegs[:3]]
+    folder = artifact.save_model(net, config, tmp_path / "model")
+    expected = [Predictor(artifact.load_model_folder(folder)).predict_jpeg(jpeg).steering for jpeg in jpegs[:3]]
     with drive_server([f"model_path={folder / ONNX_FILE}", "runtime=onnx"], tmp_path) as server:
         assert server["source"] == str(folder / ONNX_FILE)
         with UnityClient(server["port"]) as client:
@@ -95,7 +98,7 @@ def test_drive_serves_onnx_with_onnxruntime(tmp_path: Path, jpegs: list[bytes]) 
 
     keys = dict(run_id=None, model_uri=None, experiment_name="bc", metric="val/loss", mode="min", tracking_uri=None)
     with pytest.raises(ConfigError, match=r"runtime=onnx does not serve model\.ts .*use runtime=torch"):
-        choose_model(model_path=str(folder / tracking.TORCHSCRIPT_FILE), runtime="onnx", **keys)
+        choose_model(model_path=str(folder / artifact.TORCHSCRIPT_FILE), runtime="onnx", **keys)
     with pytest.raises(ConfigError, match=r"runtime: expected one of torch, onnx, got 'tensorrt'"):
         choose_model(model_path=str(folder / ONNX_FILE), runtime="tensorrt", **keys)
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
@@ -105,7 +108,7 @@ def test_drive_serves_onnx_with_onnxruntime(tmp_path: Path, jpegs: list[bytes]) 
 
 def test_serving_imports_onnxruntime_only_for_onnx_and_never_lightning(tmp_path: Path) -> None:
     config = compose_config("train", ["model=small"]).model
-    folder = tracking.save_model(build_model(config).eval(), config, tmp_path / "model")
+    folder = artifact.save_model(build_model(config).eval(), config, tmp_path / "model")
     code = f"""
 import json, sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})

@@ -6,8 +6,10 @@ import torch
 from omegaconf import OmegaConf
 
 from bc import tracking
+from bc.inference import store
+from bc.inference import artifact
 from bc.errors import ConfigError
-from bc.preprocess import Preprocess, to_tensor
+from bc.core.preprocess import Preprocess, to_tensor
 
 
 def test_preprocess_crops_resizes_and_converts():
@@ -31,31 +33,31 @@ def test_bad_preprocess_spec_names_the_field(bad):
 def test_model_round_trip_by_run_id_and_export(tmp_path, monkeypatch, compose):
     monkeypatch.chdir(tmp_path)
     config = OmegaConf.to_container(compose("train", ["model=small"]).model)
-    net = tracking.build_model(config).eval()
+    net = artifact.build_model(config).eval()
     experiment = tracking.get_or_create_experiment("roundtrip")
     client = tracking.client()
     run = client.create_run(experiment)
     client.log_metric(run.info.run_id, "val/loss", 0.25)
-    tracking.log_model(run.info.run_id, net, config)
+    store.log_model(run.info.run_id, net, config)
     client.set_terminated(run.info.run_id)
 
     x = torch.rand(3, *net.input_shape) * 255
-    loaded = tracking.load_model(run.info.run_id)
+    loaded = store.load_model(run.info.run_id)
     assert loaded.spec == net.preprocess_spec
-    exported = tracking.load_exported(next((tmp_path / "mlruns").rglob(tracking.TORCHSCRIPT_FILE)))
+    exported = artifact.load_exported(next((tmp_path / "mlruns").rglob(artifact.TORCHSCRIPT_FILE)))
     with torch.no_grad():
         torch.testing.assert_close(loaded.net(x), net(x))
         torch.testing.assert_close(exported.net(x), net(x))
     assert tracking.find_run("best", "roundtrip") == run.info.run_id
 
     with pytest.raises(tracking.TrackingError, match="no MLflow run"):
-        tracking.load_model("0" * 32)
+        store.load_model("0" * 32)
     empty = client.create_run(experiment).info.run_id
     with pytest.raises(tracking.TrackingError, match="no logged model"):
-        tracking.load_model(empty)
+        store.load_model(empty)
     with pytest.raises(tracking.TrackingError, match="no MLflow experiment"):
         tracking.find_run("best", "missing")
     with pytest.raises(tracking.TrackingError, match="unreachable"):
-        tracking.load_model(run.info.run_id, "http://127.0.0.1:9")
+        store.load_model(run.info.run_id, "http://127.0.0.1:9")
     with pytest.raises(ConfigError, match="not a registered model"):
-        tracking.build_model({"_target_": "os.system", "command": "true"})
+        artifact.build_model({"_target_": "os.system", "command": "true"})

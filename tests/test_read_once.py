@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from bc import udacity
+from bc.core import udacity
 from bc.data import log
 from bc.data.datamodule import DrivingDataModule
 from bc.data.synthetic import write_recording
-from bc.preprocess import Preprocess
+from bc.core.preprocess import Preprocess
 
 
 def bytes_read() -> int:

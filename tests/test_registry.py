@@ -16,10 +16,16 @@ import yaml
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from bc import images, registry, tracking
-from bc.drive.predictor import Predictor, choose_model
+from bc.core import images
+
+from bc.tracking import registry
+from bc.inference import store as model_store
+from bc.inference import artifact
+
+from bc import tracking
+from bc.inference.predictor import Predictor, choose_model
 from bc.errors import ConfigError
-from bc.mlflow_model import SPEED_COLUMN, STEERING_COLUMN
+from bc.inference.store import SPEED_COLUMN, STEERING_COLUMN
 from bc.models import build_model
 from conftest import REPO, compose_config
 
@@ -30,7 +36,7 @@ METRIC = "eval/lake/autonomy"
 @pytest.fixture(scope="module")
 def frames() -> np.ndarray:
     """Center-camera frames of the built-in simulator, as the drive server decodes them."""
-    from bc.benchmarks.drive import simulator_frames
+    from bc.experiments.benchmarks.drive import simulator_frames
 
     return np.stack([images.decode_jpeg(jpeg) for jpeg in simulator_frames(count=4)])
 
@@ -52,7 +58,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     for seed, (experiment, score) in enumerate([("bc", 80.0), ("bc", 95.0), ("other", 100.0)]):
         net, config = trained_like(seed, ["steering"])
         run_id = client.create_run(tracking.get_or_create_experiment(experiment, uri)).info.run_id
-        model_id, version = tracking.log_model(run_id, net, config, uri, register=NAME)
+        model_id, version = model_store.log_model(run_id, net, config, uri, register=NAME)
         assert version == str(seed + 1)
         client.log_metric(run_id, METRIC, score)
         client.set_terminated(run_id)
@@ -61,12 +67,12 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
         found["models"].append(model_id)
     net, config = trained_like(7, ["steering", "speed"])
     run_id = client.create_run(tracking.get_or_create_experiment("bc", uri)).info.run_id
-    found["speed"] = (net, tracking.log_model(run_id, net, config, uri)[0])
+    found["speed"] = (net, model_store.log_model(run_id, net, config, uri)[0])
     return found
 
 
 def outputs_of(net: torch.nn.Module, frames: np.ndarray) -> np.ndarray:
-    predictor = Predictor(tracking.LoadedModel(net, net.preprocess_spec, "test", net.outputs))
+    predictor = Predictor(artifact.LoadedModel(net, net.preprocess_spec, "test", net.outputs))
     predictions = [predictor.predict_rgb(frame) for frame in frames]
     return np.array([prediction[:len(net.outputs)] for prediction in predictions], dtype=float)
 
@@ -173,7 +179,7 @@ def test_evaluate_drives_a_registered_version_and_logs_to_its_source_run(store: 
     client = MlflowClient(uri)
     net, config = trained_like(11, ["steering"])
     run_id = client.create_run(tracking.get_or_create_experiment("evaluated", uri)).info.run_id
-    version = tracking.log_model(run_id, net, config, uri, register=NAME)[1]
+    version = model_store.log_model(run_id, net, config, uri, register=NAME)[1]
     client.set_terminated(run_id)
     client.set_registered_model_alias(NAME, "candidate", version)
     out = tmp_path / "eval"

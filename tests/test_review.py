@@ -21,13 +21,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bc import tracking, udacity
+from bc.inference import artifact
+
+from bc.core import udacity
 from bc.data.datamodule import DrivingDataModule
 from bc.data.exclusions import (ExclusionsError, Range, drop_excluded, read_exclusions,
                                 sidecar_path, write_exclusions)
 from bc.data.log import read_driving_logs
 from bc.data.synthetic import write_recording
-from bc.mlflow_datasets import recording_inputs
+from bc.tracking.datasets import recording_inputs
 from bc.review import browser, flags
 from bc.review.app import Review, make_server
 from conftest import REPO, compose_config
@@ -59,14 +61,14 @@ def recording(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model() -> tracking.LoadedModel:
-    """A SmallNet as `tracking.load_model` returns one (untrained: the views need a model, not a
+def model() -> artifact.LoadedModel:
+    """A SmallNet as `store.load_model` returns one (untrained: the views need a model, not a
     good one; loading from MLflow is drive.py's, tested with it)."""
     import torch
 
     torch.manual_seed(0)
-    net = tracking.build_model(compose_config("train", ["model=small"]).model).eval()
-    return tracking.LoadedModel(net=net, spec=net.preprocess_spec, source="SmallNet (test)",
+    net = artifact.build_model(compose_config("train", ["model=small"]).model).eval()
+    return artifact.LoadedModel(net=net, spec=net.preprocess_spec, source="SmallNet (test)",
                                 outputs=net.outputs)
 
 
@@ -380,7 +382,7 @@ def test_browser_drive_flow(chromium, drive_output: Path, model) -> None:
 def test_review_benchmark_runs_on_a_small_recording(compose, capsys) -> None:
     from hydra.utils import instantiate
 
-    from bc.benchmarks.review import ReviewBenchmark
+    from bc.experiments.benchmarks.review import ReviewBenchmark
 
     benchmark = instantiate(compose("benchmark", ["benchmark=review", "rows=40", "distinct=10",
                                                   "steps=5", "browser=false"]), _convert_="all")

@@ -3,7 +3,7 @@ that differ from the defaults (a sweep's swept values), paths as tags rather tha
 
 from __future__ import annotations
 
-from bc.mlflow_run import default_run_name, run_description, split_config, swept_keys
+from bc.training.mlflow_run import default_run_name, run_description, split_config, swept_keys
 from conftest import compose_config
 
 CFG = compose_config("train", ["model=small"])

@@ -14,8 +14,9 @@ from mlflow import MlflowClient
 from scale import TIMEOUT_S, script_env
 
 from bc import tracking
+from bc.inference import store
 from bc.errors import ConfigError
-from bc.evaluate import evaluate, tracks_table
+from bc.evaluation.evaluate import evaluate, tracks_table
 from bc.models import build_model
 from conftest import REPO, compose_config
 
@@ -29,7 +30,7 @@ def model_run(tmp_path: Path) -> tuple[str, str]:
     model = compose_config("train", ["model=small"]).model
     client = tracking.client(uri)
     run_id = client.create_run(tracking.get_or_create_experiment("bc", uri)).info.run_id
-    tracking.log_model(run_id, build_model(model), model, uri)
+    store.log_model(run_id, build_model(model), model, uri)
     client.set_terminated(run_id)
     return run_id, uri
 

@@ -26,7 +26,7 @@ from scale import mlflow_server as start_mlflow_server
 
 from bc import tracking
 from bc.data.synthetic import write_recording
-from bc.train import train
+from bc.training.train import train
 from conftest import compose_config
 
 POSTGRES_USER = "postgres"  # initdb refuses root: as root, the server runs as this account

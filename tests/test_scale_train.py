@@ -15,11 +15,11 @@ from mlflow import MlflowClient
 from scale import (ROWS, RUN_ARTIFACTS, TIMEOUT_S, all_runs, artifact_paths, assert_serves, run_train,
                    script_env, tiny_training, train_command)
 
-from bc import tracking
+from bc.inference import store
 from bc.data.synthetic import write_recording
 from bc.errors import ConfigError
-from bc.mlflow_run import load_net_weights
-from bc.train import objective, train
+from bc.training.mlflow_run import load_net_weights
+from bc.training.train import objective, train
 from conftest import compose_config
 
 
@@ -48,7 +48,7 @@ def test_ddp_on_two_cpu_processes_is_one_run_whose_model_serves(tmp_path: Path, 
     assert artifacts == RUN_ARTIFACTS | {best}  # what a single-process run logs, no more, no less
 
     # The logged model is the best checkpoint's network, and drive.py serves it.
-    loaded = tracking.load_model(run.info.run_id, uri)
+    loaded = store.load_model(run.info.run_id, uri)
     from_checkpoint = copy.deepcopy(loaded.net)
     load_net_weights(from_checkpoint, next((tmp_path / "run" / "checkpoints").glob("epoch*.ckpt")))
     batch = torch.rand(2, *loaded.spec.input_shape, generator=torch.Generator().manual_seed(0)) * 255
@@ -143,7 +143,7 @@ def test_channels_last_weights_train_and_load(tmp_path: Path, monkeypatch: pytes
     kernels = [value for value in state.values() if value.dim() == 4]
     assert kernels and all(kernel.is_contiguous(memory_format=torch.channels_last)
                            and not kernel.is_contiguous() for kernel in kernels)
-    loaded = tracking.load_model(run_id)
+    loaded = store.load_model(run_id)
     with torch.no_grad():
         assert loaded.net(torch.full((1, *loaded.spec.input_shape), 90.0)).isfinite().all()
     # The objective a sweeper gets is the run's metric.

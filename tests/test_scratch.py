@@ -1,4 +1,4 @@
-"""Model downloads go to scratch folders that a killed process cannot leak (bc.scratch):
+"""Model downloads go to scratch folders that a killed process cannot leak (bc.core.scratch):
 real processes hold folders, one is killed with SIGKILL, the next folder made removes only
 the dead one's."""
 
@@ -10,13 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-from bc.scratch import OWNER_FILE, UNLOCKED_GRACE_S, scratch_folder
+from bc.core.scratch import OWNER_FILE, UNLOCKED_GRACE_S, scratch_folder
 from conftest import REPO
 
 HOLDER = """
 import sys, time
 from pathlib import Path
-from bc.scratch import scratch_folder
+from bc.core.scratch import scratch_folder
 with scratch_folder("bc-model-", Path(sys.argv[1])) as folder:
     (folder / "model").mkdir()
     (folder / "model" / "weights.pt").write_bytes(bytes(8192))  # as a download in progress

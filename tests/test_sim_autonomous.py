@@ -21,7 +21,7 @@ from bc.sim.expert import Expert
 from bc.evaluation.expert import expert_drive
 from bc.evaluation.metrics import DriveResult, lap_time_s
 from bc.sim.track import load_track
-from bc.udacity import MAX_STEERING_DEG
+from bc.core.udacity import MAX_STEERING_DEG
 
 FAST_TIMEOUT_S = 0.5
 

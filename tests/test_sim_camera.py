@@ -12,7 +12,7 @@ import pytest
 from bc.sim.camera import Renderer, renderer_for
 from bc.sim.car import CarState
 from bc.sim.track import load_track
-from bc.udacity import CAMERAS, FRAME_HEIGHT, FRAME_WIDTH
+from bc.core.udacity import CAMERAS, FRAME_HEIGHT, FRAME_WIDTH
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bc.sim.car import CARS, MPS_PER_MPH, WHEELBASE_M, Car, CarState, make_car
-from bc.udacity import MAX_STEERING_DEG, SAMPLE_PERIOD_S, TOP_SPEED_MPH
+from bc.core.udacity import MAX_STEERING_DEG, SAMPLE_PERIOD_S, TOP_SPEED_MPH
 
 
 def _drive(car: Car, state: CarState, steering: float, throttle: float, steps: int,

@@ -17,7 +17,7 @@ import bc.sim  # noqa: F401  (registers bc/Drive-v0)
 from bc.errors import ConfigError
 from bc.sim.env import OFF_ROAD_PENALTY_M, DrivingEnv
 from bc.sim.expert import Expert
-from bc.udacity import CAMERAS, FRAME_HEIGHT, FRAME_WIDTH, SAMPLE_PERIOD_S
+from bc.core.udacity import CAMERAS, FRAME_HEIGHT, FRAME_WIDTH, SAMPLE_PERIOD_S
 
 INFO_KEYS = {"x", "y", "yaw", "speed", "cte", "progress", "off_road", "lap", "interventions"}
 

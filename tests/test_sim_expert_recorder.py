@@ -22,9 +22,9 @@ from conftest import REPO
 
 from bc.sim.car import GRAVITY_MPS2, MPS_PER_MPH, CarState, make_car
 from bc.sim.expert import PACE, ActionNoise, Expert
-from bc.sim.recorder import Recorder, parse_stamp
+from bc.evaluation.recorder import Recorder, parse_stamp
 from bc.sim.track import load_track, random_track, shipped_tracks
-from bc.udacity import (CAMERAS, LOG_NAME, SAMPLE_PERIOD_S, TOP_SPEED_MPH,
+from bc.core.udacity import (CAMERAS, LOG_NAME, SAMPLE_PERIOD_S, TOP_SPEED_MPH,
                         camera_image_name)
 
 NAME = re.compile(r"^(center|left|right)_\d{4}_\d{2}_\d{2}_\d{2}_\d{2}_\d{2}_\d{3}\.jpg$")
@@ -252,7 +252,7 @@ def test_labels_are_the_clean_action_not_the_executed_one(tmp_path):
 
 def test_killed_recording_leaves_a_valid_log(tmp_path):
     folder = tmp_path / "killed"
-    code = ("from bc.sim.recorder import Recorder; from bc.sim.track import load_track; "
+    code = ("from bc.evaluation.recorder import Recorder; from bc.sim.track import load_track; "
             f"Recorder(max_rows=100000, progress=False).record(load_track('lake'), "
             f"{str(folder)!r})")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path)
@@ -306,7 +306,7 @@ def test_simulate_script_records_and_reports_bad_tracks(tmp_path):
     (["dt=0"], "simulate.py: error: dt: expected a simulation step > 0 s, got 0"),
     (["max_rows=-5"], "simulate.py: error: max_rows: expected a number of samples >= 1"),
     (["laps=abc"], "simulate.py: error: laps: Value 'abc' of type 'str' could not be converted "
-                   "to Float (override laps=abc)"),  # the schema (bc/configs.py)
+                   "to Float (override laps=abc)"),  # the schema (bc/core/configs.py)
     (["mode=autonomous", "dt=0"], "simulate.py: error: dt: expected > 0, got 0"),
     (["car=hovercraft"], "simulate.py: error: car: expected one of ['dynamic', 'kinematic']"),
 ])

@@ -16,7 +16,7 @@ from bc.errors import ConfigError
 from bc.sim.car import (GRAVITY_MPS2, LOCK_TO_LOCK_S, ROAD_FRICTION, TOP_SPEED_MPS, Car,
                         CarState, DynamicCar, angle_to_steering, make_car)
 from bc.sim.track import load_track, shipped_tracks
-from bc.udacity import SAMPLE_PERIOD_S
+from bc.core.udacity import SAMPLE_PERIOD_S
 
 DT = SAMPLE_PERIOD_S
 UNIT_SUFFIXES = ("_M", "_MPS", "_MPS2", "_PER_S", "_S", "_KG", "_KGM2", "_PER_RAD", "_STEPS")

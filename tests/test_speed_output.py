@@ -16,20 +16,23 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 from unity_client import UnityClient, telemetry
 
-from bc import tracking, udacity
+from bc.inference import store
+from bc.inference import artifact
+
+from bc.core import udacity
 from bc.data.augment import SteeringAugment
 from bc.data.datamodule import DrivingDataModule
 from bc.data.synthetic import render_frame, speed_mph, write_recording
 from bc.drive.launch import drive_server
-from bc.drive.predictor import Predictor
+from bc.inference.predictor import Predictor
 from bc.errors import ConfigError
-from bc.images import encode_jpeg
+from bc.core.images import encode_jpeg
 from bc.models import build_model
 from bc.models.base import check_outputs
 from bc.models.small import SmallNet
-from bc.module import SteeringModule
-from bc.preprocess import Preprocess
-from bc.train import train
+from bc.training.module import SteeringModule
+from bc.core.preprocess import Preprocess
+from bc.training.train import train
 
 BOTH = ["steering", "speed"]
 SMALL = Preprocess(height=33, width=100)
@@ -119,16 +122,16 @@ def test_module_adds_the_weighted_speed_loss_and_reports_the_speed_error_in_mph(
 def test_models_saved_before_the_speed_output_still_load_as_steering_models(tmp_path):
     config = OmegaConf.to_container(compose_config("train", ["model=small"]).model)
     net = build_model(config).eval()
-    folder = tracking.save_model(net, config, tmp_path / "old")
-    old_config = yaml.safe_load((folder / tracking.CONFIG_FILE).read_text())
+    folder = artifact.save_model(net, config, tmp_path / "old")
+    old_config = yaml.safe_load((folder / artifact.CONFIG_FILE).read_text())
     assert old_config.pop("outputs") == ["steering"]
-    (folder / tracking.CONFIG_FILE).write_text(yaml.safe_dump(old_config))  # as saved before
-    assert tracking.load_model_folder(folder).outputs == ("steering",)
+    (folder / artifact.CONFIG_FILE).write_text(yaml.safe_dump(old_config))  # as saved before
+    assert artifact.load_model_folder(folder).outputs == ("steering",)
     old_export = tmp_path / "old.ts"  # a TorchScript export with only the preprocessing
     traced = torch.jit.trace(net, torch.zeros(1, *net.input_shape))
     torch.jit.save(traced, str(old_export), _extra_files={
-        tracking.SPEC_EXTRA_FILE: json.dumps(net.preprocess_spec.to_dict())})
-    assert tracking.load_exported(old_export).outputs == ("steering",)
+        artifact.SPEC_EXTRA_FILE: json.dumps(net.preprocess_spec.to_dict())})
+    assert artifact.load_exported(old_export).outputs == ("steering",)
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,7 +140,7 @@ def test_models_saved_before_the_speed_output_still_load_as_steering_models(tmp_
 
 @pytest.fixture(scope="module")
 def speed_run(tmp_path_factory):
-    """A SmallNet with the speed output trained by `bc.train` on 160 generated rows; mirrored
+    """A SmallNet with the speed output trained by `bc.training.train` on 160 generated rows; mirrored
     frames (flips keep the speed) make up for a recording that bends more one way."""
     root = tmp_path_factory.mktemp("speed")
     recording = write_recording(root / "rec", rows=160, seed=3, cameras=("center",))
@@ -165,10 +168,10 @@ def test_a_speed_model_logs_its_speed_error_and_saves_both_outputs(speed_run):
     assert len(speed_errors) == 8 and "val/mae" in run.data.metrics
     # It learned the speed: the recorded speeds span 30 * (1 - 0.6 * 0.7) = 17.4 .. 30 mph.
     assert min(speed_errors) < 1.5 < speed_errors[0], speed_errors
-    loaded = tracking.load_model(run.info.run_id, speed_run["uri"])
+    loaded = store.load_model(run.info.run_id, speed_run["uri"])
     assert loaded.outputs == ("steering", "speed")
-    model_ts = next((speed_run["root"] / "mlruns").rglob(tracking.TORCHSCRIPT_FILE))
-    exported = tracking.load_exported(model_ts)
+    model_ts = next((speed_run["root"] / "mlruns").rglob(artifact.TORCHSCRIPT_FILE))
+    exported = artifact.load_exported(model_ts)
     assert exported.outputs == ("steering", "speed") and exported.spec == loaded.spec
     batch = torch.rand(3, *loaded.spec.input_shape, generator=torch.Generator().manual_seed(0))
     batch *= 255
@@ -181,7 +184,7 @@ def test_drive_py_throttles_towards_the_speed_the_model_predicts(speed_run):
     """At the same 25 mph, a straight frame accelerates and a sharp bend brakes, each by the
     PI step towards exactly the target speed the model predicts for that frame."""
     controller = compose_config("drive").controller
-    predictor = Predictor(tracking.load_model(speed_run["run_id"], speed_run["uri"]))
+    predictor = Predictor(store.load_model(speed_run["run_id"], speed_run["uri"]))
     overrides = [f"run_id={speed_run['run_id']}", f"tracking_uri={speed_run['uri']}",
                  "speed_source=model"]
     rng = np.random.default_rng(5)

@@ -18,10 +18,10 @@ import yaml
 from mlflow import MlflowClient
 
 from bc import tracking
-from bc.dagger import STATE_FILE, TAG_OUT, TAG_ROLE, run_dagger
+from bc.experiments.dagger import STATE_FILE, TAG_OUT, TAG_ROLE, run_dagger
 from bc.errors import ConfigError
-from bc.instantiators import TRAINING_GROUPS, buildable_targets, check_stored_config
-from bc.train import build, prepare
+from bc.training.instantiators import TRAINING_GROUPS, buildable_targets, check_stored_config
+from bc.training.train import build, prepare
 from conftest import CONF_DIR, REPO, compose_config
 
 

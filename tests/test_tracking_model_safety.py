@@ -18,6 +18,8 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from bc import tracking
+from bc.inference import store as model_store
+from bc.inference import artifact
 from bc.errors import ConfigError
 from bc.models import MODELS, build_model
 from conftest import compose_config
@@ -44,10 +46,10 @@ def store(tmp_path: Path) -> tuple[str, MlflowClient, str]:
 def log_finished_run(client: MlflowClient, experiment_id: str, folder: Path, model_config: dict) -> str:
     """A FINISHED run with the best val/loss whose model/ holds `model_config` and some weights."""
     folder.mkdir(parents=True)
-    (folder / tracking.CONFIG_FILE).write_text(yaml.safe_dump(model_config))
-    torch.save({"weight": torch.zeros(1)}, folder / tracking.WEIGHTS_FILE)
+    (folder / artifact.CONFIG_FILE).write_text(yaml.safe_dump(model_config))
+    torch.save({"weight": torch.zeros(1)}, folder / artifact.WEIGHTS_FILE)
     run_id = client.create_run(experiment_id).info.run_id
-    client.log_artifacts(run_id, str(folder), tracking.MODEL_ARTIFACT_DIR)
+    client.log_artifacts(run_id, str(folder), artifact.MODEL_ARTIFACT_DIR)
     client.log_metric(run_id, "val/loss", 0.001)
     client.set_terminated(run_id)
     return run_id
@@ -76,7 +78,7 @@ def test_a_stored_model_config_cannot_run_code(tmp_path: Path, store, shape: str
     chosen = tracking.find_run("best", "shared", tracking_uri=uri)  # what drive.py run_id=best loads
     assert chosen == run_id
     with pytest.raises(tracking.TrackingError, match=r"model\.yaml: model") as error:
-        tracking.load_model(chosen, uri)
+        model_store.load_model(chosen, uri)
     assert "\n" not in str(error.value) and f"runs:/{run_id}/model" in str(error.value)
     assert not marker.exists()  # nothing ran
     assert not (tmp_path / "hub").exists()  # nothing was even downloaded
@@ -119,13 +121,13 @@ def test_loading_by_run_id_leaves_no_temporary_folder(tmp_path: Path, store,
     config = OmegaConf.to_container(compose_config("train", ["model=small"]).model)
     net = build_model(config)
     good = client.create_run(experiment_id).info.run_id
-    tracking.log_model(good, net, config, uri)
+    model_store.log_model(good, net, config, uri)
     bad = log_finished_run(client, experiment_id, tmp_path / "bad", {"_target_": "os.system"})
     for _ in range(3):
-        loaded = tracking.load_model(good, uri)
+        loaded = model_store.load_model(good, uri)
         assert loaded.spec == net.preprocess_spec
     with pytest.raises(tracking.TrackingError):
-        tracking.load_model(bad, uri)
+        model_store.load_model(bad, uri)
     assert list(temp.iterdir()) == []
 
 
@@ -135,13 +137,13 @@ def test_a_registered_version_is_loaded_without_running_its_code(tmp_path: Path,
     (which `mlflow.pyfunc.load_model` does run, by design)."""
     import mlflow.pyfunc
 
-    from bc.drive.predictor import choose_model
-    from bc.registry import fluent_tracking_uri
+    from bc.inference.predictor import choose_model
+    from bc.tracking.registry import fluent_tracking_uri
 
     uri, client, _ = store
     config = OmegaConf.to_container(compose_config("train", ["model=small"]).model)
     run_id = client.create_run(tracking.get_or_create_experiment("shared", uri)).info.run_id
-    model_id, version = tracking.log_model(run_id, build_model(config), config, uri, register="shared")
+    model_id, version = model_store.log_model(run_id, build_model(config), config, uri, register="shared")
     folder = Path(client.get_logged_model(model_id).artifact_location.removeprefix("file://"))
     code_ran = tmp_path / "code-ran"
     (folder / "mlflow_model.py").write_text(
@@ -150,7 +152,7 @@ def test_a_registered_version_is_loaded_without_running_its_code(tmp_path: Path,
         "class Any(PythonModel):\n    def predict(self, context, model_input: pd.DataFrame, params=None):\n"
         "        return model_input\nset_model(Any())\n")
     marker = tmp_path / "payload-ran"
-    (folder / "artifacts" / "model" / tracking.CONFIG_FILE).write_text(yaml.safe_dump(hub_payload(tmp_path, marker)))
+    (folder / "artifacts" / "model" / artifact.CONFIG_FILE).write_text(yaml.safe_dump(hub_payload(tmp_path, marker)))
 
     keys = dict(run_id=None, model_path=None, experiment_name="shared", metric="val/loss", mode="min",
                 tracking_uri=uri)

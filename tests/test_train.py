@@ -17,13 +17,14 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 
-from bc import tracking
+from bc.inference import store as model_store
+from bc.inference import artifact
 from bc.data.synthetic import write_recording
 from bc.errors import ConfigError
 from bc.models import build_model
 from bc.models.small import SmallNet
-from bc.module import SteeringModule
-from bc.train import train
+from bc.training.module import SteeringModule
+from bc.training.train import train
 from conftest import REPO, compose_config
 
 SCRIPT = REPO / "scripts" / "train.py"
@@ -133,7 +134,7 @@ def test_train_script_records_run_and_model(tmp_path: Path, recording: Path) -> 
     assert logged["data"]["paths"] == [str(recording)] and logged["tracking_uri"] == uri
 
     # The logged model is the best checkpoint's network, with its preprocessing.
-    loaded = tracking.load_model(run_id, uri)
+    loaded = model_store.load_model(run_id, uri)
     best = checkpoint_net(client, uri, run_id, tmp_path / "ckpt")
     assert loaded.spec.to_dict() == {"crop_top": 60, "crop_bottom": 20, "height": 66, "width": 200,
                                      "color_space": "yuv", "frame_width": 320, "frame_height": 160}
@@ -145,7 +146,7 @@ def test_train_script_records_run_and_model(tmp_path: Path, recording: Path) -> 
     fresh = build_model(logged["model"]).eval()
     with torch.no_grad():
         assert not torch.allclose(fresh(batch), expected, atol=1e-4)  # trained weights, not a new init
-    exported = tracking.load_exported(download_artifacts(run_id=run_id, artifact_path="model/model.ts",
+    exported = artifact.load_exported(download_artifacts(run_id=run_id, artifact_path="model/model.ts",
                                                          tracking_uri=uri, dst_path=str(tmp_path / "ts")))
     with torch.no_grad():
         assert torch.allclose(exported.net(batch), expected, atol=1e-5)
@@ -204,7 +205,7 @@ def test_ctrl_c_leaves_a_killed_run_with_its_best_model(tmp_path: Path, recordin
     artifacts = artifact_paths(client, run.info.run_id)
     assert "config.yaml" in artifacts and "model/weights.pt" in artifacts
     assert any(path.startswith("checkpoints/") for path in artifacts)
-    loaded = tracking.load_model(run.info.run_id, uri)
+    loaded = model_store.load_model(run.info.run_id, uri)
     batch = torch.full((1, *loaded.spec.input_shape), 100.0)
     best = checkpoint_net(client, uri, run.info.run_id, tmp_path / "ckpt")
     with torch.no_grad():
@@ -214,7 +215,7 @@ def test_ctrl_c_leaves_a_killed_run_with_its_best_model(tmp_path: Path, recordin
 def test_bad_value_on_the_command_line_is_one_line(tmp_path: Path, recording: Path) -> None:
     result = run_script(tmp_path, "data.val_fraction=abc", *data_overrides(recording, tmp_path / "cache"))
     assert result.returncode == 2, result.stderr[-3000:]
-    assert result.stderr.strip().splitlines()[-1] == (  # the schema's check (bc/configs.py)
+    assert result.stderr.strip().splitlines()[-1] == (  # the schema's check (bc/core/configs.py)
         "train.py: error: data.val_fraction: Value 'abc' of type 'str' could not be converted to "
         "Float (override data.val_fraction=abc)")
     assert "Traceback" not in result.stderr
@@ -301,9 +302,9 @@ def test_frame_size_of_another_simulator_is_stored_with_the_model(tmp_path: Path
                         "model.preprocess.crop_top=0", "model.preprocess.crop_bottom=12",
                         "trainer.limit_train_batches=1", "trainer.limit_val_batches=1")
     run_id = train(cfg)
-    loaded = tracking.load_model(run_id)
+    loaded = model_store.load_model(run_id)
     assert loaded.spec.frame_size == (96, 96)
-    exported = tracking.load_exported(next((tmp_path / "mlruns").rglob(tracking.TORCHSCRIPT_FILE)))
+    exported = artifact.load_exported(next((tmp_path / "mlruns").rglob(artifact.TORCHSCRIPT_FILE)))
     assert exported.spec.frame_size == (96, 96) and exported.spec == loaded.spec
 
 

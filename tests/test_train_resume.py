@@ -15,9 +15,10 @@ import pytest
 from mlflow import MlflowClient
 
 from bc import tracking
+from bc.inference import store
 from bc.data.synthetic import write_recording
 from bc.errors import ConfigError
-from bc.train import train
+from bc.training.train import train
 from conftest import REPO, compose_config
 
 SCRIPT = REPO / "scripts" / "train.py"
@@ -102,7 +103,7 @@ def test_killed_run_is_marked_by_the_next_start_and_resumed_in_the_same_run(
     assert sorted(val_steps) == [steps_per_epoch * (epoch + 1) - 1 for epoch in range(EPOCHS)]
     assert run.data.tags["pid"] != str(os.getpid()) and "model/weights.pt" in {
         item.path for item in client.list_artifacts(killed, "model")}
-    loaded = tracking.load_model(killed, uri)
+    loaded = store.load_model(killed, uri)
     assert loaded.spec.frame_size == (320, 160)
     assert [run.info.run_id for run in client.search_runs([run.info.experiment_id])
             if run.info.status != "FINISHED"] == []

@@ -12,7 +12,7 @@ import pytest
 
 from bc.drive.frames import FrameRecorder
 from bc.drive.video import VideoError, make_video
-from bc.images import ImageError
+from bc.core.images import ImageError
 from unity_client import make_jpeg
 
 VIDEO_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "video.py"

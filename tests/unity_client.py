@@ -13,7 +13,7 @@ send the junk a drive server must survive.
 Also: ``make_jpeg`` / ``telemetry`` build real RGB JPEG telemetry payloads (320x160 unless
 told otherwise). The wire format is spelled out here rather than taken from ``bc``, so the
 tests check the server against the protocol, not against itself; JPEGs come from
-``bc.images`` (the one JPEG encoder).
+``bc.core.images`` (the one JPEG encoder).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import websocket
 
-from bc.images import encode_jpeg
+from bc.core.images import encode_jpeg
 
 OPEN, CLOSE, PING, PONG, MESSAGE = "0", "1", "2", "3", "4"
 SIO_CONNECT, SIO_EVENT = "0", "2"

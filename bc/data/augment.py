@@ -23,7 +23,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
 
-from bc.settings import integer, number, optional, setting  # noqa: E402
+from bc.core.settings import integer, number, optional, setting  # noqa: E402
 from bc.errors import ConfigError  # noqa: E402
 
 

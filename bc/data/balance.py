@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from bc import udacity
+from bc.core import udacity
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 
 from bc.data.augment import process_seed
 from bc.errors import ConfigError
-from bc.preprocess import Preprocess
-from bc.settings import integer, number, optional, setting
+from bc.core.preprocess import Preprocess
+from bc.core.settings import integer, number, optional, setting
 
 # OpenCV's RGB -> YUV for 8-bit frames (color_yuv): coefficients scaled by 2**14.
 _YUV_SHIFT = 2.0**-14

@@ -30,7 +30,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from bc import udacity
+from bc.core import udacity
 from bc.data.augment import SteeringAugment
 from bc.data.batch_augment import BatchAugment, model_batch
 from bc.data.balance import BALANCE_KEYS, balance_from_config
@@ -54,11 +54,11 @@ from bc.data.log import (
     read_driving_logs,
     summarize,
 )
-from bc.settings import flag, integer, number, optional, setting
+from bc.core.settings import flag, integer, number, optional, setting
 from bc.data.split import SPLITS, block_rows_for, split_rows
 from bc.errors import ConfigError
 from bc.models.base import DEFAULT_OUTPUTS, check_outputs, speed_to_target
-from bc.preprocess import Preprocess
+from bc.core.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Decoding a camera JPEG and resizing it costs far more than augmenting the small
 model-resolution frame, so each camera image is decoded **once**: RGB decode
-(one bounded read of the file: header and size checked, then decoded; `bc.images`) ->
+(one bounded read of the file: header and size checked, then decoded; `bc.core.images`) ->
 `Preprocess.geometry` (model resolution, still RGB) -> uint8 slot in a cache file. A slot holds the frame **transposed**, W x H x 3: each picture column is
 contiguous, so a flip or a shift of a whole batch is one gather of columns
 (`bc.data.batch_augment`). Batches then leave the cache as uint8 (N x W x H x 3) and
@@ -39,8 +39,8 @@ from torch.utils.data import Dataset
 
 from bc.data.batch_augment import BatchAugment, model_batch
 from bc.errors import BcError
-from bc.images import ImageError, decode_jpeg, jpeg_problem, jpeg_size, read_image_file
-from bc.preprocess import FrameSizeError, Preprocess
+from bc.core.images import ImageError, decode_jpeg, jpeg_problem, jpeg_size, read_image_file
+from bc.core.preprocess import FrameSizeError, Preprocess
 
 CACHE_MODES = ("disk", "none")
 CACHE_VERSION = 2  # bump when the cached bytes change meaning (2: frames transposed)
@@ -137,7 +137,7 @@ class FrameCache:
         return flags, frames
 
     def _checked_bytes(self, index: int) -> bytes:
-        """The JPEG of slot `index`, read once (bounded: `bc.images.read_image_file`), whole and
+        """The JPEG of slot `index`, read once (bounded: `bc.core.images.read_image_file`), whole and
         with a header declaring the model's frame size (`FrameSizeError` otherwise)."""
         path = self.paths[index]
         data = read_image_file(path)

@@ -28,7 +28,7 @@ from typing import Iterable, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 
-from bc import udacity
+from bc.core import udacity
 from bc.errors import BcError
 
 SIDECAR_NAME = "driving_log.exclusions.json"

@@ -8,7 +8,7 @@ recording copied between machines keeps working.
 
 Bad rows are never dropped silently. A row is bad when it has the wrong number of fields,
 a steering/throttle/brake/speed value that is not a finite number or lies outside its
-range (`bc.udacity.LABEL_RANGES`), or a camera image that is missing, not a complete JPEG
+range (`bc.core.udacity.LABEL_RANGES`), or a camera image that is missing, not a complete JPEG
 or has an unreadable header. By default bad rows raise `DrivingLogError` naming the csv,
 the first row numbers and the total count; `on_bad_row="skip"` drops them and logs a
 warning with the count. Two things are never skipped, because skipping would hide a wrong
@@ -32,10 +32,10 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 
-from bc import udacity
+from bc.core import udacity
 from bc.errors import BcError, ConfigError
-from bc.images import ImageError, jpeg_problem, jpeg_size, read_image_file
-from bc.preprocess import Preprocess
+from bc.core.images import ImageError, jpeg_problem, jpeg_size, read_image_file
+from bc.core.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 

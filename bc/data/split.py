@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from bc import udacity
+from bc.core import udacity
 from bc.errors import ConfigError
 
 SPLITS = ("blocks", "recording")

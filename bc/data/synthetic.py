@@ -23,8 +23,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from bc import udacity
-from bc.images import write_rgb
+from bc.core import udacity
+from bc.core.images import write_rgb
 
 # The scene is drawn on a Udacity-size canvas (the constants below are in its pixels).
 WIDTH, HEIGHT = udacity.FRAME_WIDTH, udacity.FRAME_HEIGHT

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from bc import udacity
+from bc.core import udacity
 from bc.errors import ConfigError
 
 REFERENCE_KP = 0.1
@@ -75,7 +75,7 @@ class PIController:
 @dataclass
 class SpeedController:
     """Throttle from the measured speed: PI towards the target speed ``speed_source`` gives
-    (module doc). Types are checked by the config's schema (`bc.configs.SpeedControlConfig`);
+    (module doc). Types are checked by the config's schema (`bc.core.configs.SpeedControlConfig`);
     the ranges here."""
 
     set_speed: float = DEFAULT_SET_SPEED_MPH

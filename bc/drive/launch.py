@@ -16,7 +16,6 @@ from typing import Any, Callable, Iterator
 
 from bc.errors import BcError
 
-DRIVE_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "drive.py"
 SERVING_PATTERN = re.compile(r"serving (?P<source>.+) on http://(?P<host>[^\s]+):(?P<port>\d+)")
 STARTUP_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 10.0
@@ -53,7 +52,7 @@ def drive_server(overrides: list[str], workdir: Path,
     yields its port, source, startup time, log path and process. Stopped (SIGTERM) on exit."""
     log_path = workdir / log_name
     run_dir = str(workdir / "hydra" / log_path.stem).replace("\\", "\\\\").replace("'", "\\'")
-    command = [sys.executable, str(DRIVE_SCRIPT), "port=0", f"hydra.run.dir='{run_dir}'",
+    command = [sys.executable, "-m", "bc.commands.drive", "port=0", f"hydra.run.dir='{run_dir}'",
                *overrides]
     started = time.perf_counter()
     with open(log_path, "wb") as log:

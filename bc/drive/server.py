@@ -60,10 +60,10 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-from bc import udacity
+from bc.core import udacity
 from bc.drive.controller import SpeedController
 from bc.drive.frames import FrameRecorder
-from bc.drive.predictor import Prediction, Predictor, decode_base64
+from bc.inference.predictor import Prediction, Predictor, decode_base64
 from bc.drive.transport import (GreenTask, RequestLimits, SessionEngineIO, bound_websocket,
                                  http_protocol)
 from bc.errors import EXIT_INTERRUPTED, BcError, ConfigError

@@ -19,7 +19,7 @@ import numpy as np
 
 from bc.drive.frames import CSV_COLUMNS, CSV_NAME, FRAME_SUFFIX
 from bc.errors import BcError
-from bc.images import read_rgb
+from bc.core.images import read_rgb
 
 LOG = logging.getLogger(__name__)
 

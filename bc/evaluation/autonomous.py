@@ -28,12 +28,14 @@ from bc.evaluation.episodes import EpisodeSpec, drive
 from bc.evaluation.expert import expert_drive
 from bc.evaluation.metrics import (DriveResult, compute_metrics, format_table, lap_time_s,
                                    log_to_mlflow, whole_laps, write_json, write_trajectory_csv)
-from bc.settings import flag, integer, number, optional, setting
+from bc.core.settings import flag, integer, number, optional, setting
 from bc.sim.car import MPS_PER_MPH, CarState
 from bc.sim.env import car_model, resolve_track
 from bc.sim.unity_client import (DEFAULT_REPLY_TIMEOUT_S, AutonomousError, UnityClient,
                                  encode_jpeg_b64, telemetry_message)
-from bc.udacity import MANUAL_EVENT, MAX_STEERING_DEG, PORT, SAMPLE_PERIOD_S
+from bc.core.udacity import MANUAL_EVENT, MAX_STEERING_DEG, PORT, SAMPLE_PERIOD_S
+from bc.sim.plots import open_video
+from bc.sim.plots import plot_trajectory
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +246,6 @@ class AutonomousDrive:
                extra: Sequence[Path] = ()) -> dict[str, Any]:
         """A drive's metrics (pace against the expert's lap time) as a table, metrics.json,
         trajectory.png/.csv in `out` (+ `extra` files), logged to MLflow with `run_id`."""
-        from bc.sim.plots import plot_trajectory
 
         metrics = compute_metrics(result, self.expert_lap_time(result))
         print(format_table(metrics, title=f"autonomous drive: track {result.track.name}, "
@@ -273,7 +274,6 @@ class _Pictures:
         self.writer = self.bar = None
         self.length = spec.road.length
         if video_path is not None:
-            from bc.sim.plots import open_video
 
             self.writer = open_video(video_path, fps=1.0 / spec.dt)
         if progress:

@@ -2,8 +2,8 @@
 API, a policy choosing every car's action, a callback seeing every step.
 
 Everything that drives the built-in simulator runs here: the closed-loop score and its
-callback (bc/closed_loop.py), DAgger's rollouts (bc/dagger.py), the expert's recording
-(bc/sim/recorder.py) and reference drive (bc/evaluation/expert.py), autonomous mode against a
+callback (bc/evaluation/callback.py), DAgger's rollouts (bc/experiments/dagger.py), the expert's recording
+(bc/evaluation/recorder.py) and reference drive (bc/evaluation/expert.py), autonomous mode against a
 drive server (bc/evaluation/autonomous.py) and the benchmarks. A single episode is N = 1.
 
 * **What ends an episode** is the env's, written once (bc/sim/env.py): `terminated` when the
@@ -45,13 +45,13 @@ from gymnasium import spaces
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from gymnasium.vector.utils import batch_space
 
-from bc import images
+from bc.core import images
 from bc.errors import ConfigError
 from bc.evaluation.metrics import DriveResult
 from bc.sim import ENV_ID
 from bc.sim.env import MAX_EPISODE_STEPS, STATE_FIELDS, resolve_track, reversed_track
 from bc.sim.track import Track
-from bc.udacity import SAMPLE_PERIOD_S, UNITY_JPEG_QUALITY
+from bc.core.udacity import SAMPLE_PERIOD_S, UNITY_JPEG_QUALITY
 
 STALL_TIMEOUT_S = 10.0  # simulated seconds standing still before an evaluation episode gives up
 VECTORIZATIONS = ("sync", "async")

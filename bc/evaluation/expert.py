@@ -14,7 +14,7 @@ from bc.evaluation.metrics import DriveResult
 from bc.sim.car import MPS_PER_MPH
 from bc.sim.env import car_model, resolve_track
 from bc.sim.expert import Expert
-from bc.udacity import SAMPLE_PERIOD_S
+from bc.core.udacity import SAMPLE_PERIOD_S
 
 EXPERT_MIN_SPEED_MPS = 1.0  # the expert's drive gives up below this mean speed
 

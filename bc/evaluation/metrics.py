@@ -22,6 +22,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from bc.sim.car import MPS_PER_MPH
+from bc.tracking import TrackingError, client
+from bc.tracking.datasets import log_track
+from bc.tracking.registry import logged_model_of
 
 INTERVENTION_COST_S = 6.0  # NVIDIA's assumed human time per intervention
 CTE_PERCENTILE = 95
@@ -229,12 +232,10 @@ def log_to_mlflow(run_id: str, track_name: str, metrics: Mapping[str, Any],
     and the files under ``eval/<track>/`` in an existing run (finished training runs included);
     returns the metric keys logged. The metrics are linked to the run's logged model too (its
     page and the registry show them), and, with ``track``, to the track as the run's
-    ``evaluation`` dataset (`bc.mlflow_datasets.track_dataset`)."""
+    ``evaluation`` dataset (`bc.tracking.datasets.track_dataset`)."""
     from mlflow.entities import Metric
     from mlflow.exceptions import MlflowException
 
-    from bc.registry import logged_model_of
-    from bc.tracking import TrackingError, client
 
     mlflow_client = client(tracking_uri)
     try:
@@ -246,7 +247,6 @@ def log_to_mlflow(run_id: str, track_name: str, metrics: Mapping[str, Any],
     prefix = f"{METRIC_PREFIX}/{label}"
     dataset: dict[str, str] = {}
     if track is not None:
-        from bc.mlflow_datasets import log_track
 
         dataset = log_track(mlflow_client, run_id, track, label)
     model_id = logged_model_of(mlflow_client, run_id)

@@ -20,20 +20,23 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from bc import udacity
+from bc.core import udacity
 from bc.evaluation.expert import ExpertPolicy
 from bc.sim.car import MPS_PER_MPH
+from bc.drive.controller import SpeedController
+from bc.drive.server import DriveServer
+from bc.inference.predictor import Predictor
 
 if TYPE_CHECKING:  # pragma: no cover
     from bc.evaluation.episodes import EpisodeSpec
-    from bc.tracking import LoadedModel
+    from bc.inference.artifact import LoadedModel
 
 MAX_MESSAGE_BYTES = 1048576  # conf/drive.yaml's default
 
 
 @contextmanager
 def one_torch_thread() -> Iterator[None]:
-    """Forward passes on one intra-op thread (bc/drive/predictor.py explains why: on shared
+    """Forward passes on one intra-op thread (bc/inference/predictor.py explains why: on shared
     cores a second thread stalls every pass; the envs' workers use the other core), the
     caller's setting restored after."""
     threads = torch.get_num_threads()
@@ -55,7 +58,6 @@ class ModelPolicy:
 
     def __init__(self, model: "LoadedModel", set_speed: float = 20.0,
                  speed_source: str = "set_speed") -> None:
-        from bc.drive.predictor import Predictor
 
         self.predictor = Predictor(model)
         self.set_speed, self.speed_source = set_speed, speed_source
@@ -69,8 +71,6 @@ class ModelPolicy:
     def server(self, slot: int) -> Any:
         """The drive server answering the car in `slot` (its own speed controller)."""
         if slot not in self.servers:
-            from bc.drive.controller import SpeedController
-            from bc.drive.server import DriveServer
 
             self.servers[slot] = DriveServer(
                 self.predictor, SpeedController(set_speed=self.set_speed,

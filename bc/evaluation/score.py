@@ -7,7 +7,7 @@ episode loop) and reduce each drive to one number,
 where completion = min(1, laps driven / laps asked) within the time limit (`max_time_factor`
 x the expert's time on the same track), so 100 is the most (every lap done, no intervention,
 on the centreline) and a model that leaves the road, stalls or weaves scores less. Used by the
-training callback (bc/closed_loop.py), DAgger's evaluations and any search on `eval/score`.
+training callback (bc/evaluation/callback.py), DAgger's evaluations and any search on `eval/score`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from bc.evaluation.episodes import (STALL_TIMEOUT_S, Episodes, EpisodeSpec, Poli
                                     default_vectorization)
 from bc.evaluation.expert import expert_drive
 from bc.evaluation.metrics import DriveResult, compute_metrics, relative_pace
-from bc.settings import flag, integer, number, optional, setting
+from bc.core.settings import flag, integer, number, optional, setting
+from bc.evaluation.evaluate import REVERSE_SUFFIX, TrackSpec
 
 SCORE = "eval/score"
 CTE_WEIGHT = 10.0  # score points per half road width of mean |CTE|
@@ -62,7 +63,6 @@ class EvalTrack:
 
     @property
     def name(self) -> str:
-        from bc.evaluate import REVERSE_SUFFIX, TrackSpec
 
         if self.label:
             return self.label

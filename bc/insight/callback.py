@@ -34,9 +34,18 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import MLFlowLogger
 
-from bc import udacity
-from bc.images import read_rgb
-from bc.settings import integer, optional, setting
+from bc.core import udacity
+from bc.core.images import read_rgb
+from bc.core.settings import integer, optional, setting
+from bc.data.batch_augment import BatchAugment
+from bc.data.datamodule import DrivingDataModule
+from bc.data.datamodule import camera_corrections
+from bc.data.dataset import collate_frames
+from bc.insight.plots import image_grid
+from bc.insight.plots import predicted_vs_recorded
+from bc.insight.plots import steering_histograms
+from bc.insight.saliency import MASK_GAMMA, OVERLAY_COLORMAP_NAME, VisualBackProp, draw_saliency
+from bc.training.mlflow_run import best_checkpoint, load_net_weights
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +54,7 @@ HISTOGRAM = "steering_histogram.png"
 AUGMENTATION = "augmentation_preview.png"
 PREDICTIONS = "predicted_vs_recorded.png"
 SALIENCY = "saliency.png"
-# Model colour space -> RGB, to show model inputs (bc.preprocess converts RGB to these).
+# Model colour space -> RGB, to show model inputs (bc.core.preprocess converts RGB to these).
 TO_RGB = {"rgb": None, "yuv": cv2.COLOR_YUV2RGB, "hsv": cv2.COLOR_HSV2RGB,
           "lab": cv2.COLOR_LAB2RGB}
 PREDICT_BATCH = 256
@@ -107,7 +116,6 @@ def recorded_changes(augments: list[Any]) -> Iterator[list[list[str]]]:
     filled when a batch goes through). The draws are observed, not changed: the flip and
     shift draws are replayed from a copy of the generator's state, the transforms' own
     `apply` calls report which samples they were given."""
-    from bc.data.batch_augment import BatchAugment
 
     changes: list[list[str]] = []
     patched: list[tuple[Any, str]] = []
@@ -164,7 +172,6 @@ def recorded_changes(augments: list[Any]) -> Iterator[list[list[str]]]:
 def labels_per_camera(datamodule: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The steering labels of each training camera (its correction included) before
     balancing (every training row) and after (what the training set holds)."""
-    from bc.data.datamodule import camera_corrections
 
     table = datamodule.table
     recorded = table.loc[table["split"] == "train", "steering"].to_numpy(np.float64)
@@ -184,7 +191,6 @@ def augmentation_pairs(datamodule: Any, count: int, seed: int = 0,
     augmented the way training does it: the training dataset's own batch fetch, then
     `to_device` (in training `trainer.strategy.batch_to_device`: the batch-transfer hooks of
     the module and the datamodule). Training's random streams are left where they were."""
-    from bc.data.dataset import collate_frames
 
     move = to_device or (lambda batch: batch)
     dataset = datamodule.train_set
@@ -287,7 +293,6 @@ class InsightPlots(pl.Callback):
 
     def histogram(self, datamodule: Any, path: Path) -> Path:
         """Training labels per camera, before and after balancing."""
-        from bc.insight.plots import steering_histograms
 
         before, after = labels_per_camera(datamodule)
         balance = datamodule.balance
@@ -299,7 +304,6 @@ class InsightPlots(pl.Callback):
 
     def augmentation_preview(self, datamodule: Any, trainer: pl.Trainer, path: Path) -> Path:
         """The same training frames before and after the training augmentation."""
-        from bc.insight.plots import image_grid
 
         before, after = augmentation_pairs(datamodule, self.preview_frames, self.seed,
                                            lambda batch: trainer.strategy.batch_to_device(batch))
@@ -320,7 +324,6 @@ class InsightPlots(pl.Callback):
 
     def predictions(self, datamodule: Any, net: torch.nn.Module, path: Path) -> Path:
         """Predicted against recorded steering on the validation split."""
-        from bc.insight.plots import predicted_vs_recorded
 
         block, name = held_out_block(datamodule, self.max_block_frames)
         return predicted_vs_recorded(datamodule.val_set.steering,
@@ -331,9 +334,6 @@ class InsightPlots(pl.Callback):
 
     def saliency(self, datamodule: Any, net: torch.nn.Module, path: Path) -> Path:
         """A few validation camera frames with the network's VisualBackProp mask."""
-        from bc.insight.plots import image_grid
-        from bc.insight.saliency import (MASK_GAMMA, OVERLAY_COLORMAP_NAME, VisualBackProp,
-                                         draw_saliency)
 
         val = datamodule.table[datamodule.table["split"] == "val"]
         count = min(self.saliency_frames, len(val))
@@ -360,8 +360,7 @@ class InsightPlots(pl.Callback):
     @staticmethod
     def logged_network(trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.nn.Module:
         """A copy of the network with the weights the run logs: the best checkpoint's when a
-        checkpoint monitors a metric (as `bc.mlflow_run.MlflowRun` does), else the current."""
-        from bc.mlflow_run import best_checkpoint, load_net_weights
+        checkpoint monitors a metric (as `bc.training.mlflow_run.MlflowRun` does), else the current."""
 
         net = copy.deepcopy(pl_module.net)
         checkpoint, _, monitor = best_checkpoint(trainer)
@@ -374,7 +373,6 @@ class InsightPlots(pl.Callback):
 
     @staticmethod
     def _datamodule(trainer: pl.Trainer) -> Any:
-        from bc.data.datamodule import DrivingDataModule
 
         datamodule = trainer.datamodule
         if not isinstance(datamodule, DrivingDataModule) or datamodule.table is None:

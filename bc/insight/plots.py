@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from bc import udacity
+from bc.core import udacity
 
 DPI = 100
 STEERING_RANGE = udacity.LABEL_RANGES["steering"]

@@ -13,7 +13,7 @@ The conv layers must form a chain (each one's input is the previous one's output
 activations), as in every `bc.models` net.
 
 `SaliencyOverlay` draws the mask on the camera frame, mapped back through the model's crop and
-resize (`bc.preprocess.Preprocess`); `overlay_video` does it for every frame of an mp4.
+resize (`bc.core.preprocess.Preprocess`); `overlay_video` does it for every frame of an mp4.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from bc.errors import BcError
-from bc.preprocess import Preprocess, to_tensor
+from bc.core.preprocess import Preprocess, to_tensor
+from bc.sim.plots import open_video
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bc.tracking import LoadedModel
+    from bc.inference.artifact import LoadedModel
 
 OVERLAY_ALPHA = 0.8  # opacity of the heat colour where the mask is 1 (0 where it is 0)
 OVERLAY_COLORMAP = cv2.COLORMAP_INFERNO  # dark red (little) -> yellow (most)
@@ -188,7 +189,6 @@ def overlay_video(source: str | Path, output: str | Path, overlay: SaliencyOverl
     drawn on it. Used for the center-camera video of an evaluation drive."""
     import imageio.v2 as imageio
 
-    from bc.sim.plots import open_video
 
     reader = imageio.get_reader(str(source))
     try:

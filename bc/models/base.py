@@ -13,9 +13,9 @@ from typing import Any, Mapping, Sequence, TypeVar
 import torch
 from torch import nn
 
-from bc import udacity
+from bc.core import udacity
 from bc.errors import ConfigError
-from bc.preprocess import Preprocess
+from bc.core.preprocess import Preprocess
 
 OUTPUTS = ("steering", "speed")  # what a network can predict, in its output columns' order
 DEFAULT_OUTPUTS = OUTPUTS[:1]  # steering only: every model saved before speed existed
@@ -48,7 +48,7 @@ class SteeringModel(nn.Module):
     """Base class: a network declares the preprocessing it expects (crop, size, colour) and
     what it predicts (`outputs`, see the module doc).
 
-    Input: float tensor N x 3 x H x W with values 0..255 (see `bc.preprocess.to_tensor`);
+    Input: float tensor N x 3 x H x W with values 0..255 (see `bc.core.preprocess.to_tensor`);
     output: N x len(outputs): normalised steering in [-1, 1] (not clamped: the drive server
     clamps), then the normalised target speed if asked for.
     """

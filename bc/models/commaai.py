@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from bc.models.base import DEFAULT_OUTPUTS, SteeringModel
-from bc.preprocess import Preprocess
+from bc.core.preprocess import Preprocess
 
 
 class CommaAI(SteeringModel):

@@ -18,11 +18,12 @@ from typing import Any
 
 from flask import Flask, Response, abort, jsonify, request, send_file
 
-from bc import udacity
+from bc.core import udacity
 from bc.errors import BcError
 from bc.review.drive import Drive, ReviewError, find_drives
 from bc.review.model import ModelReview
 from bc.review.recording import Recording
+from bc.core.images import decode_jpeg
 
 STATIC = Path(__file__).parent / "static"
 FRAME_MAX_AGE_S = 3600  # recorded frames never change while the app runs
@@ -187,7 +188,6 @@ def _read(path: Path) -> bytes:
 
 
 def _saliency(model: ModelReview, jpeg: bytes) -> Response:
-    from bc.images import decode_jpeg
 
     drawn, steering = model.saliency_jpeg(decode_jpeg(jpeg))
     return _jpeg(drawn, {"X-Steering": f"{steering:.4f}"})

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from bc.errors import BcError
-from bc.images import encode_jpeg
+from bc.core.images import encode_jpeg
+from bc.sim.track import load_track, shipped_tracks
 
 TRAJECTORY = "trajectory.csv"
 METRICS = "metrics.json"
@@ -139,7 +140,6 @@ class Drive:
     def road(self) -> dict[str, list] | None:
         """The road's edges (every ~1 m) when metrics.json names a shipped track, else None
         (a track file is only ever read from the shipped ones, not from a path in the data)."""
-        from bc.sim.track import load_track, shipped_tracks
 
         name = str(self.metrics.get("track", ""))
         if name not in shipped_tracks():

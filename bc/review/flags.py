@@ -18,7 +18,7 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 import cv2
 import numpy as np
 
-from bc import udacity
+from bc.core import udacity
 
 STANDSTILL_MPH = 0.5
 STANDSTILL_S = 3.0

@@ -10,7 +10,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bc.images import encode_jpeg, read_rgb
+from bc.core.images import encode_jpeg, read_rgb
+from bc.core.preprocess import to_tensor
+from bc.inference.predictor import choose_model
+from bc.insight.saliency import SaliencyOverlay
+from bc.insight.saliency import draw_saliency
+from bc.review.recording import lower_priority
 
 BATCH = 64
 SALIENCY_JPEG_QUALITY = 90
@@ -19,7 +24,6 @@ SALIENCY_JPEG_QUALITY = 90
 def load(run_id: str | None, model_uri: str | None, tracking_uri: str | None,
          experiment_name: str, metric: str, mode: str) -> Any:
     """The model a run id / name (`latest`, `best`) or a registered version names."""
-    from bc.drive.predictor import choose_model
 
     return choose_model(run_id=run_id, model_uri=model_uri, model_path=None,
                         experiment_name=experiment_name, metric=metric, mode=mode,
@@ -27,10 +31,9 @@ def load(run_id: str | None, model_uri: str | None, tracking_uri: str | None,
 
 
 class ModelReview:
-    """Predictions and saliency of one loaded model (`bc.tracking.LoadedModel`)."""
+    """Predictions and saliency of one loaded model (`bc.inference.artifact.LoadedModel`)."""
 
     def __init__(self, model: Any) -> None:
-        from bc.insight.saliency import SaliencyOverlay
 
         self.model = model
         self.source = model.source
@@ -60,8 +63,6 @@ class ModelReview:
     def _predict(self, paths: list[str]) -> None:
         import torch
 
-        from bc.preprocess import to_tensor
-        from bc.review.recording import lower_priority
 
         lower_priority()
         spec, net = self.model.spec, self.model.net
@@ -96,7 +97,6 @@ class ModelReview:
         with self._lock:
             self.overlay.spec.check_frame(rgb)
             masks, outputs = self.overlay.vbp.frames([rgb], self.overlay.spec)
-        from bc.insight.saliency import draw_saliency
 
         drawn = draw_saliency(rgb, masks[0], self.overlay.spec)
         return encode_jpeg(drawn, SALIENCY_JPEG_QUALITY), float(outputs[0, 0])

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bc import udacity
+from bc.core import udacity
 from bc.data.exclusions import Range, read_exclusions, sidecar_path, write_exclusions
 from bc.data.log import read_driving_log_as_is
 from bc.review import flags

@@ -15,8 +15,8 @@ that `bc.sim.car` stays cheap):
 
 The episode loop that drives this world, and what it measures, is bc.evaluation.
 
-Simulator facts (file names, cameras, frame size, rate, protocol) come from `bc.udacity`;
-its speed benchmark is `python scripts/benchmark.py sim` (bc/benchmarks/sim.py).
+Simulator facts (file names, cameras, frame size, rate, protocol) come from `bc.core.udacity`;
+its speed benchmark is `python scripts/benchmark.py sim` (bc/experiments/benchmarks/sim.py).
 """
 
 import gymnasium

@@ -24,7 +24,7 @@ import numpy as np
 
 from bc.sim.car import CarState
 from bc.sim.track import CLEARANCE_M, Track
-from bc.udacity import CAMERAS, FRAME_HEIGHT, FRAME_WIDTH
+from bc.core.udacity import CAMERAS, FRAME_HEIGHT, FRAME_WIDTH
 
 CAMERA_HEIGHT_M = 1.6  # above the ground
 PITCH_DEG = 6.0  # camera tilted down: horizon near row 50, below the default 60-row crop

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bc.errors import ConfigError
-from bc.udacity import MAX_STEERING_DEG, SAMPLE_PERIOD_S, TOP_SPEED_MPH
+from bc.core.udacity import MAX_STEERING_DEG, SAMPLE_PERIOD_S, TOP_SPEED_MPH
 
 MPS_PER_MPH = 0.44704
 GRAVITY_MPS2 = 9.81

@@ -50,10 +50,11 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from bc.settings import number, optional, setting
+from bc.core.settings import number, optional, setting
 from bc.sim.car import DEFAULT_CAR, MPS_PER_MPH, Car, CarState, make_car
 from bc.sim.track import Track, TrackPoint, load_track, random_track
-from bc.udacity import CAMERAS, FRAME_HEIGHT, FRAME_WIDTH, SAMPLE_PERIOD_S, SAMPLE_RATE_HZ
+from bc.core.udacity import CAMERAS, FRAME_HEIGHT, FRAME_WIDTH, SAMPLE_PERIOD_S, SAMPLE_RATE_HZ
+from bc.sim.camera import renderer_for
 
 OFF_ROAD_PENALTY_M = 60.0  # reward lost when the car leaves the road (6 s at ~10 m/s)
 OFF_ROAD_MODES = ("intervene", "terminate")
@@ -235,7 +236,6 @@ class DrivingEnv(gymnasium.Env):
     def renderer(self) -> Any:
         """The camera renderer of this world and lighting (built on first use, then shared)."""
         if self._renderer is None:
-            from bc.sim.camera import renderer_for
 
             self._renderer = renderer_for(self.world, self.lighting_seed)
         return self._renderer

@@ -22,7 +22,7 @@ from bc.errors import ConfigError
 from bc.sim.car import (GRAVITY_MPS2, MPS_PER_MPH, ROAD_FRICTION, Car, CarState,
                         angle_to_steering, make_car, steering_to_angle)
 from bc.sim.track import Track
-from bc.udacity import SAMPLE_PERIOD_S
+from bc.core.udacity import SAMPLE_PERIOD_S
 
 PACE = 0.9  # share of the tyres' grip (friction * g) the expert plans to use: a 10 % margin
 LOOKAHEAD_MIN_M = 3.5  # pure-pursuit lookahead at standstill

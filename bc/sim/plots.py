@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from bc.udacity import SAMPLE_RATE_HZ
+from bc.core.udacity import SAMPLE_RATE_HZ
 
 FIGURE_WIDTH_IN = 9.0  # the height follows the track's aspect ratio
 MIN_FIGURE_HEIGHT_IN = 4.0

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import websocket
 
-from bc import images
+from bc.core import images
 from bc.errors import BcError
-from bc.udacity import (MANUAL_EVENT, PORT, SOCKET_PATH, STEER_EVENT, STEER_FIELDS,
+from bc.core.udacity import (MANUAL_EVENT, PORT, SOCKET_PATH, STEER_EVENT, STEER_FIELDS,
                         TELEMETRY_EVENT, TELEMETRY_FIELDS, UNITY_JPEG_QUALITY, format_n4)
 
 log = logging.getLogger(__name__)
