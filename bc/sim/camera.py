@@ -577,42 +577,73 @@ class Renderer:
         # level L when log2(sqrt(footprint) / texel) - LOD_BIAS rounds to L: footprint edges
         self._lod_factor = 1.0 / (self.focal * self.texel * self.texel)
         self._lod_edges = 4.0 ** (np.arange(MIP_LEVELS - 1) + 0.5 + LOD_BIAS)
+        self._build_row_tables()
+
+    def _build_row_tables(self) -> None:
+        """Per centreline sample under the camera and viewing direction (along the track or
+        against it): the camera's pitch with the road, and per image row the forward distance
+        (m) at which its ray first meets the height profile ahead (inf: none, the sky), the
+        metres sideways per unit of column direction there, and the mip level.
+
+        A pinhole camera without roll sees one forward distance per row, so a frame needs a
+        table row, not a ray march. A row's ray meets the ground at the first profile sample
+        whose required slope ((height - camera height) / distance), or a nearer one's, is at
+        least the ray's slope: a running maximum and a search, exact between samples."""
+        track, f = self.track, self._profile_f
+        n, k_count = len(track.z), len(f)
+        samples = np.arange(n)
+        self._row_tables = {}
+        for step in (1, -1):
+            pitch = self.pitch - np.arctan(step * track.grade)
+            idx = (samples[:, None] + step * self._profile_steps[None, :]) % n
+            ahead = track.z[idx] - track.z[:, None]  # (n, K): the road ahead, relative
+            slope = np.tan(self._row_angle[None, :] - pitch[:, None])  # (n, rows)
+            need = np.maximum.accumulate((ahead[:, 1:] - self.camera_height) / f[None, 1:],
+                                         axis=1)
+            span = 2.0 * max(np.abs(need).max(), np.abs(slope).max()) + 1.0
+            offset = samples[:, None] * span  # one sorted array: each sample's block apart
+            k = np.searchsorted((need + offset).ravel(), (slope + offset).ravel())
+            k = k.reshape(n, -1) - samples[:, None] * (k_count - 1) + 1
+            hit = k < k_count
+            k = np.minimum(k, k_count - 1)
+            g0 = np.take_along_axis(ahead, k - 1, axis=1)
+            g1 = np.take_along_axis(ahead, k, axis=1)
+            h0 = self.camera_height + slope * f[k - 1] - g0  # > 0: above the ground
+            h1 = self.camera_height + slope * f[k] - g1  # <= 0: at or below it
+            dist = f[k - 1] + (f[k] - f[k - 1]) * h0 / np.maximum(h0 - h1, 1e-9)
+            dist = np.where(hit, dist, np.inf)
+            scale = dist / (np.cos(pitch)[:, None] + self._row_b[None, :] * np.sin(pitch)[:, None])
+            along = np.empty_like(dist)
+            with np.errstate(invalid="ignore"):  # inf - inf above the horizon
+                along[:, :-1] = np.abs(dist[:, :-1] - dist[:, 1:])
+            along[:, -1] = along[:, -2]
+            with np.errstate(invalid="ignore"):
+                footprint = scale * np.maximum(np.nan_to_num(along, posinf=0.0), 1e-6) \
+                    * self._lod_factor
+            level = np.searchsorted(self._lod_edges, np.nan_to_num(footprint, posinf=0.0))
+            self._row_tables[step] = (pitch, dist.astype(np.float64),
+                                      np.where(hit, scale, 0.0), level.astype(np.intp))
 
     def ground_rows(self, state: CarState, camera: str = CENTER) -> tuple[np.ndarray, float]:
         """Height-aware projection of one frame: the forward distance (m, car frame) at which
         each image row's ray meets the road's height profile (inf: sky, or hidden beyond a
-        crest and the haze), and the camera's pitch (rad, down) with the road under it.
+        crest), and the camera's pitch (rad, down) with the road under it (_build_row_tables:
+        the profile along the road from the camera's nearest centreline sample, in the
+        direction it looks)."""
+        return self._rows_at(state, camera)[:2]
 
-        The height ahead is the profile along the road from the camera's nearest centreline
-        point in its viewing direction; rays are marched through it once per row (a pinhole
-        camera without roll sees one forward distance per row), exactly between samples."""
-        track = self.track
+    def _rows_at(self, state: CarState, camera: str) -> tuple:
         cx, cy, yaw = self.camera_pose(state, camera)
-        _, i = track._tree.query((cx, cy))
-        along = math.cos(yaw - track.heading[i])
-        step = 1 if along >= 0 else -1
-        pitch = self.pitch - math.atan(track.grade[i] * along)
-        idx = (i + step * self._profile_steps) % len(track.z)
-        ahead = track.z[idx] - track.z[i]  # (K,) height of the road ahead, relative
-        slope = np.tan(self._row_angle - pitch)  # height change per metre forward, per row
-        f = self._profile_f
-        # the slope a ray needs to reach each sample; a row's ray first meets the ground at
-        # the first sample whose need, or any nearer one's, is at least its slope
-        need = (ahead[1:] - self.camera_height) / f[1:]
-        k = np.searchsorted(np.maximum.accumulate(need), slope) + 1
-        hit = k < len(f)
-        k = np.minimum(k, len(f) - 1)
-        h0 = self.camera_height + slope * f[k - 1] - ahead[k - 1]  # > 0: above the ground
-        h1 = self.camera_height + slope * f[k] - ahead[k]  # <= 0: at or below it
-        forward = f[k - 1] + (f[k] - f[k - 1]) * h0 / np.maximum(h0 - h1, 1e-9)
-        return np.where(hit, forward, np.inf), pitch
+        _, i = self.track._tree.query((cx, cy))
+        step = 1 if math.cos(yaw - self.track.heading[i]) >= 0 else -1
+        pitch, dist, scale, level = self._row_tables[step]
+        return dist[i], float(pitch[i]), scale[i], level[i], (cx, cy, yaw)
 
     def _render_graded(self, state: CarState, camera: str) -> np.ndarray:
         """A frame of a track with a height profile (see ground_rows): every ground row in one
         gather from all mip levels at once (each row's level from its footprint)."""
         cam = self._cameras[camera]
-        forward, pitch = self.ground_rows(state, camera)
-        cx, cy, yaw = self.camera_pose(state, camera)
+        forward, pitch, row_scale, row_level, (cx, cy, yaw) = self._rows_at(state, camera)
         c, s = math.cos(yaw), math.sin(yaw)
         out = cam["base"].copy()
         img = out.reshape(FRAME_HEIGHT, FRAME_WIDTH)
@@ -625,14 +656,7 @@ class Renderer:
         dist = dist[near:]
         n = len(dist)
         if n:
-            # metres sideways per unit of column direction, and each row's mip level from
-            # its footprint (sideways x the step to the next row)
-            scale = dist / (math.cos(pitch) + self._row_b[top:] * math.sin(pitch))
-            along = np.empty(n)
-            along[:-1] = dist[:-1] - dist[1:]
-            along[-1] = along[-2] if n > 1 else scale[-1] / self.focal
-            footprint = scale * np.maximum(along, 1e-6) * self._lod_factor
-            level = np.searchsorted(self._lod_edges, footprint)  # 0..MIP_LEVELS-1
+            scale, level = row_scale[top:], row_level[top:]
             inv = self._level_inv[level]
             q = scale * inv
             u0 = (c * dist + (cx - self._x0)) * inv  # the row's texel at the centre column

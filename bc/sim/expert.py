@@ -63,28 +63,39 @@ def speed_profile(track: Track, top_speed: float, grip: float, brake: float,
     return v
 
 
-def lap_time_bound(track: Track, car: Car | None = None) -> float:
-    """A physical bound on the lap time (s) from a standing start: the minimum-time speed
-    profile along the centreline under the friction circle at the car's full friction (no
-    margin), its engine's acceleration, drag and top speed, and gravity along the grades.
-    No driver that keeps to the centreline can lap faster; cutting bends can beat it a little."""
+def lap_time_bound(track: Track, car: Car | None = None, laps: float = 1.0) -> float:
+    """A physical bound on the time (s) to drive `laps` laps from a standing start: the
+    minimum-time speed profile along the centreline under the friction circle at the car's full
+    friction (no margin), its engine's acceleration, drag and top speed, and gravity along the
+    grades. No driver that keeps to the centreline is faster; cutting bends can beat it a little."""
+    standing, flying = bound_profile(track, car)
+    if laps <= 1.0:
+        return float(np.interp(laps * track.length, np.append(track.s, track.length), standing))
+    return float(standing[-1] + (laps - 1.0) * flying)
+
+
+def bound_profile(track: Track, car: Car | None = None) -> tuple[np.ndarray, float]:
+    """lap_time_bound's profile: the time (s) to reach each centreline sample (and the lap's
+    end) from a standing start, and the time of a flying lap (the next one)."""
     car = car if car is not None else make_car()
     mu_g = getattr(car, "friction", ROAD_FRICTION) * GRAVITY_MPS2
     kappa = np.abs(track.curvature)
     v = speed_profile(track, car.top_speed, mu_g, min(mu_g, car.max_brake), window_m=0.0,
                       floor=0.0)
     slope = GRAVITY_MPS2 * track.grade / np.sqrt(1.0 + track.grade ** 2)
-    ds = track.spacing
-    speed = 0.0
-    time = 0.0
-    for j in range(len(v)):  # forward: from rest, as fast as the engine and the grip allow
+    ds, n = track.spacing, len(v)
+    speed, elapsed = 0.0, 0.0
+    times = np.zeros(2 * n + 1)
+    for step in range(2 * n):  # forward, two laps: as fast as the engine and the grip allow
+        j = step % n
         lateral = speed * speed * kappa[j]
         room = math.sqrt(max(mu_g * mu_g - lateral * lateral, 0.0))
         accel = min(car.max_accel, room) - car.drag * speed - slope[j]
-        nxt = min(v[(j + 1) % len(v)], math.sqrt(max(speed * speed + 2 * accel * ds, 0.0)))
-        time += 2 * ds / max(speed + nxt, 1e-6)
+        nxt = min(v[(j + 1) % n], math.sqrt(max(speed * speed + 2 * accel * ds, 0.0)))
+        elapsed += 2 * ds / max(speed + nxt, 1e-6)
+        times[step + 1] = elapsed
         speed = nxt
-    return float(time)
+    return times[:n + 1], float(times[2 * n] - times[n])
 
 
 class Expert:
