@@ -49,6 +49,8 @@ INNER_BAND_FRACTION = 0.9  # on the inside of a bend paint at most this fraction
 CENTER, LEFT, RIGHT = CAMERAS
 MOUNT_SIDE = {CENTER: 0.0, LEFT: 1.0, RIGHT: -1.0}  # side cameras: left (+) / right (-) of centre
 _ZERO = np.int32(0)
+NEAREST_WINDOW_M = 6.0  # the camera's nearest centreline sample is searched this far around
+GRADED_CLIP_MARGIN_M = 5.0  # the no-clip test's margin around the view's triangle
 PITCH_PAD_ROWS = 60  # a pitching camera's panorama reaches this many rows beyond the frame
 RENDERER_CACHE_SIZE = 2  # painting a track's world takes a second or two; drives repeat tracks
 
@@ -565,6 +567,12 @@ class Renderer:
         self._profile_f = f
         self._profile_steps = np.round(f / self.track.spacing).astype(np.int64)
         self._row_angle = np.arctan(self._row_b)  # each row's ray above the optical axis
+        self._sx = np.ascontiguousarray(self.track.xy[:, 0])
+        self._sy = np.ascontiguousarray(self.track.xy[:, 1])
+        reach = int(NEAREST_WINDOW_M / self.track.spacing)
+        self._window = np.arange(-reach, reach + 1)
+        self._near2 = (self.track.width / 2.0 + 2.0) ** 2  # on or beside the road
+        self._last_sample: dict[str, int] = {}
         self._haze_u32 = _pack(np.clip(self._haze, 0, 255).astype(np.uint8)[None, :])[0]
         # every mip level in one array, so a frame gathers all its rows at once
         self._mip_all = np.concatenate(self._mip_flat)
@@ -574,6 +582,11 @@ class Renderer:
         self._level_last_x = self._level_width - 1
         self._level_last_y = np.array([h - 1 for h, _ in self._mip_shape], np.int32)
         self._level_inv = 1.0 / (self.texel * (1 << np.arange(MIP_LEVELS)))
+        # the painting's far corner (m), less a texel of every level
+        height, width = self._mip_shape[0]
+        spare = self.texel * (1 << MIP_LEVELS)
+        self._x1 = self._x0 + width * self.texel - spare
+        self._y1 = self._y0 + height * self.texel - spare
         # level L when log2(sqrt(footprint) / texel) - LOD_BIAS rounds to L: footprint edges
         self._lod_factor = 1.0 / (self.focal * self.texel * self.texel)
         self._lod_edges = 4.0 ** (np.arange(MIP_LEVELS - 1) + 0.5 + LOD_BIAS)
@@ -632,9 +645,26 @@ class Renderer:
         direction it looks)."""
         return self._rows_at(state, camera)[:2]
 
+    def _nearest(self, camera: str, cx: float, cy: float) -> int:
+        """The centreline sample nearest the camera: searched around the last frame's (a car
+        moves a metre a frame), the whole track only when that is not conclusive."""
+        last = self._last_sample.get(camera)
+        if last is not None:
+            idx = last + self._window
+            if idx[0] < 0 or idx[-1] >= len(self._sx):
+                idx %= len(self._sx)
+            d2 = (self._sx[idx] - cx) ** 2 + (self._sy[idx] - cy) ** 2
+            k = int(d2.argmin())
+            if 0 < k < len(idx) - 1 and d2[k] < self._near2:
+                self._last_sample[camera] = int(idx[k])
+                return int(idx[k])
+        _, i = self.track._tree.query((cx, cy))
+        self._last_sample[camera] = int(i)
+        return int(i)
+
     def _rows_at(self, state: CarState, camera: str) -> tuple:
         cx, cy, yaw = self.camera_pose(state, camera)
-        _, i = self.track._tree.query((cx, cy))
+        i = self._nearest(camera, cx, cy)
         step = 1 if math.cos(yaw - self.track.heading[i]) >= 0 else -1
         pitch, dist, scale, level = self._row_tables[step]
         return dist[i], float(pitch[i]), scale[i], level[i], (cx, cy, yaw)
@@ -662,13 +692,14 @@ class Renderer:
             u0 = (c * dist + (cx - self._x0)) * inv  # the row's texel at the centre column
             v0 = (s * dist + (cy - self._y0)) * inv
             du, dv = s * q, -c * q  # texels per unit of column direction
-            a0, a1 = self._col_a[0], self._col_a[-1]
-            inside = (min(np.min(u0 + du * a0), np.min(u0 + du * a1)) >= 0
-                      and min(np.min(v0 + dv * a0), np.min(v0 + dv * a1)) >= 0
-                      and np.all(np.maximum(u0 + du * a0, u0 + du * a1)
-                                 < self._level_last_x[level])
-                      and np.all(np.maximum(v0 + dv * a0, v0 + dv * a1)
-                                 < self._level_last_y[level]))
+            # every sampled point lies in the triangle of the camera and the farthest row's
+            # ends (grown by a margin): if that is inside the painting, no clip is needed
+            far, half = float(dist[0]), float(scale[0]) * self._col_a[-1]
+            grow = GRADED_CLIP_MARGIN_M + 0.1 * far
+            xs = (cx, cx + c * far - s * half, cx + c * far + s * half)
+            ys = (cy, cy + s * far + c * half, cy + s * far - c * half)
+            inside = (min(xs) - grow > self._x0 and max(xs) + grow < self._x1
+                      and min(ys) - grow > self._y0 and max(ys) + grow < self._y1)
             ix = np.multiply.outer(du.astype(np.float32), self._col_a)
             ix += u0.astype(np.float32)[:, None]
             iy = np.multiply.outer(dv.astype(np.float32), self._col_a)
