@@ -11,6 +11,13 @@ Everything that does not change from frame to frame is computed once:
 
 A frame is then a rotation + translation of the precomputed ground points, one gather
 from the texture and one from the panorama: no per-pixel Python, ~1 ms per frame.
+
+A track with a height profile (bc/sim/segments.py) is seen through a height-aware projection
+instead: the camera pitches with the road under it, and each image row's ray meets the road's
+height profile ahead at one forward distance (a pinhole camera without roll), looked up from
+tables built once per centreline sample and viewing direction; rows whose rays pass over a
+crest show the sky and the hills (the road beyond is hidden), and the panorama shifts with the
+pitch. The per-frame work stays a gather per pixel.
 """
 
 from __future__ import annotations
