@@ -581,11 +581,27 @@ class Renderer:
         self._near2 = (self.track.width / 2.0 + 2.0) ** 2  # on or beside the road
         self._last_sample: dict[str, int] = {}
         self._haze_u32 = _pack(np.clip(self._haze, 0, 255).astype(np.uint8)[None, :])[0]
-        # every mip level in one array, so a frame gathers all its rows at once
-        self._mip_all = np.concatenate(self._mip_flat)
-        sizes = [len(m) for m in self._mip_flat]
-        self._level_offset = np.cumsum([0] + sizes[:-1]).astype(np.int32)
+        # every mip level in one atlas of one row stride (level 0, the others side by side
+        # below it), so a frame gathers all its rows at once with scalar index arithmetic
+        shapes = self._mip_shape
+        stride = max(shapes[0][1], sum(w for _, w in shapes[1:]))
+        atlas = np.zeros((shapes[0][0] + (shapes[1][0] if len(shapes) > 1 else 0), stride),
+                         np.uint32)
+        rows_at, cols_at, col = [0], [0], 0
+        atlas[:shapes[0][0], :shapes[0][1]] = self._mip_flat[0].reshape(shapes[0])
+        for level in range(1, len(shapes)):
+            h, w = shapes[level]
+            atlas[shapes[0][0]:shapes[0][0] + h, col:col + w] = \
+                self._mip_flat[level].reshape(h, w)
+            rows_at.append(shapes[0][0])
+            cols_at.append(col)
+            col += w
+        self._atlas = atlas.ravel()
+        self._atlas_stride = np.int32(stride)
+        self._level_row = np.array(rows_at, np.float32)  # where each level starts in the atlas
+        self._level_col = np.array(cols_at, np.float32)
         self._level_width = np.array([w for _, w in self._mip_shape], np.int32)
+        self._ray_cols = np.vstack([self._col_a, np.ones_like(self._col_a)])  # (2, width)
         self._level_last_x = self._level_width - 1
         self._level_last_y = np.array([h - 1 for h, _ in self._mip_shape], np.int32)
         self._level_inv = 1.0 / (self.texel * (1 << np.arange(MIP_LEVELS)))
@@ -707,19 +723,25 @@ class Renderer:
             ys = (cy, cy + s * far + c * half, cy + s * far - c * half)
             inside = (min(xs) - grow > self._x0 and max(xs) + grow < self._x1
                       and min(ys) - grow > self._y0 and max(ys) + grow < self._y1)
-            ix = np.multiply.outer(du.astype(np.float32), self._col_a)
-            ix += u0.astype(np.float32)[:, None]
-            iy = np.multiply.outer(dv.astype(np.float32), self._col_a)
-            iy += v0.astype(np.float32)[:, None]
-            ix = ix.astype(np.int32)
-            iy = iy.astype(np.int32)
-            if not inside:  # a row runs off the painting: the slow, exact clip
-                np.clip(ix, _ZERO, self._level_last_x[level][:, None], out=ix)
-                np.clip(iy, _ZERO, self._level_last_y[level][:, None], out=iy)
-            iy *= self._level_width[level][:, None]
-            iy += self._level_offset[level][:, None]
-            iy += ix
-            colour = np.take(self._mip_all, iy)
+            # texel (u, v) of every pixel, already in the atlas: one (2n x 2) @ (2 x width)
+            # product (u = du * a + u0 per row) instead of broadcast sums
+            rows = np.empty((2 * n, 2), np.float32)
+            rows[:n, 0], rows[n:, 0] = du, dv
+            if inside:
+                rows[:n, 1] = u0 + self._level_col[level]
+                rows[n:, 1] = v0 + self._level_row[level]
+                uv = (rows @ self._ray_cols).astype(np.int32)
+            else:  # a row runs off the painting: clip to its level, then move into the atlas
+                rows[:n, 1], rows[n:, 1] = u0, v0
+                uv = (rows @ self._ray_cols).astype(np.int32)
+                np.clip(uv[:n], _ZERO, self._level_last_x[level][:, None], out=uv[:n])
+                np.clip(uv[n:], _ZERO, self._level_last_y[level][:, None], out=uv[n:])
+                uv[:n] += self._level_col[level].astype(np.int32)[:, None]
+                uv[n:] += self._level_row[level].astype(np.int32)[:, None]
+            index = uv[n:]
+            index *= self._atlas_stride
+            index += uv[:n]
+            colour = np.take(self._atlas, index)
             fogged = int(np.searchsorted(-dist, -FOG_START_M))
             if fogged:
                 fog = np.power((dist[:fogged] - FOG_START_M) * (1.0 / (FOG_END_M - FOG_START_M)),
