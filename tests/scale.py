@@ -27,7 +27,7 @@ TIMEOUT_S = 300
 STARTUP_TIMEOUT_S = 120
 ROWS, BLOCK_ROWS = 60, 10  # 6 contiguous validation blocks: a 20% split exists
 # The artifacts every training run logs (tests/test_train.py checks them for one process).
-RUN_ARTIFACTS = {"config.yaml", "hydra/config.yaml", "hydra/hydra.yaml", "hydra/overrides.yaml",
+RUN_ARTIFACTS = {"config.yaml", "datasets/recordings.json", "hydra/config.yaml", "hydra/hydra.yaml", "hydra/overrides.yaml",
                  "logs/train.log", "model/model.ts", "model/model.onnx", "model/model.yaml", "model/weights.pt",
                  "checkpoints/last.ckpt", "plots/steering_histogram.png", "plots/augmentation_preview.png",
                  "plots/predicted_vs_recorded.png", "plots/saliency.png"}

@@ -46,10 +46,10 @@ def test_demo_and_driving_benchmark_are_presets_of_one_pipeline(compose):
     assert demo.eval_groups() == [(["lake"], 3.0)]
     assert len(driving.seeds) >= 3 and driving.speed_mph is None and driving.set_speed == 30
     assert [cell.name for cell in driving.cells()] == [
-        "lake", "lake-reverse", "lake-lighting-1000", "mountain",
-        "random-1", "random-2", "random-3", "random-4", "random-5"]
-    assert driving.eval_seed not in driving.seeds
-    assert driving.methods == ["bc", "bc_speed"]
+        "lake", "lake-reverse", "lake-lighting-1000", "jungle", "random-1", "random-2", "random-3"]
+    assert driving.eval_seed not in driving.seeds and len(driving.seeds) >= 5
+    assert driving.methods == ["bc", "bc_3cam", "bc_3cam_aug", "bc_speed", "dagger", "bc_select"]
+    assert driving.paces == ["expert"] and driving.labels is not None  # equal labelled frames
     assert driving.server_overrides("bc_speed", "expert") == ["speed_source=model"]
     assert driving.server_overrides("bc_speed", "fixed") == ["speed_source=set_speed",
                                                              "set_speed=30"]
@@ -70,7 +70,8 @@ def fake_seed(seed: int, cells: dict) -> dict:
 
 
 def drive(autonomy: float, pace: float, cte: float = 0.2) -> dict:
-    return {"autonomy": autonomy, "pace_pct": pace, "interventions": round((100 - autonomy) / 12),
+    return {"autonomy": autonomy, "pace_pct": pace, "bound_pct": 0.9 * pace,
+            "interventions": round((100 - autonomy) / 12),
             "mean_abs_cte": cte, "lap_time_s": 50.0, "mean_speed_mph": 25.0,
             "progress_laps": 1.0, "sim_time_s": 50.0, "stop_reason": "laps"}
 
@@ -182,3 +183,31 @@ def test_loader_benchmark_times_loader_and_model(compose):
                                                "workers=[0]", "model_steps=2"]),
                          _convert_="all").run()
     assert result["loader"][0]["samples"] == 60 and result["model"] > 0
+
+
+def test_driving_leaderboard_pairs_methods_and_says_whether_it_ranks_them(tmp_path):
+    bench = DrivingBenchmark(out=str(tmp_path / "run"), seeds=[0, 1, 2], hard_track="jungle",
+                             random_tracks=[], reverse=False, unseen_lighting=False,
+                             methods=["bc", "bc_3cam", "bc_3cam_aug"], paces=["expert"],
+                             eval_laps=0.15, leaderboard=str(tmp_path / "board.json"))
+    jungle = {"bc": (40.0, 50.0, 45.0), "bc_3cam": (60.0, 70.0, 65.0),
+              "bc_3cam_aug": (80.0, 85.0, 90.0)}  # autonomy per seed
+    results = [fake_seed(seed, {method: {"expert": {
+        "lake": drive(100.0, 95.0), "jungle": drive(own[seed], 90.0)}}
+        for method, own in jungle.items()}) for seed in range(3)]
+    bench.expert_results  # noqa: B018  the expert's real drives of lake and jungle
+    bench.finish(results, wall_s=60.0)
+    board = json.loads((tmp_path / "board.json").read_text())
+    pairs = {tuple(pair["methods"]): pair for pair in board["comparison"]["pairs"]}
+    assert set(pairs) == {("bc", "bc_3cam"), ("bc", "bc_3cam_aug"), ("bc_3cam", "bc_3cam_aug")}
+    assert pairs[("bc", "bc_3cam")]["differences"]["autonomy"]["jungle"]["values"] == [-20.0] * 3
+    assert pairs[("bc", "bc_3cam")]["separated_cells"]["autonomy"] == ["jungle"]
+    assert pairs[("bc", "bc_3cam")]["separated_cells"]["mean_abs_cte"] == []  # equal |CTE|
+    criteria = board["criteria"]
+    assert criteria["expert_full"] and criteria["headroom_cells"] == ["jungle"]
+    assert len(criteria["separated_pairs"]) == 3 and criteria["ranks"]
+    expert_jungle = {e["method"]: e for e in board["entries"]}["expert"]["cells"]["expert"]
+    assert 85.0 < expert_jungle["jungle"]["bound_pct"]["mean"] < 100.0  # below the car's bound
+    markdown = (tmp_path / "board.md").read_text()
+    assert "BC minus BC 3 cameras (paired by seed" in markdown
+    assert "-> the benchmark ranks methods" in markdown

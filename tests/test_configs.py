@@ -217,7 +217,8 @@ def test_presets_override_primary_keys(train_config) -> None:
 
 PRIMARY = sorted(path.stem for path in CONF_DIR.glob("*.yaml"))
 NEEDS = {"video": ["folder=run1"], "benchmark": ["benchmark=loader"],
-         "train": ["output_dir=out"], "dagger": ["output_dir=out"]}  # no Hydra app: no run folder
+         "train": ["output_dir=out"], "dagger": ["output_dir=out"],
+         "review": ["path=recording"]}  # no Hydra app: no run folder
 
 
 @pytest.mark.parametrize("name", PRIMARY)
@@ -257,6 +258,7 @@ def test_commands_that_pick_a_model_share_the_run_group(compose, name: str) -> N
     ("train", "data.num_wokers=2", "data.num_wokers"),  # a misspelt key
     ("dagger", "beta=[high]", "beta[0]"),
     ("drive", "port=x", "port"),
+    ("drive", "max_request_bytes=4MB", "max_request_bytes"),
     ("drive", "controller.kp=abc", "controller.kp"),
     ("simulate", "laps=many", "laps"),
     ("evaluate", "jobs=[2]", "jobs"),

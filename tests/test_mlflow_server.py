@@ -30,8 +30,8 @@ from bc.drive.launch import drive_server
 from bc.core.images import decode_jpeg
 from bc.insight import callback as insight
 from bc.tracking.datasets import TABLE_ARTIFACT, content_digest
-from bc.sim.autonomous import AutonomousDrive
-from bc.sim.metrics import DIAGNOSTICS
+from bc.evaluation.autonomous import AutonomousDrive
+from bc.evaluation.metrics import DIAGNOSTICS
 from bc.sim.track import load_track
 from bc.training.train import train
 from conftest import compose_config

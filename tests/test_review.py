@@ -78,7 +78,7 @@ def drive_output(tmp_path_factory) -> Path:
     built-in simulator, written by the writers evaluate.py uses; the car steers hard right,
     so the safety driver intervenes."""
     from bc.sim.env import DrivingEnv
-    from bc.sim.metrics import DriveResult, compute_metrics, write_json, write_trajectory_csv
+    from bc.evaluation.metrics import DriveResult, compute_metrics, write_json, write_trajectory_csv
     from bc.sim.plots import open_video
 
     out = tmp_path_factory.mktemp("evaluate") / "lake"

@@ -221,7 +221,7 @@ class SimulateConfig:
     host: str = MISSING
     port: int = MISSING
     recorder: Any = MISSING  # what the keys above build (bc.evaluation.recorder.Recorder)
-    autonomous: Any = MISSING  # bc.sim.autonomous.AutonomousDrive
+    autonomous: Any = MISSING  # bc.evaluation.autonomous.AutonomousDrive
 
 
 @dataclass

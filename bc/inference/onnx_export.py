@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 ONNX_FILE = "model.onnx"
 INPUT_NAME, OUTPUT_NAME = "frames", "outputs"
-SPEC_KEY, OUTPUTS_KEY = "bc.preprocess", "bc.outputs"  # metadata_props keys
+SPEC_KEY, OUTPUTS_KEY = "bc.core.preprocess", "bc.outputs"  # metadata_props keys
 OPSET = 17
 
 

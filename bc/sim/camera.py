@@ -11,6 +11,13 @@ Everything that does not change from frame to frame is computed once:
 
 A frame is then a rotation + translation of the precomputed ground points, one gather
 from the texture and one from the panorama: no per-pixel Python, ~1 ms per frame.
+
+A track with a height profile (bc/sim/segments.py) is seen through a height-aware projection
+instead: the camera pitches with the road under it, and each image row's ray meets the road's
+height profile ahead at one forward distance (a pinhole camera without roll), looked up from
+tables built once per centreline sample and viewing direction; rows whose rays pass over a
+crest show the sky and the hills (the road beyond is hidden), and the panorama shifts with the
+pitch. The per-frame work stays a gather per pixel.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -48,6 +56,9 @@ INNER_BAND_FRACTION = 0.9  # on the inside of a bend paint at most this fraction
 CENTER, LEFT, RIGHT = CAMERAS
 MOUNT_SIDE = {CENTER: 0.0, LEFT: 1.0, RIGHT: -1.0}  # side cameras: left (+) / right (-) of centre
 _ZERO = np.int32(0)
+NEAREST_WINDOW_M = 6.0  # the camera's nearest centreline sample is searched this far around
+GRADED_CLIP_MARGIN_M = 5.0  # the no-clip test's margin around the view's triangle
+PITCH_PAD_ROWS = 60  # a pitching camera's panorama reaches this many rows beyond the frame
 RENDERER_CACHE_SIZE = 2  # painting a track's world takes a second or two; drives repeat tracks
 
 
@@ -178,6 +189,9 @@ def paint_world(track: Track, seed: int = 0, texel: float = TEXEL_M) -> tuple[np
                      for c in range(3)])
     del mix, grain
 
+    if track.branches:  # dirt roads leaving the track: painted before the road covers them
+        _paint_branches(tex, track, field, theme, seed)
+
     # road features on band cells
     cells, s, d = field["cells"], field["s"], field["d"]
     a = np.abs(d)
@@ -199,21 +213,36 @@ def paint_world(track: Track, seed: int = 0, texel: float = TEXEL_M) -> tuple[np
     bend = curv[field["seg"]] > theme["curb_min_curvature"]
     shoulder = theme["shoulder_m"]
     dirt = col("dirt")[None, :] + rng.normal(0, 6, (len(cells), 1)).astype(np.float32)
-    paint(_coverage(a, half - 0.01, half + shoulder, soft), dirt)
-    paint(_coverage(a, -1.0, half, soft), asphalt)
+    if track.segments:  # per-cell stretches (bc/sim/segments.py); none: the plain road below
+        look = _SegmentLook(track, field, d, grit)
+        hw, asphalt = look.half, look.asphalt(asphalt, col)
+        paint(_coverage(a, hw - 0.01, hw + shoulder, soft) * look.shoulder, dirt)
+        paint(_coverage(a, hw - 0.01, hw + OPEN_EDGE_DIRT_M, soft) * look.open, dirt)
+    else:
+        look, hw = None, half
+        paint(_coverage(a, hw - 0.01, hw + shoulder, soft), dirt)
+    paint(_coverage(a, -1.0, hw, soft), asphalt)
     block = theme["curb_block_m"]
     stripe = (np.floor(s / block) % 2 == 0)[:, None]
     curb_rgb = np.where(stripe, col("curb_a")[None, :], col("curb_b")[None, :])
-    paint(_coverage(a, half - 0.01, half + theme["curb_width_m"], soft) * bend, curb_rgb)
+    kerbs = bend if look is None else bend * look.kerbs
+    paint(_coverage(a, hw - 0.01, hw + theme["curb_width_m"], soft) * kerbs, curb_rgb)
     inset, lw = theme["edge_line_inset_m"], theme["edge_line_width_m"]
-    paint(_coverage(a, half - inset - lw, half - inset, soft), col("edge_line"))
+    edge = _coverage(a, hw - inset - lw, hw - inset, soft)
+    paint(edge if look is None else edge * look.edge_lines, col("edge_line"))
     period_nominal = theme["dash_length_m"] + theme["dash_gap_m"]
     if period_nominal > 0 and theme["dash_length_m"] > 0:
         period = track.length / max(1, round(track.length / period_nominal))  # seamless at s=0
         dash = theme["dash_length_m"] * period / period_nominal
         along = _coverage(np.mod(s, period), 0.0, dash, soft)
         line = _coverage(a, -1.0, theme["centre_line_width_m"] / 2, soft)
-        paint(line * along, col("centre_line"))
+        if look is None:
+            paint(line * along, col("centre_line"))
+        else:
+            paint(look.centre(line, along, a, theme["centre_line_width_m"], soft),
+                  col("centre_line"))
+    if look is not None:
+        look.paint_bridges(paint, a, s, soft)
     flat[cells] = colour
 
     # lighting: tree shadows beside and across the road, global brightness and tint
@@ -234,11 +263,132 @@ def paint_world(track: Track, seed: int = 0, texel: float = TEXEL_M) -> tuple[np
     tint = 1.0 + rng.normal(0, 0.03, 3).astype(np.float32)
     # per-channel gain = brightness * tint * (1 - strength * shadow), applied in place
     light = cv2.addWeighted(light, brightness * strength, light, 0.0, brightness * (1 - strength))
+    _paint_tree_shadows(light, track, field, seed)
     tex = cv2.multiply(tex, cv2.merge([light * float(t) for t in tint]))
     del light
     tex = np.clip(tex, 0, 255, out=tex)
     lighting = {"brightness": brightness, "tint": tint, "side": side}
     return tex.astype(np.uint8), lighting
+
+
+OPEN_EDGE_DIRT_M = 2.5  # where the kerb stops, dirt reaches this far beyond the road edge
+BRIDGE_WALL_M = 0.5  # the bridge's walls, seen from above, just outside the deck
+WATER = (62, 86, 104)  # under and beside a bridge
+JOINT_SPACING_M = 4.0  # expansion joints across a bridge deck
+WORN_MARKINGS = 0.45  # a worn surface's paint keeps this share of its colour
+SURFACE_GAIN = {1: 1.12, 2: 0.58}  # worn asphalt is lighter, wet asphalt darker
+TREE_SHADOW_AREA_M2 = 12.0  # mean shade of one tree across the road
+TREE_SHADOW_DEPTH = 0.55  # a tree's shadow takes this share of the light
+TREE_SHADOW_SOFT_M = 0.12  # its edge's blur
+
+
+class _SegmentLook:
+    """Per band cell: what the track's segments change in the painting (bc/sim/segments.py)."""
+
+    def __init__(self, track: Track, field: dict, d: np.ndarray, grit: np.ndarray) -> None:
+        maps, seg = track.maps, field["seg"]
+        self.track, self.maps, self.seg, self.grit = track, maps, seg, grit
+        self.half = maps.half[seg].astype(np.float32)
+        self.bridge = maps.bridge[seg]
+        on_bridge = self.bridge > 0
+        opened = (maps.open_left[seg] & (d > 0)) | (maps.open_right[seg] & (d < 0))
+        self.open = (opened & ~on_bridge).astype(np.float32)
+        self.shoulder = (~on_bridge).astype(np.float32)
+        self.kerbs = (~on_bridge & ~opened).astype(np.float32)
+        self.surface = maps.surface[seg]
+        worn = np.where(self.surface == 1, WORN_MARKINGS, 1.0).astype(np.float32)
+        self.worn = worn
+        self.edge_lines = (maps.edge_lines[seg] & ~opened).astype(np.float32) * worn
+        self.style = maps.centre[seg]
+
+    def asphalt(self, asphalt: np.ndarray, col: Any) -> np.ndarray:
+        """The road surface: asphalt, worn / wet asphalt, dirt, or a bridge deck."""
+        out = asphalt.copy()
+        for code, gain in SURFACE_GAIN.items():
+            pick = self.surface == code
+            out[pick] *= gain
+        pick = self.surface == 1
+        out[pick] += 1.5 * self.grit[pick, None].astype(np.float32)
+        pick = self.surface == 3
+        out[pick] = col("dirt")[None, :] * 0.95 + 1.4 * self.grit[pick, None].astype(np.float32)
+        for k, bridge in enumerate(self.maps.bridges, 1):
+            pick = self.bridge == k
+            deck = np.asarray(bridge.params["deck"], np.float32)
+            out[pick] = deck[None, :] + 0.6 * self.grit[pick, None].astype(np.float32)
+        return out
+
+    def centre(self, line: np.ndarray, along: np.ndarray, a: np.ndarray, width: float,
+               soft: float) -> np.ndarray:
+        """Coverage of the centre line: dashed (the theme's), solid, double or none."""
+        cover = np.where(self.style == 0, line * along, 0.0)
+        cover = np.where(self.style == 1, line, cover)
+        gap = 0.12
+        double = _coverage(a, gap, gap + width, soft)
+        cover = np.where(self.style == 2, double, cover)
+        return (cover * self.worn).astype(np.float32)
+
+    def paint_bridges(self, paint: Any, a: np.ndarray, s: np.ndarray, soft: float) -> None:
+        """Walls along both sides of the deck, water beyond, joints across the deck."""
+        if not self.maps.bridges:
+            return
+        on = (self.bridge > 0).astype(np.float32)
+        joints = _coverage(np.mod(s, JOINT_SPACING_M), 0.0, 0.12, soft) * on
+        paint(joints * _coverage(a, -1.0, self.half, soft), np.float32([70, 70, 72]))
+        water = np.float32(WATER)[None, :] + 0.5 * self.grit[:, None].astype(np.float32)
+        paint(_coverage(a, self.half + BRIDGE_WALL_M, 1e6, soft) * on, water)
+        walls = np.zeros((len(a), 3), np.float32)
+        for k, bridge in enumerate(self.maps.bridges, 1):
+            walls[self.bridge == k] = bridge.params["wall"]
+        paint(_coverage(a, self.half - 0.01, self.half + BRIDGE_WALL_M, soft) * on, walls)
+
+
+def _paint_branches(tex: np.ndarray, track: Track, field: dict, theme: dict, seed: int) -> None:
+    """Dirt roads leaving the track (segments kind dirt_branch), fading out at their far end."""
+    texel, x0, y0 = field["texel"], field["x0"], field["y0"]
+    rng = np.random.default_rng([seed, 31])
+    for branch in track.branches:
+        corners = np.round((branch["corners"] - [x0, y0]) / texel).astype(np.int32)
+        lo = np.maximum(corners.min(axis=0) - 2, 0)
+        hi = np.minimum(corners.max(axis=0) + 3, [tex.shape[1], tex.shape[0]])
+        if np.any(hi <= lo):
+            continue
+        mask = np.zeros((hi[1] - lo[1], hi[0] - lo[0]), np.float32)
+        cv2.fillConvexPoly(mask, corners - lo, 1.0, lineType=cv2.LINE_AA)
+        yy, xx = np.mgrid[lo[1]:hi[1], lo[0]:hi[0]]
+        px, py = x0 + (xx + 0.5) * texel, y0 + (yy + 0.5) * texel
+        ux, uy = branch["direction"]
+        along = (px - branch["start"][0]) * ux + (py - branch["start"][1]) * uy
+        fade = np.clip((branch["length"] - along) / 8.0, 0, 1).astype(np.float32)
+        cover = (mask * fade)[..., None]
+        colour = (np.asarray(theme["dirt"], np.float32) * 1.05
+                  + rng.normal(0, 7, mask.shape + (1,)).astype(np.float32))
+        window = tex[lo[1]:hi[1], lo[0]:hi[0]]
+        window[:] = window * (1 - cover) + colour * cover
+
+
+def _paint_tree_shadows(light: np.ndarray, track: Track, field: dict, seed: int) -> None:
+    """Crisp, dark shadows of trees across the road where a `shadows` segment asks for them
+    (the light gain map is darkened in place: sunlit patches between shaded ones)."""
+    stretches = [seg for seg in track.segments if seg.kind == "shadows"]
+    if not stretches:
+        return
+    texel = field["texel"]
+    rng = np.random.default_rng([seed, 41])
+    shade = np.zeros_like(light)
+    for seg in stretches:
+        span = (seg.end - seg.start) % track.length or track.length
+        count = int(round(seg.params["density"] * span * (track.width + 4.0)
+                          / TREE_SHADOW_AREA_M2))
+        for _ in range(count):
+            s = seg.start + rng.uniform(0, span)
+            x, y, heading = track.pose_at(s)
+            off = rng.uniform(-track.width / 2 - 2.0, track.width / 2 + 2.0)
+            cx, cy = x - math.sin(heading) * off, y + math.cos(heading) * off
+            axes = (int(rng.uniform(1.2, 3.2) / texel), int(rng.uniform(0.8, 2.0) / texel))
+            centre = (int((cx - field["x0"]) / texel), int((cy - field["y0"]) / texel))
+            cv2.ellipse(shade, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
+    shade = cv2.GaussianBlur(shade, (0, 0), TREE_SHADOW_SOFT_M / texel)
+    light *= 1.0 - TREE_SHADOW_DEPTH * shade
 
 
 class Renderer:
@@ -283,10 +433,14 @@ class Renderer:
         rng = np.random.default_rng(self.seed + 7919)
         self._build_rays()
         # azimuth-major, so a frame's sky gathers whole contiguous columns
-        self._panorama = np.ascontiguousarray(_pack(self._build_panorama(rng)).T)
+        self._graded = track.has_elevation
+        self._pad = PITCH_PAD_ROWS if self._graded else 0
+        self._panorama = np.ascontiguousarray(_pack(self._build_panorama(rng, self._pad)).T)
         self._haze = self._haze_colour()
         self._haze4 = np.append(self._haze, 0.0).astype(np.float32)
         self._cameras = {cam: self._build_camera(cam) for cam in CAMERAS}
+        if self._graded:
+            self._build_graded()
 
     # ------------------------------------------------------------------ setup
     def _build_rays(self) -> None:
@@ -323,11 +477,14 @@ class Renderer:
         mix = 0.55 * sky + 0.45 * hills
         return np.clip(mix * b, 0, 255).astype(np.float32)
 
-    def _build_panorama(self, rng: np.random.Generator) -> np.ndarray:
-        """Sky gradient, clouds and two layers of hills over 360 degrees of azimuth."""
+    def _build_panorama(self, rng: np.random.Generator, pad: int = 0) -> np.ndarray:
+        """Sky gradient, clouds and two layers of hills over 360 degrees of azimuth: the sky
+        rows of the frame, or (`pad` > 0, for a pitching camera) every row and `pad` more above
+        and below."""
         th = self.track.theme
-        rows, cols = max(1, self._sky_rows), PANORAMA_COLUMNS
-        horizon = FRAME_HEIGHT / 2 - self.focal * math.tan(self.pitch)  # fractional row
+        rows = FRAME_HEIGHT + 2 * pad if pad else max(1, self._sky_rows)
+        cols = PANORAMA_COLUMNS
+        horizon = pad + FRAME_HEIGHT / 2 - self.focal * math.tan(self.pitch)  # fractional row
         r = np.arange(rows, dtype=np.float32)[:, None]
         t = np.clip(r / max(horizon, 1.0), 0, 1) ** 1.5
         top, hor = np.asarray(th["sky_top"], np.float32), np.asarray(th["sky_horizon"], np.float32)
@@ -406,6 +563,203 @@ class Renderer:
             "hood_val": base[hood_pix],
         }
 
+    def _build_graded(self) -> None:
+        """What the height-aware projection needs: each column's ray direction, each row's,
+        and the forward distances at which the height profile ahead is sampled."""
+        self._col_a = ((np.arange(FRAME_WIDTH) + 0.5 - FRAME_WIDTH / 2)
+                       / self.focal).astype(np.float32)  # right, per unit forward
+        self._row_b = -(np.arange(FRAME_HEIGHT) + 0.5 - FRAME_HEIGHT / 2) / self.focal  # up
+        f = np.concatenate([np.arange(0.0, 20.0, 0.5), np.arange(20.0, 60.0, 1.0),
+                            np.arange(60.0, FOG_END_M + 2.5, 2.5)])
+        self._profile_f = f
+        self._profile_steps = np.round(f / self.track.spacing).astype(np.int64)
+        self._row_angle = np.arctan(self._row_b)  # each row's ray above the optical axis
+        self._sx = np.ascontiguousarray(self.track.xy[:, 0])
+        self._sy = np.ascontiguousarray(self.track.xy[:, 1])
+        reach = int(NEAREST_WINDOW_M / self.track.spacing)
+        self._window = np.arange(-reach, reach + 1)
+        self._near2 = (self.track.width / 2.0 + 2.0) ** 2  # on or beside the road
+        self._last_sample: dict[str, int] = {}
+        self._haze_u32 = _pack(np.clip(self._haze, 0, 255).astype(np.uint8)[None, :])[0]
+        # every mip level in one atlas of one row stride (level 0, the others side by side
+        # below it), so a frame gathers all its rows at once with scalar index arithmetic
+        shapes = self._mip_shape
+        stride = max(shapes[0][1], sum(w for _, w in shapes[1:]))
+        atlas = np.zeros((shapes[0][0] + (shapes[1][0] if len(shapes) > 1 else 0), stride),
+                         np.uint32)
+        rows_at, cols_at, col = [0], [0], 0
+        atlas[:shapes[0][0], :shapes[0][1]] = self._mip_flat[0].reshape(shapes[0])
+        for level in range(1, len(shapes)):
+            h, w = shapes[level]
+            atlas[shapes[0][0]:shapes[0][0] + h, col:col + w] = \
+                self._mip_flat[level].reshape(h, w)
+            rows_at.append(shapes[0][0])
+            cols_at.append(col)
+            col += w
+        self._atlas = atlas.ravel()
+        self._atlas_stride = np.int32(stride)
+        self._level_row = np.array(rows_at, np.float32)  # where each level starts in the atlas
+        self._level_col = np.array(cols_at, np.float32)
+        self._level_width = np.array([w for _, w in self._mip_shape], np.int32)
+        self._ray_cols = np.vstack([self._col_a, np.ones_like(self._col_a)])  # (2, width)
+        self._level_last_x = self._level_width - 1
+        self._level_last_y = np.array([h - 1 for h, _ in self._mip_shape], np.int32)
+        self._level_inv = 1.0 / (self.texel * (1 << np.arange(MIP_LEVELS)))
+        # the painting's far corner (m), less a texel of every level
+        height, width = self._mip_shape[0]
+        spare = self.texel * (1 << MIP_LEVELS)
+        self._x1 = self._x0 + width * self.texel - spare
+        self._y1 = self._y0 + height * self.texel - spare
+        # level L when log2(sqrt(footprint) / texel) - LOD_BIAS rounds to L: footprint edges
+        self._lod_factor = 1.0 / (self.focal * self.texel * self.texel)
+        self._lod_edges = 4.0 ** (np.arange(MIP_LEVELS - 1) + 0.5 + LOD_BIAS)
+        self._build_row_tables()
+
+    def _build_row_tables(self) -> None:
+        """Per centreline sample under the camera and viewing direction (along the track or
+        against it): the camera's pitch with the road, and per image row the forward distance
+        (m) at which its ray first meets the height profile ahead (inf: none, the sky), the
+        metres sideways per unit of column direction there, and the mip level.
+
+        A pinhole camera without roll sees one forward distance per row, so a frame needs a
+        table row, not a ray march. A row's ray meets the ground at the first profile sample
+        whose required slope ((height - camera height) / distance), or a nearer one's, is at
+        least the ray's slope: a running maximum and a search, exact between samples."""
+        track, f = self.track, self._profile_f
+        n, k_count = len(track.z), len(f)
+        samples = np.arange(n)
+        self._row_tables = {}
+        for step in (1, -1):
+            pitch = self.pitch - np.arctan(step * track.grade)
+            idx = (samples[:, None] + step * self._profile_steps[None, :]) % n
+            ahead = track.z[idx] - track.z[:, None]  # (n, K): the road ahead, relative
+            slope = np.tan(self._row_angle[None, :] - pitch[:, None])  # (n, rows)
+            need = np.maximum.accumulate((ahead[:, 1:] - self.camera_height) / f[None, 1:],
+                                         axis=1)
+            span = 2.0 * max(np.abs(need).max(), np.abs(slope).max()) + 1.0
+            offset = samples[:, None] * span  # one sorted array: each sample's block apart
+            k = np.searchsorted((need + offset).ravel(), (slope + offset).ravel())
+            k = k.reshape(n, -1) - samples[:, None] * (k_count - 1) + 1
+            hit = k < k_count
+            k = np.minimum(k, k_count - 1)
+            g0 = np.take_along_axis(ahead, k - 1, axis=1)
+            g1 = np.take_along_axis(ahead, k, axis=1)
+            h0 = self.camera_height + slope * f[k - 1] - g0  # > 0: above the ground
+            h1 = self.camera_height + slope * f[k] - g1  # <= 0: at or below it
+            dist = f[k - 1] + (f[k] - f[k - 1]) * h0 / np.maximum(h0 - h1, 1e-9)
+            dist = np.where(hit, dist, np.inf)
+            scale = dist / (np.cos(pitch)[:, None] + self._row_b[None, :] * np.sin(pitch)[:, None])
+            along = np.empty_like(dist)
+            with np.errstate(invalid="ignore"):  # inf - inf above the horizon
+                along[:, :-1] = np.abs(dist[:, :-1] - dist[:, 1:])
+            along[:, -1] = along[:, -2]
+            with np.errstate(invalid="ignore"):
+                footprint = scale * np.maximum(np.nan_to_num(along, posinf=0.0), 1e-6) \
+                    * self._lod_factor
+            level = np.searchsorted(self._lod_edges, np.nan_to_num(footprint, posinf=0.0))
+            self._row_tables[step] = (pitch, dist.astype(np.float64),
+                                      np.where(hit, scale, 0.0), level.astype(np.intp))
+
+    def ground_rows(self, state: CarState, camera: str = CENTER) -> tuple[np.ndarray, float]:
+        """Height-aware projection of one frame: the forward distance (m, car frame) at which
+        each image row's ray meets the road's height profile (inf: sky, or hidden beyond a
+        crest), and the camera's pitch (rad, down) with the road under it (_build_row_tables:
+        the profile along the road from the camera's nearest centreline sample, in the
+        direction it looks)."""
+        return self._rows_at(state, camera)[:2]
+
+    def _nearest(self, camera: str, cx: float, cy: float) -> int:
+        """The centreline sample nearest the camera: searched around the last frame's (a car
+        moves a metre a frame), the whole track only when that is not conclusive."""
+        last = self._last_sample.get(camera)
+        if last is not None:
+            idx = last + self._window
+            if idx[0] < 0 or idx[-1] >= len(self._sx):
+                idx %= len(self._sx)
+            d2 = (self._sx[idx] - cx) ** 2 + (self._sy[idx] - cy) ** 2
+            k = int(d2.argmin())
+            if 0 < k < len(idx) - 1 and d2[k] < self._near2:
+                self._last_sample[camera] = int(idx[k])
+                return int(idx[k])
+        _, i = self.track._tree.query((cx, cy))
+        self._last_sample[camera] = int(i)
+        return int(i)
+
+    def _rows_at(self, state: CarState, camera: str) -> tuple:
+        cx, cy, yaw = self.camera_pose(state, camera)
+        i = self._nearest(camera, cx, cy)
+        step = 1 if math.cos(yaw - self.track.heading[i]) >= 0 else -1
+        pitch, dist, scale, level = self._row_tables[step]
+        return dist[i], float(pitch[i]), scale[i], level[i], (cx, cy, yaw)
+
+    def _render_graded(self, state: CarState, camera: str) -> np.ndarray:
+        """A frame of a track with a height profile (see ground_rows): every ground row in one
+        gather from all mip levels at once (each row's level from its footprint)."""
+        cam = self._cameras[camera]
+        forward, pitch, row_scale, row_level, (cx, cy, yaw) = self._rows_at(state, camera)
+        c, s = math.cos(yaw), math.sin(yaw)
+        out = cam["base"].copy()
+        img = out.reshape(FRAME_HEIGHT, FRAME_WIDTH)
+        finite = np.isfinite(forward)
+        first = int(np.argmax(finite)) if finite[-1] else FRAME_HEIGHT  # rows above: sky
+        dist = forward[first:]
+        near = int(np.searchsorted(-dist, -FOG_END_M))  # rows first..first+near: haze
+        img[first:first + near] = self._haze_u32
+        top = first + near
+        dist = dist[near:]
+        n = len(dist)
+        if n:
+            scale, level = row_scale[top:], row_level[top:]
+            inv = self._level_inv[level]
+            q = scale * inv
+            u0 = (c * dist + (cx - self._x0)) * inv  # the row's texel at the centre column
+            v0 = (s * dist + (cy - self._y0)) * inv
+            du, dv = s * q, -c * q  # texels per unit of column direction
+            # every sampled point lies in the triangle of the camera and the farthest row's
+            # ends (grown by a margin): if that is inside the painting, no clip is needed
+            far, half = float(dist[0]), float(scale[0]) * self._col_a[-1]
+            grow = GRADED_CLIP_MARGIN_M + 0.1 * far
+            xs = (cx, cx + c * far - s * half, cx + c * far + s * half)
+            ys = (cy, cy + s * far + c * half, cy + s * far - c * half)
+            inside = (min(xs) - grow > self._x0 and max(xs) + grow < self._x1
+                      and min(ys) - grow > self._y0 and max(ys) + grow < self._y1)
+            # texel (u, v) of every pixel, already in the atlas: one (2n x 2) @ (2 x width)
+            # product (u = du * a + u0 per row) instead of broadcast sums
+            rows = np.empty((2 * n, 2), np.float32)
+            rows[:n, 0], rows[n:, 0] = du, dv
+            if inside:
+                rows[:n, 1] = u0 + self._level_col[level]
+                rows[n:, 1] = v0 + self._level_row[level]
+                uv = (rows @ self._ray_cols).astype(np.int32)
+            else:  # a row runs off the painting: clip to its level, then move into the atlas
+                rows[:n, 1], rows[n:, 1] = u0, v0
+                uv = (rows @ self._ray_cols).astype(np.int32)
+                np.clip(uv[:n], _ZERO, self._level_last_x[level][:, None], out=uv[:n])
+                np.clip(uv[n:], _ZERO, self._level_last_y[level][:, None], out=uv[n:])
+                uv[:n] += self._level_col[level].astype(np.int32)[:, None]
+                uv[n:] += self._level_row[level].astype(np.int32)[:, None]
+            index = uv[n:]
+            index *= self._atlas_stride
+            index += uv[:n]
+            colour = np.take(self._atlas, index)
+            fogged = int(np.searchsorted(-dist, -FOG_START_M))
+            if fogged:
+                fog = np.power((dist[:fogged] - FOG_START_M) * (1.0 / (FOG_END_M - FOG_START_M)),
+                               0.7).astype(np.float32)[:, None, None]
+                rgba = colour[:fogged].view(np.uint8).reshape(fogged, FRAME_WIDTH, 4) * (1 - fog)
+                rgba += fog * self._haze4
+                colour[:fogged] = rgba.astype(np.uint8).view(np.uint32)[..., 0]
+            img[top:] = colour
+        if first:  # sky (and hills beyond a crest): the panorama, shifted with the pitch
+            shift = int(round(self.focal * (pitch - self.pitch)))
+            row = min(max(self._pad + shift, 0), self._panorama.shape[1] - first)
+            az = np.floor((yaw + self._col_azimuth) * (PANORAMA_COLUMNS / (2 * math.pi)))
+            columns = np.mod(az.astype(np.int64), PANORAMA_COLUMNS)
+            img[:first] = np.take(self._panorama[:, row:row + first], columns, axis=0).T
+        out[cam["hood_pix"]] = cam["hood_val"]
+        rgba = img.view(np.uint8).reshape(FRAME_HEIGHT, FRAME_WIDTH, 4)
+        return cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
+
     # ------------------------------------------------------------------ render
     def camera_pose(self, state: CarState, camera: str = CENTER) -> tuple[float, float, float]:
         """World (x, y, yaw) of a camera mounted on the car."""
@@ -419,6 +773,8 @@ class Renderer:
         """One 160x320x3 uint8 RGB frame of `camera` for the car `state`."""
         if camera not in self._cameras:
             raise ValueError(f"camera: expected one of {CAMERAS}, got {camera!r}")
+        if self._graded:
+            return self._render_graded(state, camera)
         cam = self._cameras[camera]
         cx, cy, yaw = self.camera_pose(state, camera)
         c, s = math.cos(yaw), math.sin(yaw)
@@ -455,7 +811,9 @@ _renderers: "OrderedDict[tuple, Renderer]" = OrderedDict()
 def _track_key(track: Track) -> tuple:
     """What a rendered world depends on: the geometry and the theme, not the object."""
     points = np.asarray(track.control_points, dtype=np.float64)
-    return (str(track.name), float(track.width), points.tobytes(), repr(track.theme))
+    elevation = b"" if track.elevation is None else np.asarray(track.elevation).tobytes()
+    return (str(track.name), float(track.width), points.tobytes(), repr(track.theme),
+            repr(track.segments), elevation)
 
 
 def renderer_for(track: Track, seed: int = 0) -> Renderer:

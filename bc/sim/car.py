@@ -88,6 +88,11 @@ def angle_to_steering(angle: float) -> float:
     return min(1.0, max(-1.0, s))
 
 
+def gravity_along(grade: float) -> float:
+    """Deceleration (m/s^2) gravity causes along a road of slope `grade` (dz/ds): g sin(atan)."""
+    return GRAVITY_MPS2 * grade / math.sqrt(1.0 + grade * grade) if grade else 0.0
+
+
 def _clip(value: float, low: float, high: float) -> float:
     return min(high, max(low, value))
 
@@ -186,10 +191,14 @@ class Car:
         return beta, math.cos(beta) * math.tan(delta) / self.wheelbase
 
     def step(
-        self, state: CarState, steering: float, throttle: float, dt: float = SAMPLE_PERIOD_S
+        self, state: CarState, steering: float, throttle: float, dt: float = SAMPLE_PERIOD_S,
+        grade: float = 0.0,
     ) -> CarState:
-        """Advance the car by dt seconds with the controls sent now; returns a new state."""
+        """Advance the car by dt seconds with the controls sent now; returns a new state.
+        `grade`: the road's slope along the car's heading (dz/ds, + = uphill); gravity's
+        share along it slows the car uphill and speeds it up downhill."""
         target, throttle, pending = self.actuate(state, steering, throttle)
+        slope = gravity_along(grade)
         instant = self.delay_steps == 0 and self.lock_to_lock_s == 0
         wheels = target if instant else state.steering
         x, y, yaw, v = state.x, state.y, state.yaw, state.speed
@@ -198,7 +207,7 @@ class Car:
         for _ in range(self.substeps):
             wheels = self.turn_wheels(wheels, target, h)
             beta, yaw_gain = self.rolling(wheels)
-            v_new = _clip(v + self.acceleration(v, throttle) * h, 0.0, self.top_speed)
+            v_new = _clip(v + (self.acceleration(v, throttle) - slope) * h, 0.0, self.top_speed)
             v_mid = 0.5 * (v + v_new)  # never reverses, never above top speed
             yaw_mid = yaw + 0.5 * v_mid * yaw_gain * h
             x += v_mid * math.cos(yaw_mid + beta) * h
@@ -264,14 +273,17 @@ class DynamicCar(Car):
         return self.friction * GRAVITY_MPS2
 
     def step(
-        self, state: CarState, steering: float, throttle: float, dt: float = SAMPLE_PERIOD_S
+        self, state: CarState, steering: float, throttle: float, dt: float = SAMPLE_PERIOD_S,
+        grade: float = 0.0,
     ) -> CarState:
-        """Advance the car by dt seconds with the controls sent now; returns a new state.
+        """Advance the car by dt seconds with the controls sent now; returns a new state
+        (`grade` as for Car.step: gravity along the slope; the tyres' grip is unchanged).
 
         Explicit sub-steps of the single-track equations (body frame, vx forward, vy left):
         m (vx' - vy r) = m a - Ff sin(delta);  m (vy' + vx r) = Ff cos(delta) + Fr;
         Iz r' = lf Ff cos(delta) - lr Fr; blended with rolling without slip at low speed."""
         target, throttle, pending = self.actuate(state, steering, throttle)
+        slope = gravity_along(grade)
         wheels = state.steering if self.lock_to_lock_s > 0 or self.delay_steps else target
         lf, lr = self.wheelbase - self.rear_to_centre, self.rear_to_centre
         m, inertia, b, c_shape = self.mass, self.yaw_inertia, self.tyre_b, self.tyre_c
@@ -291,7 +303,7 @@ class DynamicCar(Car):
             accel = _clip(self.acceleration(v, throttle), -grip_limit, grip_limit)
             # rolling without slip (the kinematic model) at the new ground speed
             beta, yaw_gain = self.rolling(wheels)
-            v_roll = _clip(v + accel * h, 0.0, top)
+            v_roll = _clip(v + (accel - slope) * h, 0.0, top)
             vx_new, vy_new, r_new = v_roll * cos(beta), v_roll * sin(beta), v_roll * yaw_gain
             share = _clip((v - slow) / span, 0.0, 1.0)
             if share > 0.0:
@@ -303,7 +315,7 @@ class DynamicCar(Car):
                 rear = -left * self.rear_load * sin(c_shape * atan(
                     b * math.atan2(vy - lr * r, u)))
                 cos_d, sin_d = cos(delta), sin(delta)
-                vx_dyn = max(0.0, vx + (accel - front * sin_d / m + vy * r) * h)
+                vx_dyn = max(0.0, vx + (accel - slope - front * sin_d / m + vy * r) * h)
                 vy_dyn = vy + ((front * cos_d + rear) / m - vx * r) * h
                 r_dyn = r + (lf * front * cos_d - lr * rear) / inertia * h
                 vx_new += share * (vx_dyn - vx_new)

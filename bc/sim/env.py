@@ -8,7 +8,9 @@ drive, the benchmarks) loops over this class, so the rules below are written onc
 
 * **progress**: arc length along the centreline, in the driving direction, summed step by
   step (crossing the start line keeps counting); `progress` in laps, `lap` whole laps done;
-* **off-road**: the car's centre is further from the centreline than half the road width;
+* **off-road**: the car's centre is further from the centreline than half the road width
+  there (a narrow bridge is narrower; a dirt branch is off the road: it is not road);
+* **grades**: gravity along the road's slope under the car acts on it (bc.sim.car);
 * **intervention** (`off_road="intervene"`, the default, as in NVIDIA's simulator test): a
   safety driver puts the car back on the nearest centreline point, heading along the track,
   *keeping its speed*, and the episode goes on; with `off_road="terminate"` the episode ends.
@@ -79,10 +81,9 @@ def resolve_track(track: Track | str | Path, seed: int = 0) -> Track:
 
 
 def reversed_track(track: Track) -> Track:
-    """The same road driven the other way: same start point, arc length in the new direction."""
-    points = track.control_points
-    return Track(f"{track.name}-reverse", track.width, np.vstack([points[:1], points[:0:-1]]),
-                 track.theme, source=f"{track.source} (reversed)")
+    """The same road driven the other way: same start point, arc length in the new direction
+    (segments and heights follow)."""
+    return track.reversed()
 
 
 def car_model(name: str | None) -> Car:
@@ -172,10 +173,11 @@ class DrivingEnv(gymnasium.Env):
         self._here: TrackPoint | None = None
 
     # -- the one set of rules -----------------------------------------------------------------
-    def is_off_road(self, cte: float) -> bool:
-        """THE off-road rule: the car's centre is further than half the road width from the
-        centreline."""
-        return abs(cte) > 0.5 * self.track.width
+    def is_off_road(self, cte: float, s: float | None = None) -> bool:
+        """THE off-road rule: the car's centre is further than half the road width (at arc
+        length `s`; None: the track's nominal width) from the centreline."""
+        half = 0.5 * self.track.width if s is None else self.track.half_width_at(s)
+        return abs(cte) > half
 
     def reset(self, *, seed: int | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -207,7 +209,11 @@ class DrivingEnv(gymnasium.Env):
         """Advance one `dt` with `action = [steering, throttle]` (clipped to [-1, 1])."""
         steering, throttle = (min(1.0, max(-1.0, float(value))) for value in action)
         before = self.state
-        self.state = self.car.step(before, steering, throttle, self.dt)
+        grade = 0.0
+        if self.track.has_elevation:  # the slope under the car, along its heading
+            here = self._here
+            grade = self.track.grade_at(here.s) * math.cos(before.yaw - here.heading)
+        self.state = self.car.step(before, steering, throttle, self.dt, grade=grade)
         self._controls = (steering, throttle)
         self._steps += 1
         self._distance_m += 0.5 * (before.speed + self.state.speed) * self.dt
@@ -216,7 +222,7 @@ class DrivingEnv(gymnasium.Env):
         self._progress_m += progress
         self._here = here
         reward, terminated, left = progress, False, None
-        if self.is_off_road(here.cte):
+        if self.is_off_road(here.cte, here.s):
             reward -= self.off_road_penalty
             left = (self.state.x, self.state.y, here.cte)
             if self.off_road == "terminate":

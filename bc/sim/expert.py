@@ -20,7 +20,7 @@ import numpy as np
 
 from bc.errors import ConfigError
 from bc.sim.car import (GRAVITY_MPS2, MPS_PER_MPH, ROAD_FRICTION, Car, CarState,
-                        angle_to_steering, make_car, steering_to_angle)
+                        angle_to_steering, gravity_along, make_car, steering_to_angle)
 from bc.sim.track import Track
 from bc.core.udacity import SAMPLE_PERIOD_S
 
@@ -38,26 +38,64 @@ RECOVERY_REACTION_S = 0.3  # a drift ends early enough for the expert to react t
 RECOVERY_DECEL_MPS2 = 2.0  # and then cancel the outward slide at this lateral deceleration
 
 
-def speed_profile(track: Track, top_speed: float, grip: float, brake: float) -> np.ndarray:
+def speed_profile(track: Track, top_speed: float, grip: float, brake: float,
+                  window_m: float = BEND_WINDOW_M, floor: float = MIN_SPEED_MPS) -> np.ndarray:
     """Highest planned speed (m/s) at every centreline sample: the bend limit
     v = sqrt(grip / curvature) (grip in m/s^2), lowered in advance so that the car never
     needs more than `brake` m/s^2, nor more than the grip the bend leaves (friction circle),
-    to slow down for a later bend."""
+    to slow down for a later bend; on a descent gravity takes away from the brakes (and adds
+    to them uphill), so braking for a bend at the foot of a hill starts earlier."""
     kappa = np.abs(track.curvature)
-    window = max(1, int(round(BEND_WINDOW_M / track.spacing)))
+    window = max(0, int(round(window_m / track.spacing)))
     kappa = np.max([np.roll(kappa, k) for k in range(-window, window + 1)], axis=0)
     v = np.minimum(top_speed, np.sqrt(grip / np.maximum(kappa, 1e-9)))
-    v = np.maximum(v, MIN_SPEED_MPS)
+    v = np.maximum(v, floor)
     ds = track.spacing
     n = len(v)
+    slope = GRAVITY_MPS2 * track.grade / np.sqrt(1.0 + track.grade ** 2)
     # two backward passes around the loop so the constraint wraps past the start line
     for _ in range(2):
         for i in range(2 * n - 1, -1, -1):
             j, k = i % n, (i + 1) % n
             lateral = v[k] ** 2 * kappa[k]
-            decel = min(brake, math.sqrt(max(grip * grip - lateral * lateral, 0.0)))
-            v[j] = min(v[j], math.sqrt(v[k] ** 2 + 2 * decel * ds))
+            decel = min(brake, math.sqrt(max(grip * grip - lateral * lateral, 0.0))) + slope[j]
+            v[j] = min(v[j], math.sqrt(max(v[k] ** 2 + 2 * decel * ds, 0.0)))
     return v
+
+
+def lap_time_bound(track: Track, car: Car | None = None, laps: float = 1.0) -> float:
+    """A physical bound on the time (s) to drive `laps` laps from a standing start: the
+    minimum-time speed profile along the centreline under the friction circle at the car's full
+    friction (no margin), its engine's acceleration, drag and top speed, and gravity along the
+    grades. No driver that keeps to the centreline is faster; cutting bends can beat it a little."""
+    standing, flying = bound_profile(track, car)
+    if laps <= 1.0:
+        return float(np.interp(laps * track.length, np.append(track.s, track.length), standing))
+    return float(standing[-1] + (laps - 1.0) * flying)
+
+
+def bound_profile(track: Track, car: Car | None = None) -> tuple[np.ndarray, float]:
+    """lap_time_bound's profile: the time (s) to reach each centreline sample (and the lap's
+    end) from a standing start, and the time of a flying lap (the next one)."""
+    car = car if car is not None else make_car()
+    mu_g = getattr(car, "friction", ROAD_FRICTION) * GRAVITY_MPS2
+    kappa = np.abs(track.curvature)
+    v = speed_profile(track, car.top_speed, mu_g, min(mu_g, car.max_brake), window_m=0.0,
+                      floor=0.0)
+    slope = GRAVITY_MPS2 * track.grade / np.sqrt(1.0 + track.grade ** 2)
+    ds, n = track.spacing, len(v)
+    speed, elapsed = 0.0, 0.0
+    times = np.zeros(2 * n + 1)
+    for step in range(2 * n):  # forward, two laps: as fast as the engine and the grip allow
+        j = step % n
+        lateral = speed * speed * kappa[j]
+        room = math.sqrt(max(mu_g * mu_g - lateral * lateral, 0.0))
+        accel = min(car.max_accel, room) - car.drag * speed - slope[j]
+        nxt = min(v[(j + 1) % n], math.sqrt(max(speed * speed + 2 * accel * ds, 0.0)))
+        elapsed += 2 * ds / max(speed + nxt, 1e-6)
+        times[step + 1] = elapsed
+        speed = nxt
+    return times[:n + 1], float(times[2 * n] - times[n])
 
 
 class Expert:
@@ -138,10 +176,18 @@ class Expert:
         lowest = -min(1.0, room / self.car.max_brake)
         integral = max(-SPEED_INTEGRAL_LIMIT,
                        min(SPEED_INTEGRAL_LIMIT, self._integral + error * self.dt))
-        command = SPEED_KP * error + SPEED_KI * integral
+        command = SPEED_KP * error + SPEED_KI * integral + self._hill(s)
         if lowest <= command <= 1.0:  # integrate only while the pedals are not at a limit
             self._integral = integral
-        return max(lowest, min(1.0, SPEED_KP * error + SPEED_KI * self._integral))
+        return max(lowest, min(1.0, SPEED_KP * error + SPEED_KI * self._integral + self._hill(s)))
+
+    def _hill(self, s: float) -> float:
+        """Feed-forward pedal that cancels gravity along the grade at s."""
+        grade = self.track.grade_at(s)
+        if not grade:
+            return 0.0
+        pull = gravity_along(grade)
+        return pull / (self.car.max_accel if pull > 0 else self.car.max_brake)
 
     def feedforward(self, s: float) -> float:
         """Steering that follows the centreline's bends with no feedback: the curvature where

@@ -1,4 +1,6 @@
-"""Tracks are data: a YAML file of closed centreline control points plus a road width.
+"""Tracks are data: a YAML file of closed centreline control points plus a road width, and
+optionally segments (bridge, dirt branch, markings, shadows, surfaces) and a height profile
+(bc/sim/segments.py has their schema).
 
 The centreline is a smooth periodic cubic spline through the points, resampled at a
 fixed arc-length spacing. Loading validates the geometry (enough points, finite
@@ -10,6 +12,7 @@ never as a strange drive later.
 from __future__ import annotations
 
 import math
+import re
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -22,6 +25,9 @@ from scipy.spatial import cKDTree
 
 from bc.errors import BcError
 from bc.sim.car import make_car
+from bc.sim.segments import (SIDES, Segment, height_profile, parse_elevation, parse_segments,
+                             reverse_segments, segment_maps)
+from bc.sim.segments import MAX_GRADE
 
 SAMPLE_SPACING_M = 0.25  # dense centreline resolution
 MIN_POINTS = 4
@@ -29,6 +35,8 @@ CLEARANCE_M = 1.0  # grass that must separate two parts of the road (and the ins
 MIN_CAR_RADIUS_M = make_car().min_turn_radius  # the car cannot follow a tighter bend at full lock
 RANDOM_TRIES = 200  # procedural tracks: attempts before giving up
 RANDOM_MIN_RADIUS_M = 14.0  # procedural tracks keep bends the expert can take at speed
+RANDOM_MAX_GRADE = 0.08  # procedural tracks: steepest grade of their height profile
+BRANCH_MARGIN_M = 1.0  # the dirt branch's open edge starts/ends this far beyond the fork
 SHIPPED_TRACKS_PACKAGE = "bc.sim"
 SHIPPED_TRACKS_DIR = "tracks"
 
@@ -86,6 +94,8 @@ class Track:
         theme: Mapping[str, Any] | None = None,
         source: str = "<memory>",
         spacing: float = SAMPLE_SPACING_M,
+        segments: Any = None,
+        elevation: Any = None,
     ) -> None:
         self.source = source
         self.name = str(name)
@@ -94,6 +104,103 @@ class Track:
         self.theme = _merge_theme(theme, source)
         self._build(spacing)
         self._validate_geometry()
+        try:
+            if segments and isinstance(segments[0], Segment):
+                self.segments = list(segments)
+            else:
+                self.segments = parse_segments(segments, self.length, self.width)
+            self.elevation = (elevation if isinstance(elevation, np.ndarray)
+                              else parse_elevation(elevation, self.length))
+        except ValueError as exc:
+            raise TrackError(f"{source}: {exc}") from None
+        self._build_profile()
+        self.branches = [self._branch(i, seg) for i, seg in enumerate(self.segments)
+                         if seg.kind == "dirt_branch"]
+        self.maps = segment_maps(self.segments, self.s, self.length, self.width,
+                                 [b["open"] for b in self.branches])
+        self.half_width = self.maps.half
+
+    # ------------------------------------------------------------------ segments, heights
+    def _build_profile(self) -> None:
+        self.z = height_profile(self.elevation, self.s, self.length)
+        self.grade = (np.roll(self.z, -1) - np.roll(self.z, 1)) / (2 * self.spacing)
+        self.has_elevation = bool(np.ptp(self.z) > 1e-6)
+        steep = int(np.argmax(np.abs(self.grade)))
+
+        if abs(self.grade[steep]) > MAX_GRADE:
+            raise TrackError(
+                f"{self.source}: elevation: the grade at s={self.s[steep]:.1f} m is "
+                f"{100 * self.grade[steep]:+.1f} %, steeper than {100 * MAX_GRADE:.0f} %; "
+                f"spread the [s, z] points or lower the heights")
+
+    def _branch(self, i: int, seg: Segment) -> dict[str, Any]:
+        """The dirt branch's rectangle (world corners), its centreline samples and the stretch
+        of road whose edge it opens; checked to stay clear of every other part of the road."""
+        p = seg.params
+        where = f"{self.source}: segments[{i}] (dirt_branch)"
+        x, y, heading = self.pose_at(seg.start)
+        side = SIDES[p["side"]]
+        theta = math.radians(p["angle_deg"])
+        forward = p["heading"] == "forward"
+        direction = heading + side * theta if forward else heading + math.pi - side * theta
+        ux, uy = math.cos(direction), math.sin(direction)
+        half, wb = self.width / 2.0, p["width"]
+        clear_at = (half + wb / 2.0) / math.sin(theta)  # the branch has left the road here
+        if p["length"] < clear_at + 5.0:
+            raise TrackError(f"{where}: length {p['length']:g} m is too short to leave the "
+                             f"road at {p['angle_deg']:g} degrees (needs > {clear_at + 5:.1f} m)")
+        d = np.arange(clear_at + 3.0, p["length"], 1.0)
+        centre = np.column_stack([x + d * ux, y + d * uy])
+        dist, idx = self._tree.query(centre)
+        need = half + wb / 2.0
+        bad = np.flatnonzero(dist < need)
+        if len(bad):
+            k = int(bad[0])
+            raise TrackError(
+                f"{where}: the branch runs into the road near x={centre[k, 0]:.1f}, "
+                f"y={centre[k, 1]:.1f} (s={self.s[idx[k]]:.1f} m, {dist[k]:.1f} m from its "
+                f"centreline, needs > {need:.1f} m); change at, side, angle_deg or length")
+        nx, ny = -uy * wb / 2.0, ux * wb / 2.0
+        end = (x + p["length"] * ux, y + p["length"] * uy)
+        corners = np.array([[x + nx, y + ny], [end[0] + nx, end[1] + ny],
+                            [end[0] - nx, end[1] - ny], [x - nx, y - ny]])
+        near = (half - wb / 2.0) / math.tan(theta) - BRANCH_MARGIN_M
+        far = (half + wb / 2.0) / math.tan(theta) + BRANCH_MARGIN_M
+        if forward:
+            opened = (seg.start + near, seg.start + far, p["side"])
+        else:
+            opened = (seg.start - far, seg.start - near, p["side"])
+        return {"corners": corners, "start": (x, y), "direction": (ux, uy),
+                "length": p["length"], "width": wb, "open": opened}
+
+    def half_width_at(self, s: float) -> float:
+        """The road's half width (m) at arc length s (narrower on a narrow bridge)."""
+        return float(self.half_width[int(round((float(s) % self.length) / self.spacing))
+                                     % len(self.s)])
+
+    def height_at(self, s: float) -> float:
+        """Road height (m) at arc length s."""
+        i = int(round((float(s) % self.length) / self.spacing)) % len(self.s)
+        return float(self.z[i])
+
+    def grade_at(self, s: float) -> float:
+        """Road grade dz/ds at arc length s along the driving direction (+ = uphill)."""
+        i = int(round((float(s) % self.length) / self.spacing)) % len(self.s)
+        return float(self.grade[i])
+
+    def reversed(self) -> "Track":
+        """The same road driven the other way: same start point, arc length in the new
+        direction, segments and heights mapped onto it."""
+        points = self.control_points
+        elevation = None
+        if self.elevation is not None:
+            s = (self.length - self.elevation[:, 0]) % self.length
+            order = np.argsort(s)
+            elevation = np.column_stack([s[order], self.elevation[order, 1]])
+        return Track(f"{self.name}-reverse", self.width, np.vstack([points[:1], points[:0:-1]]),
+                     self.theme, source=f"{self.source} (reversed)",
+                     segments=reverse_segments(self.segments, self.length),
+                     elevation=elevation)
 
     # ------------------------------------------------------------------ geometry
     def _build(self, spacing: float) -> None:
@@ -354,16 +461,18 @@ def track_from_dict(data: Any, source: str = "<memory>") -> Track:
         raise TrackError(
             f"{source}: expected a mapping with keys name, width, points (and optional theme)"
         )
-    unknown = set(data) - {"name", "width", "points", "theme"}
+    unknown = set(data) - {"name", "width", "points", "theme", "segments", "elevation"}
     if unknown:
         raise TrackError(
-            f"{source}: unknown keys {sorted(unknown)}; expected name, width, points, theme"
+            f"{source}: unknown keys {sorted(unknown)}; expected name, width, points, theme, "
+            f"segments, elevation"
         )
     for key in ("width", "points"):
         if key not in data:
             raise TrackError(f"{source}: missing required key '{key}'")
     name = data.get("name") or Path(source).stem
-    return Track(name, data["width"], data["points"], data.get("theme"), source=source)
+    return Track(name, data["width"], data["points"], data.get("theme"), source=source,
+                 segments=data.get("segments"), elevation=data.get("elevation"))
 
 
 def load_track_file(path: str | Path) -> Track:
@@ -400,15 +509,79 @@ def random_track(seed: int = 0) -> Track:
             continue
         if np.max(np.abs(track.curvature)) * RANDOM_MIN_RADIUS_M > 1.0:
             continue
-        return track
+        return _with_features(track, seed)
     raise TrackError(f"random(seed={seed}): no valid track after {RANDOM_TRIES} tries ({last})")
 
 
+def _with_features(track: Track, seed: int) -> Track:
+    """The procedural track with segments and a height profile drawn from its own stream of
+    `seed` (the shape's draws stay as they were): a bridge on the straightest stretch, a dirt
+    branch on the outside of a bend where it fits, a stretch of centre line, shadows, a worn
+    or wet surface, a stretch without markings; rolling hills up to RANDOM_MAX_GRADE."""
+    rng = np.random.default_rng([seed, 21])
+    length, n = track.length, len(track.s)
+    ks = int(rng.integers(3, 7))
+    s_knots = np.sort(rng.uniform(0, length, ks))
+    z_knots = rng.uniform(-1.0, 1.0, ks) * rng.uniform(3.0, 12.0)
+    elevation = np.column_stack([s_knots, z_knots])
+    z = height_profile(elevation, track.s, length)
+    steepest = float(np.max(np.abs(np.gradient(z, track.spacing))))
+    if steepest > RANDOM_MAX_GRADE:
+        elevation[:, 1] *= RANDOM_MAX_GRADE / steepest
+    elevation = np.round(elevation, 2)
+
+    def stretch(span: float) -> tuple[float, float]:
+        start = float(rng.uniform(0, length))
+        return math.floor(start * 10) / 10, math.floor((start + span) % length * 10) / 10
+
+    curv = np.abs(track.curvature)
+    window = int(50.0 / track.spacing)
+    straight = np.convolve(np.r_[curv, curv[:window]], np.ones(window), "valid")[:n]
+    i = int(np.argmin(straight))
+    segments: list[dict[str, Any]] = []
+    if rng.uniform() < 0.8:
+        a = float(track.s[i]) + 5.0
+        segments.append({"kind": "bridge", "from": math.floor(a % length * 10) / 10,
+                         "to": math.floor((a + rng.uniform(25, 40)) % length * 10) / 10,
+                         "width": round(float(track.width * rng.uniform(0.8, 1.0)), 2)})
+    a, b = stretch(rng.uniform(80, 200))
+    segments.append({"kind": "centre_line", "from": a, "to": b,
+                     "style": str(rng.choice(["solid", "double"]))})
+    for _ in range(int(rng.integers(1, 3))):
+        a, b = stretch(rng.uniform(40, 120))
+        segments.append({"kind": "shadows", "from": a, "to": b,
+                         "density": round(float(rng.uniform(0.3, 0.8)), 2)})
+    a, b = stretch(rng.uniform(30, 80))
+    segments.append({"kind": "surface", "from": a, "to": b,
+                     "surface": str(rng.choice(["worn", "wet"]))})
+    a, b = stretch(rng.uniform(20, 50))
+    segments.append({"kind": "no_markings", "from": a, "to": b})
+    for at in rng.uniform(0, length, 6):  # a dirt branch on the outside of a bend, if one fits
+        k = int(round(at / track.spacing)) % n
+        side = "right" if track.curvature[k] > 0 else "left"
+        branch = {"kind": "dirt_branch", "at": math.floor(at * 10) / 10, "side": side,
+                  "angle_deg": round(float(rng.uniform(8, 16)), 1),
+                  "length": round(float(rng.uniform(45, 60)), 1)}
+        try:
+            Track(track.name, track.width, track.control_points, track.theme,
+                  source=track.source, segments=[branch])
+        except TrackError:
+            continue
+        segments.append(branch)
+        break
+    return Track(track.name, track.width, track.control_points, track.theme,
+                 source=track.source, segments=segments, elevation=elevation.tolist())
+
+
 def load_track(spec: str | Path, seed: int = 0) -> Track:
-    """Resolve a track spec: a shipped name (`lake`, `mountain`), a YAML path, or `random`."""
-    text = str(spec)
+    """Resolve a track spec: a shipped name (`lake`, `jungle`, ...), a YAML path, `random:<n>`
+    (procedural track n), or `random` (shape from `seed`)."""
+    text = str(spec).strip()
     if text == "random":
         return random_track(seed)
+    match = re.fullmatch(r"random[:-](\d+)", text)
+    if match:
+        return random_track(int(match.group(1)))
     if text in shipped_tracks():
         ref = resources.files(SHIPPED_TRACKS_PACKAGE) / SHIPPED_TRACKS_DIR / f"{text}.yaml"
         with resources.as_file(ref) as path:
@@ -417,5 +590,5 @@ def load_track(spec: str | Path, seed: int = 0) -> Track:
         return load_track_file(text)
     raise TrackError(
         f"track {text!r}: not a shipped track ({', '.join(shipped_tracks())}), "
-        f"not 'random' and not a .yaml file path"
+        f"not 'random' / 'random:<n>' and not a .yaml file path"
     )

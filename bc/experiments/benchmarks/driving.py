@@ -67,14 +67,22 @@ from bc.experiments.pipeline import run_step
 from bc.inference.store import load_model
 from bc.tracking import find_run
 from bc.tracking import resolve_tracking_uri
+from bc.sim.env import resolve_track, reversed_track
+from bc.sim.expert import bound_profile
 
 EXPERT, BC, BC_SPEED = "expert", "bc", "bc_speed"
+BC_3CAM, BC_3CAM_AUG = "bc_3cam", "bc_3cam_aug"
 BC_SELECT, DAGGER = "bc_select", "dagger"
 METHODS = {  # leaderboard entries: name in the tables, what it is, train.py overrides
     EXPERT: ("expert", "pure pursuit + speed planned from curvature and friction, no camera",
              None),
-    BC: ("BC", "plain behavioral cloning: the network predicts the steering", ()),
-    BC_SPEED: ("BC+speed", "the same network with the target-speed output",
+    BC: ("BC", "plain behavioral cloning: the center camera's frames, no augmentation; the "
+         "network predicts the steering", ("data.cameras=[center]", "augmentation=none")),
+    BC_3CAM: ("BC 3 cameras", "the left and right cameras too, their labels corrected by "
+              "data.steering_correction; no augmentation", ("augmentation=none",)),
+    BC_3CAM_AUG: ("BC 3 cameras + aug", "three cameras and the default augmentation "
+                  "(conf/augmentation/default.yaml)", ()),
+    BC_SPEED: ("BC+speed", "three cameras, default augmentation and the target-speed output",
                ("model.outputs=[steering,speed]",)),
     BC_SELECT: ("BC, driving-score checkpoint", "plain BC on the same recording, the checkpoint "
                 "kept by eval/score on the trained track (bc/evaluation/callback.py), not val/loss", ()),
@@ -87,10 +95,13 @@ MEAN_COLUMN = "mean"  # the cells' mean, per seed, then over seeds
 HELD_OUT_COLUMN = "held-out mean"  # the same without the trained track's own cell
 # (key, label, format) of what the tables show, in order; all are in the JSON
 TABLES = (("autonomy", "Autonomy (%)", "{:.1f}"), ("pace_pct", "Pace vs expert (%)", "{:.1f}"),
+          ("bound_pct", "Pace vs the physical bound (%)", "{:.1f}"),
           ("interventions", "Interventions", "{:.1f}"),
           ("mean_abs_cte", "Mean |CTE| (m)", "{:.2f}"))
-CELL_KEYS = ("autonomy", "pace_pct", "interventions", "mean_abs_cte", "lap_time_s",
+CELL_KEYS = ("autonomy", "pace_pct", "bound_pct", "interventions", "mean_abs_cte", "lap_time_s",
              "mean_speed_mph", "progress_laps", "sim_time_s")
+SEPARATION_KEYS = ("autonomy", "mean_abs_cte")  # what the pairwise separation is judged on
+HEADROOM_POINTS = 10.0  # a cell has headroom when every method is this far below the expert
 FULL = 100.0  # % autonomy / pace of the expert at its own pace
 EVALUATORS = ("socketio", "vector")
 PHASES = ("record", "train", "eval")  # the wall-time split: timings keys start with these
@@ -124,10 +135,20 @@ def mean_ci(values: Sequence[float | None]) -> dict[str, Any]:
     return out
 
 
-def cell_metrics(result: Any, expert: Any) -> dict[str, Any]:
-    """What the leaderboard keeps of one drive (a DriveResult) against the expert's."""
+def cell_metrics(result: Any, expert: Any, bound: Any = None) -> dict[str, Any]:
+    """What the leaderboard keeps of one drive (a DriveResult) against the expert's and the
+    physical bound: `bound_pct` = the bound's time to the same progress from a standing start
+    (`bound`: the cell's bc.sim.expert.bound_profile) / the drive's time x 100."""
 
     metrics = {**compute_metrics(result), "pace_pct": relative_pace(result, expert)}
+    progress, elapsed = metrics["progress_laps"], metrics["sim_time_s"]
+    metrics["bound_pct"] = None
+    if bound is not None and progress and elapsed:
+        standing, flying = bound
+        fraction = np.linspace(0.0, 1.0, len(standing))
+        ideal = (float(np.interp(progress, fraction, standing)) if progress <= 1.0
+                 else float(standing[-1] + (progress - 1.0) * flying))
+        metrics["bound_pct"] = 100.0 * ideal / elapsed
     return {**{key: metrics[key] for key in CELL_KEYS}, "stop_reason": metrics["stop_reason"]}
 
 
@@ -237,6 +258,17 @@ class DrivingBenchmark(Pipeline):
                                                     reverse=cell.reverse, speed_mph=speed_mph)
         return self._expert_drives[key]
 
+    def bound(self, cell: Cell) -> tuple[np.ndarray, float]:
+        """The physical lap-time bound's profile of a cell's road and direction
+        (bc.sim.expert.bound_profile), cached."""
+
+        bounds = self.__dict__.setdefault("_bounds", {})
+        key = (cell.track, cell.reverse)
+        if key not in bounds:
+            track = resolve_track(cell.track)
+            bounds[key] = bound_profile(reversed_track(track) if cell.reverse else track)
+        return bounds[key]
+
     @cached_property
     def expert_mean_mph(self) -> float:
         """The expert's mean speed over its drive of the trained track (plain BC's pace)."""
@@ -247,7 +279,8 @@ class DrivingBenchmark(Pipeline):
         """{pace: {cell: metrics}} of the expert: at its own pace, and capped at set_speed."""
         speeds = {"expert": None, "fixed": self.set_speed}
         return {pace: {cell.name: cell_metrics(self.expert_drive(cell, speeds[pace]),
-                                               self.expert_drive(cell, None))
+                                               self.expert_drive(cell, None),
+                                               self.bound(cell))
                        for cell in self.cells()} for pace in self.paces}
 
     # -- one seed -----------------------------------------------------------------------------
@@ -271,7 +304,7 @@ class DrivingBenchmark(Pipeline):
                 drive = AutonomousDrive(
                     laps=self.eval_laps, port=server["port"], seed=cell.lighting_seed(seed),
                     reverse=cell.reverse, max_steps=math.ceil(self.max_time_factor * expert.steps))
-                metrics = cell_metrics(drive.drive(cell.track), expert)
+                metrics = cell_metrics(drive.drive(cell.track), expert, self.bound(cell))
                 (folder / f"{cell.name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
                 print(f"[seed {seed}]   {cell.name:<22} autonomy {metrics['autonomy']:5.1f} %  "
                       f"pace {metrics['pace_pct']:5.1f} %  interventions "
@@ -390,7 +423,7 @@ class DrivingBenchmark(Pipeline):
         paired by training seed: mean ± 95 % CI of the difference, per cell and over cells;
         and under "vs_bc", each of BC_SELECT and DAGGER minus plain BC at the first pace."""
         names = [cell.name for cell in self.cells()]
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"pairs": self.pairs(results)}
         if BC in self.methods:
             pace = self.paces[0]
             out["vs_bc"] = {method: {key: self.paired(results, method, BC, pace, key)
@@ -423,6 +456,42 @@ class DrivingBenchmark(Pipeline):
                                      for a, b in pairs])
         return diffs
 
+    def pairs(self, results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Every pair of methods at the first pace: the paired difference (first minus second,
+        by seed) per cell for SEPARATION_KEYS, and the cells where it is separated: its 95 %
+        interval leaves out zero."""
+        pace = self.paces[0]
+        names = [cell.name for cell in self.cells()]
+        out = []
+        for i, first in enumerate(self.methods):
+            for second in self.methods[i + 1:]:
+                diffs = {key: self.paired(results, first, second, pace, key)
+                         for key in SEPARATION_KEYS}
+                separated = {key: [name for name in names if _separated(diffs[key][name])]
+                             for key in SEPARATION_KEYS}
+                out.append({"methods": [first, second], "pace": pace, "differences": diffs,
+                            "separated_cells": separated})
+        return out
+
+    def criteria(self, summary: Mapping[str, Any], comparison: Mapping[str, Any]
+                 ) -> dict[str, Any]:
+        """Does the benchmark rank methods (at the first pace)? The expert at 100 % on every
+        cell; a cell where every method is HEADROOM_POINTS autonomy points below it; at least
+        two pairs of methods separated (95 % intervals) on autonomy on at least one cell."""
+        pace = self.paces[0]
+        names = [cell.name for cell in self.cells()]
+        expert = summary[EXPERT][pace]
+        expert_full = all(expert[name]["autonomy"]["mean"] >= FULL - 1e-9 for name in names)
+        headroom_cells = [name for name in names if all(
+            summary[method][pace][name]["autonomy"]["mean"] is not None
+            and summary[method][pace][name]["autonomy"]["mean"]
+            <= expert[name]["autonomy"]["mean"] - HEADROOM_POINTS for method in self.methods)]
+        separated = [pair["methods"] for pair in comparison.get("pairs", [])
+                     if pair["separated_cells"]["autonomy"]]
+        return {"pace": pace, "expert_full": expert_full, "headroom_cells": headroom_cells,
+                "separated_pairs": separated,
+                "ranks": bool(expert_full and headroom_cells and len(separated) >= 2)}
+
     def headroom(self, summary: Mapping[str, Any]) -> dict[str, Any]:
         """The cells where plain BC (else the first method) falls below the expert's 100 %
         autonomy or pace (mean over seeds), at each pace."""
@@ -436,7 +505,8 @@ class DrivingBenchmark(Pipeline):
                 "hard_enough": any(below.values())}
 
     def format_markdown(self, summary: Mapping[str, Any], comparison: Mapping[str, Any],
-                        headroom: Mapping[str, Any], seeds: Sequence[int], wall_s: float) -> str:
+                        headroom: Mapping[str, Any], seeds: Sequence[int], wall_s: float,
+                        criteria: Mapping[str, Any] | None = None) -> str:
         """The tables (one per metric; a row per method and pace, a column per cell) and the
         verdicts, as markdown."""
         names = [cell.name for cell in self.cells()] + [MEAN_COLUMN, HELD_OUT_COLUMN]
@@ -480,6 +550,25 @@ class DrivingBenchmark(Pipeline):
             lines.append(f"- {METHODS[BC_SPEED][0]} at its own predicted speed minus the same "
                          f"models at {self.set_speed:g} mph (paired by seed, mean over cells): "
                          + "; ".join(parts))
+        for pair in comparison.get("pairs", []):
+            first, second = pair["methods"]
+            cells = pair["separated_cells"]
+            if not any(cells.values()):
+                continue
+            parts = [f"{_cell(pair['differences'][key][name], fmt)} {unit} on {name}"
+                     for key, unit, fmt in (("autonomy", "autonomy points", "{:+.1f}"),
+                                            ("mean_abs_cte", "m mean |CTE|", "{:+.3f}"))
+                     for name in cells[key]]
+            lines.append(f"- {METHODS[first][0]} minus {METHODS[second][0]} (paired by seed, "
+                         f"95 % interval leaves out 0): " + "; ".join(parts))
+        if criteria is not None:
+            lines.append(
+                f"- ranking criterion ({criteria['pace']} pace): expert at 100 % on every cell: "
+                f"{'yes' if criteria['expert_full'] else 'NO'}; cells where every method is "
+                f"≥ {HEADROOM_POINTS:g} autonomy points below it: "
+                f"{', '.join(criteria['headroom_cells']) or 'none'}; pairs of methods separated "
+                f"on autonomy: {len(criteria['separated_pairs'])} (≥ 2 needed) -> "
+                f"{'the benchmark ranks methods' if criteria['ranks'] else 'NOT MET'}")
         title = METHODS[headroom["method"]][0]
         for pace in self.paces:
             below = headroom["cells_below_expert"][pace]
@@ -508,6 +597,7 @@ class DrivingBenchmark(Pipeline):
         summary = self.summarize(results)
         comparison = self.comparison(results)
         headroom = self.headroom(summary)
+        criteria = self.criteria(summary, comparison)
         seeds = [result["seed"] for result in results]
         entries = []
         for method in (EXPERT, *self.methods):
@@ -542,8 +632,9 @@ class DrivingBenchmark(Pipeline):
                       "fixed": f"set speed {self.set_speed:g} mph"},
             "expert_mean_mph": self.expert_mean_mph,
             "entries": entries, "comparison": comparison, "headroom": headroom,
-            "per_seed": list(results),
-            "markdown": self.format_markdown(summary, comparison, headroom, seeds, wall_s),
+            "criteria": criteria, "per_seed": list(results),
+            "markdown": self.format_markdown(summary, comparison, headroom, seeds, wall_s,
+                                             criteria),
         }
 
     def write(self, results: Sequence[Mapping[str, Any]], wall_s: float,
@@ -568,6 +659,12 @@ class DrivingBenchmark(Pipeline):
         payload = self.write(results, wall_s, final=True)
         print("\n" + payload["markdown"] + "\nleaderboard: " + ", ".join(payload["paths"]),
               flush=True)
+
+
+def _separated(diff: Mapping[str, Any]) -> bool:
+    """A paired difference whose 95 % interval leaves out zero."""
+    return (diff["mean"] is not None and diff["ci95"] is not None
+            and abs(diff["mean"]) > diff["ci95"])
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
