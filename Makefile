@@ -58,10 +58,14 @@ endif
 # Two test processes (the tests are mostly single-threaded subprocesses); a file's tests stay in one.
 PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
 
+# The import contracts (.importlinter: layers without cycles) first: seconds, and a broken one
+# says which import to move.
 test: install postgres chromium
+	$(VENV)/bin/lint-imports
 	$(PYTEST) -m "not slow"
 
 test-all: install postgres chromium
+	$(VENV)/bin/lint-imports
 	$(PYTEST)
 
 demo: install
