@@ -3,7 +3,7 @@
 The command `python -m bc.commands.benchmark` (bc/commands/benchmark.py) under the name the docs show.
 """
 
-from bc.commands.benchmark import main
+from bc.commands.benchmark import start
 
 if __name__ == "__main__":
-    main()
+    start()

@@ -3,7 +3,7 @@
 The command `python -m bc.commands.review` (bc/commands/review.py) under the name the docs show.
 """
 
-from bc.commands.review import main
+from bc.commands.review import start
 
 if __name__ == "__main__":
-    main()
+    start()

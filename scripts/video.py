@@ -3,7 +3,7 @@
 The command `python -m bc.commands.video` (bc/commands/video.py) under the name the docs show.
 """
 
-from bc.commands.video import main
+from bc.commands.video import start
 
 if __name__ == "__main__":
-    main()
+    start()

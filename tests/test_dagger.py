@@ -122,7 +122,7 @@ def test_dagger_benchmark_compares_at_equal_labels_on_the_held_out_cells(tmp_pat
     from bc.experiments.benchmarks.driving import DrivingBenchmark
 
     bench = instantiate(compose_config("benchmark", ["benchmark=dagger"]), _convert_="all")
-    assert bench.methods == ["bc", "bc_select", "dagger"] and bench.paces == ["expert"]
+    assert bench.methods == ["bc_3cam_aug", "bc_select", "dagger"] and bench.paces == ["expert"]
     assert f"max_rows={bench.labels}" in bench.record_overrides  # BC's recording: the budget
     assert [cell.name for cell in bench.cells()][0] == "lake" and len(bench.seeds) >= 3
     assert "callbacks.model_checkpoint.monitor=eval/score" in bench.select_overrides(0)

@@ -61,6 +61,7 @@ COMPOSE_TIMEOUT_S = 120
 SUBSTITUTIONS: list[tuple[str, str, str]] = [
     (r"(^|\s)\.venv/bin/(\w+)", r"\1" + str(BIN) + r"/\2", "the environment the tests run in"),
     (r"^mlflow ", str(BIN / "mlflow") + " ", "the environment's mlflow"),
+    (r"^python ", str(BIN / "python") + " ", "the environment's python (the docs assume it is active)"),
     (r"(^|\s)scripts/", r"\1" + str(REPO / "scripts") + "/", "the repository's scripts, from the working folder"),
     (r"/path/to/(rec\d)", r"data/\1", "two generated recordings (the Unity format)"),
     (r"<run id>|<id>|<the parent run id it prints>", "latest", "the newest finished run"),
@@ -83,6 +84,7 @@ SHORT: dict[str, list[str]] = {
 # data): composition-checked here, run there (the test must exist). This keeps `make test`
 # within its budget; a command not listed here, and not marked, is run by this file.
 COVERED: list[tuple[str, str]] = [
+    (r"review\.py", "test_review.py::test_script_prints_the_url_binds_loopback_and_reports_bad_input"),
     (r"trainer=ddp_cpu", "test_scale_train.py::test_ddp_on_two_cpu_processes_is_one_run_whose_model_serves"),
     (r"-m hydra/launcher=parallel", "test_tracking_concurrency.py::test_parallel_sweep_with_default_loader_workers_shares_one_store"),
     (r"evaluate\.py .*jobs=2", "test_scale_evaluate.py::test_two_tracks_in_parallel_processes_one_table_one_run"),

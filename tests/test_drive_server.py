@@ -40,7 +40,7 @@ with warnings.catch_warnings():  # socketio 4.6.1 imports eventlet, which announ
 
 EXPERIMENT = "drive-test"
 MAX_MESSAGE_BYTES = 100_000
-TRANSPORT_LIMIT = 4 * MAX_MESSAGE_BYTES  # bc.drive.server.TRANSPORT_LIMIT_FACTOR
+TRANSPORT_LIMIT = 4 * MAX_MESSAGE_BYTES  # bc.drive.listener.TRANSPORT_LIMIT_FACTOR
 FRAME_NAME = re.compile(r"^\d{4}_\d{2}_\d{2}_\d{2}_\d{2}_\d{2}_\d{3}(_\d+)?\.jpg$")
 SAFE_STEER = "0.000000"
 BRAKE = "-0.500000"
@@ -166,7 +166,7 @@ def test_speed_control_accelerates_slow_car_and_brakes_fast_car(server):
 
 
 def test_a_second_server_cannot_take_the_port(server):
-    from bc.drive.server import listen
+    from bc.drive.listener import listen
 
     with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{server['port']}"):
         listen("127.0.0.1", server["port"])

@@ -259,7 +259,7 @@ def test_overwrite_refuses_a_folder_holding_anything_else(tmp_path, monkeypatch)
 
 
 def test_fast_websocket_unmasking_matches_the_rfc():
-    from bc.drive.server import xor_unmask
+    from bc.drive.transport import xor_unmask
 
     rng = np.random.default_rng(0)
     data = rng.integers(0, 256, 1001, dtype=np.uint8).tobytes()
@@ -292,7 +292,8 @@ def test_listener_settings_are_checked_where_the_listener_is_built(compose, over
 
 
 def test_drive_config_builds_its_objects(compose, tmp_path):
-    from bc.drive.server import DriveServer, Listener
+    from bc.drive.listener import Listener
+    from bc.drive.server import DriveServer
 
     cfg = compose("drive", ["port=0", "set_speed=12", f"image_folder={tmp_path / 'run'}",
                             "max_message_bytes=5000"])

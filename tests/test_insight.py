@@ -245,11 +245,8 @@ def read_video(path: Path) -> list[np.ndarray]:
 def test_video_script_draws_a_run_models_saliency(trained, tmp_path, capsys):
     """scripts/video.py <frames> saliency=true run_id=...: the run's saliency on a drive's frames
     (its `make` with the composed config; tests/test_video.py runs the script itself)."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import video as video_script
-    finally:
-        sys.path.pop(0)
+    from bc.commands import video as video_script
+
     with FrameRecorder(tmp_path / "drive", overwrite=False) as recorder:
         for index in range(6):
             recorder.record(make_jpeg(index), steering=0.1, throttle=0.3, speed=9.0)

@@ -86,11 +86,11 @@ def test_a_trained_run_through_the_mlflow_server_rest_api(tmp_path: Path, monkey
         mlmodel = get(f"{server}/ajax-api/2.0/mlflow/logged-models/{output['model_id']}/artifacts/files?"
                       + urllib.parse.urlencode({"artifact_file_path": "MLmodel"})).decode()
         assert str(tmp_path) not in mlmodel and "/tmp" not in mlmodel.replace(str(tmp_path), "")
-        assert "model_code_path: mlflow_model.py" in mlmodel
+        assert "model_code_path: pyfunc.py" in mlmodel
         listed = {item["path"] for folder in ("", "artifacts/model") for item in rest(
             server, f"logged-models/{output['model_id']}/artifacts/directories",
             **({"artifact_directory_path": folder} if folder else {}))["files"]}
-        assert {"MLmodel", "mlflow_model.py", "artifacts/model/model.onnx", "artifacts/model/model.ts",
+        assert {"MLmodel", "pyfunc.py", "artifacts/model/model.onnx", "artifacts/model/model.ts",
                 "artifacts/model/weights.pt", "artifacts/model/model.yaml"} <= listed
         # The registered version and its alias.
         version = rest(server, "registered-models/alias", name=NAME, alias="champion")["model_version"]

@@ -39,7 +39,7 @@ def jpegs() -> list[bytes]:
     return simulator_frames(count=8)
 
 
-def fitted(net: torch.nn.Module, batch: torch.Tensor, spread: float = 0.1, max_steps: int = 80) -> torch.nn.Module:
+def fitted(net: torch.nn.Module, batch: torch.Tensor, spread: float = 0.1, max_steps: int = 200) -> torch.nn.Module:
     """``net`` after Adam steps towards spread targets on ``batch`` until its outputs' std
     reaches ``spread``: weights shaped by training, whose outputs differ frame to frame like a
     trained model's (an untrained PilotNet answers ~0 everywhere, where any difference looks small)."""

@@ -85,13 +85,13 @@ def test_the_logged_model_is_code_plus_files_and_pyfunc_predicts_like_the_drive_
     assert model.params["_target_"] == "bc.models.small.SmallNet"
     files = {item.path for item in client.list_logged_model_artifacts(model.model_id)}
     files |= {item.path for item in client.list_logged_model_artifacts(model.model_id, "artifacts/model")}
-    assert {"MLmodel", "mlflow_model.py", "artifacts/model/weights.pt", "artifacts/model/model.yaml",
+    assert {"MLmodel", "pyfunc.py", "artifacts/model/weights.pt", "artifacts/model/model.yaml",
             "artifacts/model/model.ts", "artifacts/model/model.onnx"} <= files
     assert not [name for name in files if name.endswith((".pkl", ".pickle", ".cloudpickle"))]
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{model.artifact_location}/MLmodel",
                                                      tracking_uri=store["uri"]))
     pyfunc = yaml.safe_load(local.read_text())["flavors"]["python_function"]
-    assert pyfunc["model_code_path"] == "mlflow_model.py" and "python_model" not in pyfunc
+    assert pyfunc["model_code_path"] == "pyfunc.py" and "python_model" not in pyfunc
     assert pyfunc["artifacts"] == {"model": {"path": "artifacts/model"}}  # no local temporary path
 
     with registry.fluent_tracking_uri(store["uri"]):

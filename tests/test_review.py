@@ -91,7 +91,7 @@ def drive_output(tmp_path_factory) -> Path:
         frame, _, _, _, info = env.step((0.45, 0.4))
         infos.append(info)
     writer.close()
-    result = DriveResult.from_steps(env, infos, 1.0, frames=DRIVE_STEPS, realtime=False)
+    result = DriveResult.from_steps(env.track, env.dt, infos, 1.0, frames=DRIVE_STEPS, realtime=False)
     assert len(result.intervention_steps) >= 1
     write_json(compute_metrics(result), out / "metrics.json")
     write_trajectory_csv(result, out / "trajectory.csv")

@@ -13,7 +13,8 @@ from bc.sim.camera import Renderer, paint_world, road_field
 from bc.sim.car import CarState, make_car
 from bc.sim.env import DrivingEnv, resolve_track
 from bc.sim.expert import Expert, lap_time_bound, speed_profile
-from bc.evaluation.metrics import compute_metrics, expert_drive
+from bc.evaluation.expert import expert_drive
+from bc.evaluation.metrics import compute_metrics
 from bc.sim.track import Track, TrackError, load_track, random_track
 
 # an oval: two 120 m straights joined by 40 m radius bends (~490 m a lap)

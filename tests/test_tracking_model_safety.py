@@ -146,7 +146,7 @@ def test_a_registered_version_is_loaded_without_running_its_code(tmp_path: Path,
     model_id, version = model_store.log_model(run_id, build_model(config), config, uri, register="shared")
     folder = Path(client.get_logged_model(model_id).artifact_location.removeprefix("file://"))
     code_ran = tmp_path / "code-ran"
-    (folder / "mlflow_model.py").write_text(
+    (folder / "pyfunc.py").write_text(
         f"open({str(code_ran)!r}, 'w').close()\n"
         "import pandas as pd\nfrom mlflow.models import set_model\nfrom mlflow.pyfunc import PythonModel\n"
         "class Any(PythonModel):\n    def predict(self, context, model_input: pd.DataFrame, params=None):\n"

@@ -79,11 +79,8 @@ def test_video_script_accepts_folder_override_and_reports_errors(tmp_path):
 
 
 def test_positional_folder_is_rewritten_to_a_quoted_override():
-    sys.path.insert(0, str(VIDEO_SCRIPT.parent))
-    try:
-        import video as video_script
-    finally:
-        sys.path.pop(0)
+    from bc.commands import video as video_script
+
     assert video_script.positional_to_override(["video.py", "runs/a b", "fps=5"]) == [
         "video.py", "folder='runs/a b'", "fps=5"]
     assert video_script.positional_to_override(["video.py", "folder=x"]) == ["video.py", "folder=x"]

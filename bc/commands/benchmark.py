@@ -29,7 +29,12 @@ def main(cfg: DictConfig) -> None:
     run("benchmark.py", lambda: instantiate(cfg, _convert_="all").run())
 
 
-if __name__ == "__main__":
+def start() -> None:
+    """The command line as users type it (a leading positional argument allowed)."""
     if len(sys.argv) > 1 and not sys.argv[1].startswith("-") and "=" not in sys.argv[1]:
         sys.argv[1] = f"benchmark={sys.argv[1]}"
     main()
+
+
+if __name__ == "__main__":
+    start()

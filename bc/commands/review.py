@@ -39,9 +39,14 @@ def main(cfg: DictConfig) -> None:
     run("review.py", lambda: review(cfg))
 
 
-if __name__ == "__main__":
+def start() -> None:
+    """The command line as users type it (a leading positional argument allowed)."""
     if len(sys.argv) > 1 and not sys.argv[1].startswith("-") and "=" not in sys.argv[1]:
         folder = sys.argv[1]
         plain = all(char.isalnum() or char in "/._-~" for char in folder)
         sys.argv[1] = f"path={folder}" if plain else f"path='{folder}'"  # Hydra's quoting
     main()
+
+
+if __name__ == "__main__":
+    start()

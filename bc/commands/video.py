@@ -75,6 +75,11 @@ def main(cfg: DictConfig) -> None:
     run("video.py", lambda: make(cfg))
 
 
-if __name__ == "__main__":
+def start() -> None:
+    """The command line as users type it (a leading positional argument allowed)."""
     sys.argv = positional_to_override(sys.argv)
     main()
+
+
+if __name__ == "__main__":
+    start()

@@ -15,6 +15,9 @@ Batches leave the frame cache as uint8 and are augmented and colour-converted wh
 workers, the CPU's cores; `auto` on a CPU), or `device` (`auto` on a GPU: the uint8 batch is
 moved there, from pinned memory without blocking, and made ready in
 `on_after_batch_transfer`, so the CPU does little more than copy cached bytes).
+
+Length: one Lightning datamodule whose setup is one pipeline (read, exclude, split, balance,
+cameras, cache); its steps share the table they pass along, so they stay together.
 """
 
 from __future__ import annotations

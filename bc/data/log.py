@@ -16,6 +16,9 @@ recording rather than a damaged row: a comma-decimal locale (`0,25` cannot be pa
 unambiguously) and frames of another size than the others (or than the model's).
 A JPEG whose scan data is corrupt only shows when it is decoded: the datamodule decodes
 every frame when it builds its frame cache (`bc.data.dataset.FrameCache.fill`).
+
+Length: the Udacity log's variants (header or not, Windows paths, comma decimals, sample
+data's separators) and every bad-row rule with its one-line message live in one reader.
 """
 
 from __future__ import annotations

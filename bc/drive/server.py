@@ -36,7 +36,7 @@ Adjustments to the stack (`create_app`, `serve`):
   would otherwise take the next frame as the attachment and swallow it);
 - a connection reset while eventlet answers a bad request no longer leaks its descriptor
   (`transport.BoundedHttpProtocol`); running out of descriptors makes ``accept`` wait and retry
-  instead of ending the server (`_PatientListener`); connections idle for
+  instead of ending the server (`bc.drive.listener.PatientListener`); connections idle for
   ``idle_timeout_s`` before their websocket upgrade are closed;
 - eventlet's default ``SO_REUSEPORT`` is off (a second server on 4567 fails instead of
   sharing the port).
@@ -44,7 +44,6 @@ Adjustments to the stack (`create_app`, `serve`):
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
@@ -52,7 +51,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 import warnings
 from dataclasses import dataclass
 from functools import partial
@@ -64,8 +62,9 @@ from bc.core import udacity
 from bc.drive.controller import SpeedController
 from bc.drive.frames import FrameRecorder
 from bc.inference.predictor import Prediction, Predictor, decode_base64
+from bc.drive.listener import ListenError, Listener, PatientListener
 from bc.drive.transport import (GreenTask, RequestLimits, SessionEngineIO, bound_websocket,
-                                 http_protocol)
+                                 http_protocol, install_patches)
 from bc.errors import EXIT_INTERRUPTED, BcError, ConfigError
 
 # eventlet's green DNS resolver (dnspython, ~0.13 s of startup) is not needed: we resolve
@@ -84,31 +83,15 @@ with warnings.catch_warnings():
 LOG = logging.getLogger("bc.drive")
 
 PROG = "drive.py"
-MAX_PORT = 65535
-# Messages up to this many times max_message_bytes are read and answered with the safe
-# reply; larger requests and websocket messages are refused by the transport (HTTP 413 /
-# close code 1009, connection closed) so memory stays bounded: the default of
-# max_request_bytes. The server itself keeps running either way.
-TRANSPORT_LIMIT_FACTOR = 4
 SAFE_BRAKE_THROTTLE = -0.5
 # Engine.IO packet types a client may send that need no reply: ping (answered by
 # engine.io), close, pong, upgrade, noop. "4" (message) carries Socket.IO packets.
 ENGINEIO_CONTROL = frozenset("12356")
 ENGINEIO_MESSAGE = "4"
-# accept() errors: out of descriptors or memory -> wait and retry; a connection that died
-# in the backlog -> retry at once. Anything else is a real error.
-ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-ACCEPT_TRANSIENT = frozenset({errno.ECONNABORTED, errno.ECONNRESET, errno.EPROTO, errno.EPIPE,
-                              errno.ENOTCONN, errno.ESHUTDOWN, errno.EINTR})
-ACCEPT_BACKOFF_S = (0.01, 1.0)  # first and longest wait between accept retries
 
 
 class BadTelemetry(BcError, ValueError):
     """A message that cannot be used; the message names the field or packet."""
-
-
-class ListenError(BcError, OSError):
-    """The server cannot listen on its address."""
 
 
 @dataclass(frozen=True)
@@ -321,19 +304,6 @@ def _parse_packet(data: Any) -> sio_packet.Packet:
     return pkt
 
 
-def xor_unmask(data: bytes, mask: tuple[int, ...] | bytes, length: int | None = None,
-               offset: int = 0) -> bytes:
-    """Drop-in for eventlet's ``RFC6455WebSocket._apply_mask``, which unmasks client frames
-    one byte at a time in Python (~5 ms for one camera frame, more than the model takes):
-    the same bytes from a single big-integer XOR."""
-    if length is None:
-        length = len(data)
-    key = bytes(mask[(offset + i) % 4] for i in range(4))
-    stream = (key * (length // 4 + 1))[:length]
-    value = int.from_bytes(bytes(data[:length]), "little") ^ int.from_bytes(stream, "little")
-    return value.to_bytes(length, "little")
-
-
 def create_app(drive: DriveServer, limits: RequestLimits | None = None,
                ) -> tuple[socketio.Server, Callable]:
     """The Socket.IO server and the WSGI app (Flask behind Socket.IO) serving ``drive``;
@@ -342,7 +312,6 @@ def create_app(drive: DriveServer, limits: RequestLimits | None = None,
         limits = Listener("127.0.0.1", 0, 60).limits(drive.max_message_bytes)
     for name in ("engineio.server", "socketio.server"):  # per-connection chatter at INFO
         logging.getLogger(name).setLevel(logging.WARNING)
-    eventlet.websocket.RFC6455WebSocket._apply_mask = staticmethod(xor_unmask)
     sio = _GuardedSocketIO(
         drive, async_mode="eventlet", logger=False, engineio_logger=False,
         always_connect=True,  # send "40" before our connect-time steer (python clients like it)
@@ -386,101 +355,6 @@ def create_app(drive: DriveServer, limits: RequestLimits | None = None,
     return sio, socketio.WSGIApp(sio, flask_app)
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host``:``port`` (port 0 picks a free one); ``ListenError``
-    when the address is in use."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        # eventlet sets SO_REUSEPORT by default: a forgotten server on 4567 would then share
-        # the port silently and the simulator would reach either one.
-        return eventlet.listen((host, port), family=family, reuse_port=False)
-    except OSError as error:
-        raise ListenError(f"cannot listen on {host}:{port}: {error.strerror or error} "
-                          "(is another drive server or program using the port?)") from None
-
-
-@dataclass(frozen=True)
-class Listener:
-    """Where the server listens, how long a connection may idle before its websocket
-    upgrade, and how big and slow one request may be (conf/drive.yaml ``host``, ``port``,
-    ``idle_timeout_s``, ``request_timeout_s``, ``max_request_bytes``; None:
-    ``TRANSPORT_LIMIT_FACTOR`` x ``max_message_bytes``)."""
-
-    host: str
-    port: int
-    idle_timeout_s: float
-    request_timeout_s: float = 10.0
-    max_request_bytes: int | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.host, str) or not self.host:
-            raise ConfigError(f"host: expected an address such as 127.0.0.1, got {self.host!r}")
-        if isinstance(self.port, bool) or not isinstance(self.port, int) \
-                or not 0 <= self.port <= MAX_PORT:
-            raise ConfigError(f"port: expected an integer in 0..{MAX_PORT}, got {self.port!r}")
-        for name in ("idle_timeout_s", "request_timeout_s"):
-            timeout = getattr(self, name)
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
-                    or not 0 < timeout < math.inf:
-                raise ConfigError(f"{name}: expected a number of seconds > 0, got {timeout!r}")
-        size = self.max_request_bytes
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            raise ConfigError(f"max_request_bytes: expected an integer >= 1 or null, got {size!r}")
-
-    def limits(self, max_message_bytes: int) -> RequestLimits:
-        """The request bounds, ``max_request_bytes`` defaulting to
-        ``TRANSPORT_LIMIT_FACTOR`` x ``max_message_bytes``."""
-        size = self.max_request_bytes
-        return RequestLimits(
-            max_request_bytes=TRANSPORT_LIMIT_FACTOR * max_message_bytes if size is None else size,
-            request_timeout_s=self.request_timeout_s, idle_timeout_s=self.idle_timeout_s)
-
-    def check_free(self) -> None:
-        """Fail now if the port is taken, without keeping it: tools (and the simulator) take
-        an open port to mean "serving", so it is opened for real only when ready."""
-        if self.port:
-            listen(self.host, self.port).close()
-
-    def open(self) -> socket.socket:
-        return listen(self.host, self.port)
-
-
-class _PatientListener:
-    """The listening socket as eventlet's WSGI server sees it, with an ``accept`` that waits
-    and retries when the process is out of descriptors (eventlet would re-raise ``EMFILE``
-    and end the server) or a connection died in the backlog (eventlet would stop serving)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._exhausted_since: float | None = None
-
-    def accept(self) -> tuple[socket.socket, Any]:
-        delay, longest = ACCEPT_BACKOFF_S
-        while True:
-            try:
-                accepted = self._sock.accept()
-            except OSError as error:
-                if error.errno in ACCEPT_TRANSIENT:
-                    continue
-                if error.errno not in ACCEPT_EXHAUSTED:
-                    raise
-                if self._exhausted_since is None:
-                    self._exhausted_since = time.monotonic()
-                    LOG.warning("cannot accept connections (%s); retrying while connected "
-                                "clients are served", error.strerror or error)
-                eventlet.sleep(delay)
-                delay = min(2 * delay, longest)
-                continue
-            if self._exhausted_since is not None:
-                LOG.warning("accepting connections again after %.1f s",
-                            time.monotonic() - self._exhausted_since)
-                self._exhausted_since = None
-            return accepted
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-
 def _stop_on_signals(drive: DriveServer) -> None:
     """SIGINT / SIGTERM: flush the recorder and exit at once (eventlet's server would
     otherwise wait for the simulator to hang up). Ctrl-C ends like every bc script (one
@@ -507,6 +381,7 @@ def serve(drive: DriveServer, listener: socket.socket, limits: RequestLimits,
           announce: Callable[[str], None] = partial(print, flush=True)) -> None:
     """Announce ``serving <source> on http://host:port for WxH frames`` (the port is open by
     then) and serve until stopped; the recorder is flushed on the way out."""
+    install_patches()
     _, app = create_app(drive, limits)
     host, port = listener.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
@@ -515,7 +390,7 @@ def serve(drive: DriveServer, listener: socket.socket, limits: RequestLimits,
     announce(f"serving {drive.predictor.source} on http://{shown_host}:{port} "
              f"for {width}x{height} frames, speed_source={drive.controller.speed_source}")
     try:
-        eventlet.wsgi.server(_PatientListener(listener), app, log_output=False, debug=False,
+        eventlet.wsgi.server(PatientListener(listener), app, log_output=False, debug=False,
                              protocol=http_protocol(limits),
                              socket_timeout=limits.idle_timeout_s,
                              keepalive=limits.idle_timeout_s)

@@ -21,6 +21,9 @@ closed-loop metrics `eval/<track>/*`, `eval/score` of its model on `eval_tracks`
 Each completed round is written to `<out>/state.json` before the next begins; Ctrl-C marks the
 parent KILLED, and `resume=true` (the newest unfinished DAgger job of the experiment) or
 `resume=<parent run id>` continues after the last complete round with the job's own config.
+
+Length: the DAgger job is one state machine (start, rounds, resume, Ctrl-C) over MLflow
+runs; splitting it would spread that state over modules.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ height profile ahead at one forward distance (a pinhole camera without roll), lo
 tables built once per centreline sample and viewing direction; rows whose rays pass over a
 crest show the sky and the hills (the road beyond is hidden), and the panorama shifts with the
 pitch. The per-frame work stays a gather per pixel.
+
+Length: the renderer is the one hand-written piece no library provides: the painted
+world, the flat and the height-aware projections and their lookup tables, kept together
+because they share the same precomputed arrays for speed.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ fixed arc-length spacing. Loading validates the geometry (enough points, finite
 numbers, positive width, bends the road width and the car can take, no part of the
 road overlapping another) so a bad file fails at load with its name and the problem,
 never as a strange drive later.
+
+Length: the track file's schema, its validation with one-line errors, and the geometry
+queries the car, camera and expert share (segments live in bc/sim/segments.py).
 """
 
 from __future__ import annotations

@@ -35,6 +35,9 @@ Reported per method, pace and cell: mean ± 95 % CI over the training seeds (Stu
 degrees of freedom) of autonomy, pace, interventions and mean |CTE|; the leaderboard (JSON, one
 entry per method) and a markdown table are written after every seed to `<out>/leaderboard.*`
 and, at the end, to `leaderboard` (a fixed path: the latest run's).
+
+Length: the benchmark's methods, cells, statistics (CIs, paired differences) and its
+leaderboard are one report; each part is short and read with the others.
 """
 
 from __future__ import annotations
