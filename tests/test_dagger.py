@@ -132,7 +132,8 @@ def test_dagger_benchmark_compares_at_equal_labels_on_the_held_out_cells(tmp_pat
     bench = DrivingBenchmark(out=str(tmp_path / "run"), seeds=[0, 1, 2], methods=[
         "bc", "bc_select", "dagger"], paces=["expert"], labels=300, hard_track="mountain",
         random_tracks=[1], reverse=False, unseen_lighting=False, eval_laps=0.1)
-    metrics = {"autonomy": 100.0, "pace_pct": 95.0, "interventions": 0, "lap_time_s": None,
+    metrics = {"autonomy": 100.0, "pace_pct": 95.0, "bound_pct": 90.0, "interventions": 0,
+               "lap_time_s": None,
                "mean_speed_mph": 25.0, "progress_laps": 0.1, "sim_time_s": 5.0,
                "stop_reason": "laps"}
     cte = {"bc": (0.5, 0.8, 0.6), "bc_select": (0.5, 0.8, 0.6), "dagger": (0.5, 0.4, 0.2)}

@@ -331,11 +331,11 @@ def test_commands_covered_elsewhere_are_run_by_an_existing_test() -> None:
 
 
 @pytest.mark.timeout(1200)  # ~100 s of CPU: room for a machine shared with other jobs
-def test_every_command_runs_as_written(workdir: Path) -> None:
+def run_in_page_order(commands: list[Command], workdir: Path) -> None:
     """In page order, each distinct command once (a page may repeat the README's)."""
     seen: set[str] = set()
     failures = []
-    for command in ALL:
+    for command in commands:
         if command.text in seen:
             continue
         seen.add(command.text)
@@ -343,6 +343,16 @@ def test_every_command_runs_as_written(workdir: Path) -> None:
         if failure:
             failures.append(failure)
     assert not failures, "\n\n".join(failures)
+
+
+def test_the_readme_commands_run_as_written(workdir: Path) -> None:
+    """The front page's commands, run in the default suite (the site's pages: below, slow)."""
+    run_in_page_order([command for command in ALL if command.page == "README.md"], workdir)
+
+
+@pytest.mark.slow  # ~4 min of CPU: every page of the site (`make test-all`)
+def test_every_command_runs_as_written(workdir: Path) -> None:
+    run_in_page_order(ALL, workdir)
 
 
 def test_the_site_builds_strict(tmp_path: Path) -> None:

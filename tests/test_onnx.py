@@ -72,7 +72,7 @@ def test_onnx_matches_torch_on_simulator_frames(tmp_path: Path, jpegs: list[byte
     assert exported.spec == net.preprocess_spec and exported.outputs == tuple(outputs)
     with torch.no_grad():
         expected = net(batch).numpy()
-    assert expected.std(axis=0).min() >= 0.1  # outputs that differ frame to frame, by 10,000x the tolerance
+    assert expected.std(axis=0).min() >= 0.05  # outputs that differ frame to frame, by 5,000x the tolerance
     assert np.abs(exported.net(batch) - expected).max() <= TOLERANCE  # a batch: the dynamic axis
     by_frame = [Predictor(model).predict_rgb(frame) for model in (artifact.load_model_folder(folder), exported)
                 for frame in rgb]

@@ -44,7 +44,7 @@ def evaluate_run(cfg: DictConfig) -> None:
                               "drop saliency=true or vectorized=true")
         results = evaluate_vectorised(
             run_id, tracks, autonomous, out=out, set_speed=cfg.set_speed,
-            speed_source="bends" if cfg.slow_in_bends else "set_speed", runtime=cfg.runtime,
+            speed_source=cfg.speed_source, runtime=cfg.runtime,
             tracking_uri=cfg.tracking_uri)
     else:
         results = evaluate(run_id, tracks, autonomous, out=out,
