@@ -12,9 +12,9 @@ Rebuilding from config + weights is portable and safe: ``_target_`` must name a 
 the ``bc.models.MODELS`` registry and its arguments must be plain values (``build_model``).
 Loading never unpickles code and never imports anything outside ``bc.models``.
 
-`RUNTIMES` is the registry of what serves a loaded folder (``torch``: the rebuilt network;
-``onnx``: ONNX Runtime on ``model.onnx``) and `EXPORTS` of what loads an exported file by its
-suffix: adding a runtime is one loader here (and its exporter in `save_model`).
+`RUNTIMES` is the registry of what serves a model folder (``torch``: the rebuilt network;
+``onnx``: ONNX Runtime on ``model.onnx``); `load_exported` serves an exported file by its
+suffix. Adding a runtime is one loader here (and its exporter in `save_model`).
 """
 
 from __future__ import annotations
