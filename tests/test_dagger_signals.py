@@ -4,6 +4,7 @@ one line, exit 130, the parent run KILLED, and `resume=` continues the job."""
 
 from __future__ import annotations
 
+import pytest
 import json
 import os
 import signal
@@ -85,12 +86,14 @@ def test_ctrl_c_at_the_sanity_check_even_where_python_can_only_print_it(tmp_path
     assert_stopped_and_resumable(tmp_path, result, rounds_kept=0)
 
 
+@pytest.mark.slow  # ~15 s each; the sanity-check case (finding 5) stays in the default suite
 def test_ctrl_c_mid_epoch(tmp_path: Path) -> None:
     marker, extra = pause(tmp_path, "batch")
     result = interrupt_when(tmp_path, marker.exists, *extra)
     assert_stopped_and_resumable(tmp_path, result, rounds_kept=0)
 
 
+@pytest.mark.slow  # ~15 s; see test_ctrl_c_mid_epoch
 def test_ctrl_c_during_a_rollout(tmp_path: Path) -> None:
     log = tmp_path / "dagger" / "data" / "round1" / "driving_log.csv"
 

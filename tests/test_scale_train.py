@@ -28,6 +28,7 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_recording(tmp_path_factory.mktemp("data") / "rec", rows=ROWS, seed=3)
 
 
+@pytest.mark.slow  # two training processes (~30 s): DDP is a scale-out option
 def test_ddp_on_two_cpu_processes_is_one_run_whose_model_serves(tmp_path: Path, recording: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     run_train(tmp_path, "trainer=ddp_cpu", f"tracking_uri={uri}", f"hydra.run.dir={tmp_path / 'run'}",
@@ -78,6 +79,7 @@ def test_a_sweep_of_ddp_trainings_uses_ddp_spawn(tmp_path: Path, recording: Path
         assert {"model/weights.pt", "model/model.yaml"} <= artifact_paths(client, run.info.run_id, "model")
 
 
+@pytest.mark.slow  # a job per process (~45 s): the launchers compose in test_scale_train.py below
 def test_submitit_local_sweep_runs_each_job_in_its_own_process(tmp_path: Path, recording: Path) -> None:
     """`-m hydra/launcher=submitit_local`: two jobs through submitit's real local executor, each
     one MLflow run tagged with the sweep, in a fresh store both jobs open at the same moment."""

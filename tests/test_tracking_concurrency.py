@@ -54,6 +54,7 @@ def test_train_py_started_at_once_on_a_fresh_store_all_finish(tmp_path: Path, re
     assert (tmp_path / "x.db.lock").exists()  # the lock that serialised the creation
 
 
+@pytest.mark.slow  # the joblib launcher, two trainings with loader workers (~30 s); concurrent first use stays in the default suite
 def test_parallel_sweep_with_default_loader_workers_shares_one_store(tmp_path: Path, recording: Path) -> None:
     """The documented `-m hydra/launcher=parallel` sweep as written: default data.num_workers
     (DataLoader worker processes inside loky workers), both jobs in one fresh store."""
