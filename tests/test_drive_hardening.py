@@ -25,17 +25,13 @@ from bc.inference import artifact
 from bc.drive.launch import drive_server
 from bc.inference.predictor import Predictor
 from conftest import compose_config
-from unity_client import UnityClient, make_jpeg, telemetry
+from unity_client import HANDSHAKE, UnityClient, make_jpeg, telemetry
 
 FRAME = 96  # the model's camera frames are FRAME x FRAME (not Udacity's 320x160)
 DESCRIPTOR_LIMIT = 128
 IDLE_TIMEOUT_S = 2
 RESET_HANDSHAKES = 1000
 SAFE_BRAKE = ("steer", {"steering_angle": "0.000000", "throttle": "-0.500000"})
-HANDSHAKE = ("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-             ).encode()
 
 
 @pytest.fixture(scope="module")

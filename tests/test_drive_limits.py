@@ -22,7 +22,7 @@ import websocket
 from bc.inference import artifact
 from bc.drive.launch import drive_server
 from conftest import compose_config
-from unity_client import UnityClient, make_jpeg, telemetry
+from unity_client import HANDSHAKE, UnityClient, make_jpeg, telemetry
 
 DESCRIPTOR_LIMIT = 64
 MAX_MESSAGE_BYTES = 100_000
@@ -32,10 +32,6 @@ OVERSIZED_POSTS = 300
 SLOW_REQUESTS = 120  # more than the descriptor limit: the later ones wait to be accepted
 CONCURRENCY = 40
 CLIENT_TIMEOUT_S = 10
-HANDSHAKE = ("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-             ).encode()
 
 
 @pytest.fixture(scope="module")

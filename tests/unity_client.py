@@ -32,6 +32,11 @@ from bc.core.images import encode_jpeg
 OPEN, CLOSE, PING, PONG, MESSAGE = "0", "1", "2", "3", "4"
 SIO_CONNECT, SIO_EVENT = "0", "2"
 REPLY_EVENTS = ("steer", "manual")
+# The websocket upgrade request as the simulator sends it, for raw-socket tests of the server.
+HANDSHAKE = ("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             ).encode()
 
 
 def unity_url(port: int, host: str = "127.0.0.1") -> str:
