@@ -50,6 +50,7 @@ def test_demo_and_driving_benchmark_are_presets_of_one_pipeline(compose):
     assert driving.eval_seed not in driving.seeds and len(driving.seeds) >= 5
     assert driving.methods == ["bc", "bc_3cam", "bc_3cam_aug", "bc_speed", "dagger", "bc_select"]
     assert driving.paces == ["expert"] and driving.labels is not None  # equal labelled frames
+    assert driving.evaluator == "vector"  # lockstep: cheap enough for the seeds
     assert driving.server_overrides("bc_speed", "expert") == ["speed_source=model"]
     assert driving.server_overrides("bc_speed", "fixed") == ["speed_source=set_speed",
                                                              "set_speed=30"]
@@ -122,7 +123,7 @@ def test_driving_benchmark_runs_end_to_end_at_tiny_size(tmp_path):
     done = subprocess.run(
         [sys.executable, BENCHMARK, "driving", "seeds=[0]", "record_laps=0.15", "epochs=1",
          "network=small", "methods=[bc_speed]", "reverse=false", "unseen_lighting=false",
-         "random_tracks=[]", "eval_laps=0.1", "train_overrides=['data.block_rows=20']",
+         "random_tracks=[]", "eval_laps=0.1", "train_overrides=['data.block_rows=20']", "evaluator=socketio",
          f"out={tmp_path / 'run'}", f"leaderboard={tmp_path / 'board.json'}",
          f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)

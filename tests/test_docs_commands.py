@@ -29,6 +29,7 @@ Every command, marked or not, is first checked for composition (cheap, all at on
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -316,10 +317,36 @@ def test_the_documentation_has_commands_and_markers_are_known() -> None:
     assert any(command.page == "README.md" for command in ALL)
 
 
+def in_one_process(argv: list[str]) -> bool:
+    """`python scripts/<name>.py ... --cfg job`: composed by compose_many.py with the others."""
+    return len(argv) > 2 and Path(argv[0]).name.startswith("python") and argv[1] == str(REPO / "scripts" / script_of(argv))
+
+
+def compose_in_one_process(commands: list[tuple[Command, list[str]]], cwd: Path) -> list[str]:
+    """Every script command's `--cfg job` in one interpreter (tests/compose_many.py): the
+    imports are paid once, not once per command."""
+    checks = [{"cwd": str(cwd), "argv": check[1:]} for _, check in commands]
+    result = subprocess.run([sys.executable, str(Path(__file__).parent / "compose_many.py")], cwd=cwd,
+                            env=script_env(), input=json.dumps(checks), capture_output=True, text=True,
+                            timeout=COMPOSE_TIMEOUT_S * 4)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [f"{command}: does not compose ({shlex.join(check[-4:])}):\n{outcome['stderr']}"
+            for (command, check), outcome in zip(commands, json.loads(result.stdout)) if outcome["code"] != 0]
+
+
 def test_every_command_composes(workdir: Path) -> None:
-    with ThreadPoolExecutor(4) as pool:
-        failures = [failure for failure in pool.map(lambda command: check_composes(command, workdir), ALL)
+    together, apart = [], []
+    for command in ALL:
+        argv = substitute(command)
+        checks = [] if Path(argv[0]).name == "mlflow" else composition(argv) or []
+        if checks and all(in_one_process(check) for check in checks):
+            together += [(command, check) for check in checks]
+        elif command.text not in {other.text for other in apart}:
+            apart.append(command)
+    with ThreadPoolExecutor(2) as pool:
+        failures = [failure for failure in pool.map(lambda command: check_composes(command, workdir), apart)
                     if failure]
+    failures += compose_in_one_process(together, workdir)
     assert not failures, "\n\n".join(failures)
 
 

@@ -93,11 +93,70 @@ def prepare_store(uri: str) -> None:
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        fresh = not db.exists() or db.stat().st_size == 0
+        copied = fresh and copy_empty_store(db)
         try:
             _get_store(uri)  # builds (creating the tables if needed) and caches MLflow's store
         except Exception as error:  # noqa: BLE001 - MLflow raises several kinds for a bad store
             raise TrackingError(f"tracking_uri: the MLflow store {db} cannot be opened: "
                                 f"{str(error).splitlines()[0]}") from error
+        if fresh and not copied:
+            save_empty_store(db)
+
+
+def empty_store_template() -> Path:
+    """Where an empty, fully migrated SQLite store of this MLflow version is kept
+    (``$BC_CACHE_DIR``, else ``~/.cache/bc``): MLflow builds a new store by running every
+    schema migration since its first release, seconds of work that a copy replaces."""
+    import mlflow
+
+    folder = os.environ.get("BC_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME")
+                                                    or Path.home() / ".cache") / "bc"
+    return Path(folder) / f"mlflow-{mlflow.__version__}-empty-store.db"
+
+
+def copy_empty_store(db: Path) -> bool:
+    """Put a copy of the empty store template at ``db`` (a new store); False when there is none
+    yet. MLflow then adds the Default experiment, with its artifacts beside ``db``."""
+    import shutil
+
+    template = empty_store_template()
+    if not template.is_file():
+        return False
+    partial = db.with_name(f"{db.name}.{os.getpid()}.new")
+    try:
+        shutil.copyfile(template, partial)
+        os.replace(partial, db)
+    except OSError:
+        partial.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def save_empty_store(db: Path) -> None:
+    """Keep a just-created store, emptied of its experiments, as the template of the next new
+    ones (best effort: a cache that cannot be written is left out)."""
+    import sqlite3
+
+    template = empty_store_template()
+    partial = template.with_name(f"{template.name}.{os.getpid()}.new")
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        source, copy = sqlite3.connect(db), sqlite3.connect(partial)
+        try:
+            source.backup(copy)
+            if copy.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0:
+                copy.execute("DELETE FROM experiment_tags")
+                copy.execute("DELETE FROM experiments")
+                copy.commit()
+                os.replace(partial, template)
+        finally:
+            source.close()
+            copy.close()
+    except (OSError, sqlite3.Error):
+        pass
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def get_or_create_experiment(name: str, uri: str | None = None) -> str:

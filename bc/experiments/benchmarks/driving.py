@@ -106,7 +106,10 @@ CELL_KEYS = ("autonomy", "pace_pct", "bound_pct", "interventions", "mean_abs_cte
 SEPARATION_KEYS = ("autonomy", "mean_abs_cte")  # what the pairwise separation is judged on
 HEADROOM_POINTS = 10.0  # a cell has headroom when every method is this far below the expert
 FULL = 100.0  # % autonomy / pace of the expert at its own pace
-EVALUATORS = ("socketio", "vector")
+EVALUATED_BY = {  # how a cell is driven, as the table's legend says it
+    "socketio": "through scripts/drive.py, realtime",
+    "vector": "in lockstep (bc.evaluation: the cells at once, no inference latency charged)"}
+EVALUATORS = tuple(EVALUATED_BY)
 PHASES = ("record", "train", "eval")  # the wall-time split: timings keys start with these
 
 
@@ -520,7 +523,7 @@ class DrivingBenchmark(Pipeline):
             f"{'its own pace' if self.speed_mph is None else f'{self.speed_mph:g} mph'} per "
             f"training seed, `{self.network}` for {self.epochs} epochs (train overrides: "
             f"{' '.join(self.train_overrides) or '(defaults)'}). Each cell: {self.eval_laps:g} "
-            f"lap(s) from a standing start through scripts/drive.py, realtime; unseen lighting "
+            f"lap(s) from a standing start {EVALUATED_BY[self.evaluator]}; unseen lighting "
             f"and held-out tracks under lighting seed {self.eval_seed}. Mean ± 95 % CI "
             f"(Student's t) over {len(seeds)} training seeds {list(seeds)}; the expert is one "
             f"drive per cell (no training seed). Pace = expert's time / model's time x 100.", "",
