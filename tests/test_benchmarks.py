@@ -117,6 +117,25 @@ def test_driving_leaderboard_is_mean_and_t_interval_over_seeds_with_the_expert_a
     assert "below the expert on 1 of 2 cells (mountain)" in markdown
 
 
+def test_driving_benchmark_drives_its_cells_in_lockstep_by_default(tmp_path):
+    """Record, train plain BC, drive 2 cells at once (the default evaluator), from the command line."""
+    done = subprocess.run(
+        [sys.executable, BENCHMARK, "driving", "seeds=[0]", "labels=120", "epochs=1",
+         "network=small", "methods=[bc]", "reverse=false", "unseen_lighting=false",
+         "random_tracks=[1]", "hard_track=null", "eval_laps=0.1", "train_overrides=['data.block_rows=20']",
+         f"out={tmp_path / 'run'}", f"leaderboard={tmp_path / 'board.json'}",
+         f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    board = json.loads((tmp_path / "board.json").read_text())
+    drives = board["per_seed"][0]["cells"]["bc"]["expert"]
+    assert set(drives) == {"lake", "random-1"}
+    for metrics in drives.values():
+        assert metrics["progress_laps"] > 0.02 and 0.0 <= metrics["autonomy"] <= 100.0
+        assert 0.0 < metrics["bound_pct"] <= 100.0  # no model laps faster than the car can
+    assert "in lockstep" in done.stdout and "(vector evaluation)" in done.stdout
+
+
 @pytest.mark.slow
 def test_driving_benchmark_runs_end_to_end_at_tiny_size(tmp_path):
     """Record, train one model, serve it and drive 2 cells at both paces, from the command line."""

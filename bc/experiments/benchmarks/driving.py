@@ -147,15 +147,19 @@ def cell_metrics(result: Any, expert: Any, bound: Any = None) -> dict[str, Any]:
     (`bound`: the cell's bc.sim.expert.bound_profile) / the drive's time x 100."""
 
     metrics = {**compute_metrics(result), "pace_pct": relative_pace(result, expert)}
-    progress, elapsed = metrics["progress_laps"], metrics["sim_time_s"]
-    metrics["bound_pct"] = None
-    if bound is not None and progress and elapsed:
-        standing, flying = bound
-        fraction = np.linspace(0.0, 1.0, len(standing))
-        ideal = (float(np.interp(progress, fraction, standing)) if progress <= 1.0
-                 else float(standing[-1] + (progress - 1.0) * flying))
-        metrics["bound_pct"] = 100.0 * ideal / elapsed
+    metrics["bound_pct"] = bound_pct(metrics["progress_laps"], metrics["sim_time_s"], bound)
     return {**{key: metrics[key] for key in CELL_KEYS}, "stop_reason": metrics["stop_reason"]}
+
+
+def bound_pct(progress: float | None, elapsed: float | None, bound: Any) -> float | None:
+    """The physical bound's time to `progress` laps from a standing start / `elapsed` x 100."""
+    if bound is None or not progress or not elapsed:
+        return None
+    standing, flying = bound
+    fraction = np.linspace(0.0, 1.0, len(standing))
+    ideal = (float(np.interp(progress, fraction, standing)) if progress <= 1.0
+             else float(standing[-1] + (progress - 1.0) * flying))
+    return 100.0 * ideal / elapsed
 
 
 def _cell(value: Mapping[str, Any] | None, fmt: str) -> str:
@@ -341,7 +345,7 @@ class DrivingBenchmark(Pipeline):
             drives = episodes.run(policy)
         results = {}
         for cell, drive, expert in zip(cells, drives, experts):
-            metrics = cell_metrics(drive, expert)
+            metrics = cell_metrics(drive, expert, self.bound(cell))
             (folder / f"{cell.name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
             results[cell.name] = metrics
         return results
