@@ -44,3 +44,21 @@ def isolated_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
         from mlflow.tracking._tracking_service import utils
 
         monkeypatch.setattr(utils, "_tracking_uri", None)
+
+
+# The files whose tests take longest (end-to-end runs of the scripts), longest first. `make test`
+# hands whole files to its two workers in collection order; starting these first keeps one
+# worker from finishing a long file alone at the end while the other waits.
+LONGEST_FILES_FIRST = [
+    "test_docs_commands.py", "test_benchmarks.py", "test_train_resume.py", "test_end_to_end.py",
+    "test_drive_server.py", "test_tracking_concurrency.py", "test_speed_output.py", "test_train.py",
+    "test_mlflow_server.py", "test_evaluate_signals.py", "test_scale_servers.py", "test_evaluation.py",
+    "test_registry.py", "test_dagger_signals.py", "test_stored_config_safety.py",
+    "test_bad_inputs_bounded.py",
+]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(LONGEST_FILES_FIRST)}
+    order = {id(item): index for index, item in enumerate(items)}
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), order[id(item)]))

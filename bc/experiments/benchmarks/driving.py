@@ -4,12 +4,13 @@ the expert it imitates, there and where it has never been?
 Per training seed the pipeline (`bc.experiments.pipeline.Pipeline`) records `track` (lake) with the noisy
 expert at its own pace (dynamic car: the tyres slide past 0.9 g) and trains each method on
 that recording only: `bc`, plain behavioral cloning (steering), and `bc_speed`, the same network
-with the target-speed output (`model.outputs=[steering,speed]`). Each trained model is then
-served by scripts/drive.py and driven on every **cell** of the matrix (`eval_laps` laps from a
-standing start, realtime as Unity runs it):
+with the target-speed output (`model.outputs=[steering,speed]`), and the other METHODS. Each
+trained model then drives every **cell** of the matrix (`eval_laps` laps from a standing start;
+`evaluator=vector`, the default: all cells at once in lockstep through bc.evaluation;
+`evaluator=socketio`: served by scripts/drive.py, realtime as Unity runs it):
 
   lake (the training lighting), lake reversed, lake under a lighting never trained on
-  (`eval_seed`), the hard track (mountain) and random tracks (both under `eval_seed`);
+  (`eval_seed`), the hard track (jungle) and random tracks (both under `eval_seed`);
 
 at two **paces**:
 
@@ -193,7 +194,7 @@ class DrivingBenchmark(Pipeline):
     unseen_lighting: bool = True
     max_time_factor: float = 2.0
     leaderboard: str | None = None  # also written here (.json and .md) at the end
-    evaluator: str = "socketio"  # socketio: drive.py, realtime; vector: bc.evaluation, lockstep
+    evaluator: str = "vector"  # vector: bc.evaluation, lockstep; socketio: drive.py, realtime
 
     def __post_init__(self) -> None:
         super().__post_init__()
