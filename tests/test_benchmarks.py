@@ -117,17 +117,23 @@ def test_driving_leaderboard_is_mean_and_t_interval_over_seeds_with_the_expert_a
     assert "below the expert on 1 of 2 cells (mountain)" in markdown
 
 
-def test_driving_benchmark_drives_its_cells_in_lockstep_by_default(tmp_path):
-    """Record, train plain BC, drive 2 cells at once (the default evaluator), from the command line."""
+def tiny_driving_benchmark(tmp_path, *settings: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """scripts/benchmark.py driving at a tiny size: one seed, one epoch of the small network,
+    a tenth of a lap per cell; `settings` pick the methods, cells and evaluator."""
     done = subprocess.run(
-        [sys.executable, BENCHMARK, "driving", "seeds=[0]", "labels=120", "epochs=1",
-         "network=small", "methods=[bc]", "reverse=false", "unseen_lighting=false",
-         "random_tracks=[1]", "hard_track=null", "eval_laps=0.1", "train_overrides=['data.block_rows=20']",
-         f"out={tmp_path / 'run'}", f"leaderboard={tmp_path / 'board.json'}",
+        [sys.executable, BENCHMARK, "driving", "seeds=[0]", "epochs=1", "network=small",
+         "reverse=false", "unseen_lighting=false", "eval_laps=0.1", "train_overrides=['data.block_rows=20']",
+         *settings, f"out={tmp_path / 'run'}", f"leaderboard={tmp_path / 'board.json'}",
          f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    board = json.loads((tmp_path / "board.json").read_text())
+    return done, json.loads((tmp_path / "board.json").read_text())
+
+
+def test_driving_benchmark_drives_its_cells_in_lockstep_by_default(tmp_path):
+    """Record, train plain BC, drive 2 cells at once (the default evaluator), from the command line."""
+    done, board = tiny_driving_benchmark(tmp_path, "labels=120", "methods=[bc]", "random_tracks=[1]",
+                                         "hard_track=null")
     drives = board["per_seed"][0]["cells"]["bc"]["expert"]
     assert set(drives) == {"lake", "random-1"}
     for metrics in drives.values():
@@ -139,15 +145,9 @@ def test_driving_benchmark_drives_its_cells_in_lockstep_by_default(tmp_path):
 @pytest.mark.slow
 def test_driving_benchmark_runs_end_to_end_at_tiny_size(tmp_path):
     """Record, train one model, serve it and drive 2 cells at both paces, from the command line."""
-    done = subprocess.run(
-        [sys.executable, BENCHMARK, "driving", "seeds=[0]", "record_laps=0.15", "epochs=1",
-         "network=small", "methods=[bc_speed]", "reverse=false", "unseen_lighting=false",
-         "random_tracks=[]", "eval_laps=0.1", "train_overrides=['data.block_rows=20']", "evaluator=socketio",
-         f"out={tmp_path / 'run'}", f"leaderboard={tmp_path / 'board.json'}",
-         f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    board = json.loads((tmp_path / "board.json").read_text())
+    done, board = tiny_driving_benchmark(tmp_path, "record_laps=0.15", "labels=null", "methods=[bc_speed]",
+                                         "random_tracks=[]", "hard_track=mountain", "paces=[expert,fixed]",
+                                         "evaluator=socketio")
     assert [entry["method"] for entry in board["entries"]] == ["expert", "bc_speed"]
     drives = board["per_seed"][0]["cells"]["bc_speed"]
     for pace in ("expert", "fixed"):

@@ -88,10 +88,12 @@ METHODS = {  # leaderboard entries: name in the tables, what it is, train.py ove
                   "(conf/augmentation/default.yaml)", ()),
     BC_SPEED: ("BC+speed", "three cameras, default augmentation and the target-speed output",
                ("model.outputs=[steering,speed]",)),
-    BC_SELECT: ("BC, driving-score checkpoint", "plain BC on the same recording, the checkpoint "
-                "kept by eval/score on the trained track (bc/evaluation/callback.py), not val/loss", ()),
-    DAGGER: ("DAgger", "the expert's demonstrations, then rounds where the model drives and the "
-             "expert labels (bc/experiments/dagger.py), the same number of labelled frames in all", ()),
+    BC_SELECT: ("BC, driving-score checkpoint", "three cameras and the default augmentation on "
+                "the same recording, the checkpoint kept by eval/score on the trained track "
+                "(bc/evaluation/callback.py), not val/loss", ()),
+    DAGGER: ("DAgger", "three cameras and the default augmentation; the expert's demonstrations, "
+             "then rounds where the model drives and the expert labels (bc/experiments/dagger.py), "
+             "the same number of labelled frames in all", ()),
 }
 PACES = ("expert", "fixed")
 CI_LEVEL = 0.95
