@@ -99,6 +99,7 @@ def test_ctrl_c_is_one_line_and_stops_the_drive_server(model_run, tmp_path):
             os.kill(child, signal.SIGKILL)
 
 
+@pytest.mark.slow  # ~8 s; Ctrl-C stopping the drive server stays in the default suite (above)
 def test_sigkill_leaves_no_drive_server_behind(model_run, tmp_path):
     process, child = start_evaluation(model_run, tmp_path / "eval")
     try:

@@ -56,6 +56,7 @@ def run_metrics(run: dict[str, Any]) -> dict[str, float]:
     return {metric["key"]: metric["value"] for metric in run["data"]["metrics"]}
 
 
+@pytest.mark.slow  # ~30 s; a real mlflow server, trained against and served from, stays in the default suite (test_scale_servers.py)
 def test_a_trained_run_through_the_mlflow_server_rest_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     recording = write_recording(tmp_path / "lake-rec", rows=ROWS, seed=3)

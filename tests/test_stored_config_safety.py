@@ -108,6 +108,7 @@ def test_resume_refuses_a_stored_config_with_foreign_targets(tmp_path: Path, sha
     assert MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "KILLED"
 
 
+@pytest.mark.slow  # ~10 s of train.py start-up; the same refusal runs in-process in the default suite (above)
 def test_train_py_resume_with_finding_1s_payload_is_one_line_and_runs_nothing(tmp_path: Path) -> None:
     config, _ = variants(tmp_path)["loss"]
     uri, run_id = killed_run(tmp_path, config)

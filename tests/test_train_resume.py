@@ -126,6 +126,7 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path: Path, monkeypatch: pyt
     assert client.get_run(alive).info.status == "RUNNING"  # its process (this one) is alive
 
 
+@pytest.mark.slow  # ~10 s of train.py start-up; resuming by run id stays in the default suite (above)
 def test_resume_with_other_overrides_is_refused(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(SCRIPT), f"resume={'a' * 32}", "optimizer.lr=0.1"],
                             cwd=tmp_path, env=script_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
