@@ -62,7 +62,7 @@ def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return artifact.save_model(net.eval(), config, tmp_path_factory.mktemp("model") / "model")
 
 
-@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+@pytest.mark.parametrize("runtime", ["torch", pytest.param("onnx", marks=pytest.mark.slow)])  # ONNX serving: test_onnx.py
 def test_serial_and_vectorised_drive_the_same_episodes(model_folder: Path, runtime: str) -> None:
     model = artifact.load_model_folder(model_folder, runtime=runtime)
     serial = [drive([spec], ModelPolicy(model, 20.0))[0] for spec in SPECS]

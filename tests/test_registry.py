@@ -172,6 +172,7 @@ def test_promote_refuses_a_tie_unless_told_how_to_break_it(store: dict) -> None:
     assert "mlflow.note.content" not in client.get_logged_model(store["models"][0]).tags
 
 
+@pytest.mark.slow  # ~15 s; evaluate.py (test_end_to_end.py) and serving a registered alias (above) stay in the default suite
 def test_evaluate_drives_a_registered_version_and_logs_to_its_source_run(store: dict, tmp_path: Path) -> None:
     """`evaluate.py model_uri=models:/<name>@<alias>` drives that version (here with ONNX Runtime)
     and logs the closed-loop metrics to the run the version came from."""
