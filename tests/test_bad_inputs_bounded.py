@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import os
 import resource
-import subprocess
 from contextlib import contextmanager
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +25,6 @@ from bc.drive.video import make_video
 from bc.errors import EXIT_USAGE
 from bc.core.images import MAX_FRAME_BYTES
 from bc.core.preprocess import Preprocess
-from conftest import REPO
 from unity_client import make_jpeg
 
 ROWS = 8
@@ -149,7 +146,10 @@ def test_video_reads_frames_only_inside_its_folder(run_folder: Path, tmp_path: P
     assert not (tmp_path / "run.mp4").exists()
 
 
-def test_resume_from_a_damaged_checkpoint_is_one_line_and_the_run_stays_killed(tmp_path: Path) -> None:
+def test_resume_from_a_damaged_checkpoint_is_one_line_and_the_run_stays_killed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process (train.py reports the same BcError as its one line, exit 2)."""
+    monkeypatch.chdir(tmp_path)
     recording = write_recording(tmp_path / "rec", rows=20)
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
@@ -168,10 +168,12 @@ def test_resume_from_a_damaged_checkpoint_is_one_line_and_the_run_stays_killed(t
     checkpoint.write_bytes(checkpoint.read_bytes()[:-200])  # killed while it was written
     client.set_tag(run_id, "last_checkpoint", str(checkpoint))
     client.set_terminated(run_id, "KILLED")
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), f"resume={run_id}",
-                             f"tracking_uri={uri}"], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=180, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
-    assert result.returncode == EXIT_USAGE, result.stderr[-3000:]
-    (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(f"train.py: error: resume: run {run_id}'s checkpoint {checkpoint} is unreadable")
+    from bc.errors import BcError
+    from bc.training.train import train
+
+    with pytest.raises(BcError) as error:
+        train(compose_config("train", [f"resume={run_id}", f"tracking_uri={uri}", f"output_dir={tmp_path / 'resumed'}"]))
+    line = str(error.value)
+    assert "\n" not in line
+    assert line.startswith(f"resume: run {run_id}'s checkpoint {checkpoint} is unreadable"), line
     assert client.get_run(run_id).info.status == "KILLED"

@@ -22,7 +22,7 @@ from bc.training.train import train
 from conftest import REPO, compose_config
 
 SCRIPT = REPO / "scripts" / "train.py"
-EPOCHS = 4
+EPOCHS = 3
 BATCH = 8
 TIMEOUT_S = 300
 
